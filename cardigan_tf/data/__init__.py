@@ -1,0 +1,1 @@
+"""cardigan_tf.data."""

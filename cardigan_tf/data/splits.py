@@ -1,0 +1,55 @@
+"""Patient-level splits: official lists when the source has them, seeded otherwise.
+
+Splits are by patient, never by image.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable, Sequence
+
+import numpy as np
+
+
+def seeded_split(
+    patients: Iterable[str],
+    seed: int = 0,
+    fractions: Sequence[float] = (0.8, 0.1, 0.1),
+    names: Sequence[str] = ("train", "valid", "test"),
+) -> dict[str, list[str]]:
+    """Shuffle the sorted patient ids with ``seed`` and cut them by ``fractions``.
+
+    Every patient lands in exactly one split; with at least as many patients as splits, each
+    split gets at least one patient. Deterministic for a given seed and patient set.
+    """
+    pats = sorted(set(patients))
+    if len(fractions) != len(names):
+        raise ValueError("fractions and names must have the same length")
+    if any(f < 0 for f in fractions) or not np.isclose(sum(fractions), 1.0):
+        raise ValueError(f"fractions {list(fractions)} must be non-negative and sum to 1")
+    order = np.random.default_rng(seed).permutation(len(pats))
+    shuffled = [pats[i] for i in order]
+    n = len(shuffled)
+    counts = [int(round(f * n)) for f in fractions]
+    if n >= len(names):
+        for i, f in enumerate(fractions):
+            if f > 0 and counts[i] == 0:
+                counts[i] = 1
+    while sum(counts) > n:
+        counts[int(np.argmax(counts))] -= 1
+    while sum(counts) < n:
+        counts[0] += 1
+    out, start = {}, 0
+    for name, c in zip(names, counts):
+        out[name] = sorted(shuffled[start : start + c])
+        start += c
+    return out
+
+
+def subset_patients(patients: Iterable[str], fraction: float, seed: int = 0) -> list[str]:
+    """A seeded subset holding ``fraction`` of the patients (at least one)."""
+    pats = sorted(set(patients))
+    if not 0 < fraction <= 1:
+        raise ValueError(f"fraction {fraction} must be in (0, 1]")
+    k = max(1, int(round(fraction * len(pats))))
+    order = np.random.default_rng(seed).permutation(len(pats))[:k]
+    return sorted(pats[i] for i in order)

@@ -190,6 +190,14 @@ def is_h5_layout(path: str | Path) -> bool:
         return False
 
 
+def _squeeze_last(arr: np.ndarray) -> np.ndarray:
+    return arr[..., 0] if arr.ndim == 4 and arr.shape[-1] == 1 else arr
+
+
+def _squeeze_last_shape(shape: tuple[int, ...]) -> tuple[int, ...]:
+    return shape[:-1] if len(shape) == 4 and shape[-1] == 1 else tuple(shape)
+
+
 def _image_stack(ds: h5py.Dataset, where: str) -> np.ndarray:
     arr = ds[()]
     if arr.ndim == 4 and arr.shape[-1] == 1:
@@ -256,22 +264,16 @@ def iter_samples(
                     if len(ph) != im.shape[0]:
                         raise DataError(f"{where}/im", f"expected {len(ph)} frames ({ph}), got {im.shape[0]}")
                     im_ref = gt_ref = None
-                    if "im_ref" in grp:
-                        im_ref = grp["im_ref"][()]
-                        if im_ref.ndim == 4 and im_ref.shape[-1] == 1:
-                            im_ref = im_ref[..., 0]
-                    if "gt_ref" in grp:
-                        gt_ref = grp["gt_ref"][()]
-                        if gt_ref.ndim == 4 and gt_ref.shape[-1] == 1:
-                            gt_ref = gt_ref[..., 0]
+                    if with_ref and "im_ref" in grp:
+                        im_ref = _squeeze_last(grp["im_ref"][()])
+                    if with_ref and "gt_ref" in grp:
+                        gt_ref = _squeeze_last(grp["gt_ref"][()])
                     if "original_shape" in grp.attrs:
                         original_shape = tuple(int(v) for v in grp.attrs["original_shape"])
-                    elif gt_ref is not None and gt_ref.ndim == 3:
-                        original_shape = tuple(gt_ref.shape[1:])
-                    elif im_ref is not None and im_ref.ndim == 3:
-                        original_shape = tuple(im_ref.shape[1:])
-                    else:
-                        original_shape = tuple(im.shape[1:])
+                    else:  # from the reference datasets' shapes, without reading them
+                        ref_shapes = [_squeeze_last_shape(grp[k].shape) for k in ("gt_ref", "im_ref") if k in grp]
+                        ref_shapes = [sh for sh in ref_shapes if len(sh) == 3]
+                        original_shape = tuple(ref_shapes[0][1:]) if ref_shapes else tuple(im.shape[1:])
                     spacing_known = "spacing" in grp.attrs
                     spacing = tuple(float(v) for v in grp.attrs["spacing"]) if spacing_known else (1.0, 1.0)
                     quality = _decode(grp.attrs.get("quality", ""))

@@ -1,0 +1,80 @@
+"""Resolve a command's ``--data`` argument into a seed-layout .h5 file.
+
+``resolve_data(None, work_dir)`` writes the built-in phantom to ``work_dir/phantom.h5``;
+an .h5 in the seed layout is used as is; a CAMUS folder (2019 or 2023 release, or a folder of
+patient folders) is converted with :func:`cardigan_tf.data.prepare.prepare` into
+``work_dir/camus_<size>.h5``. A folder of TFRecord shards (with the ``index.json`` that
+:mod:`cardigan_tf.data.tfrecord` writes) is returned as is for the pipeline to stream. A file already there from an earlier call with the same
+parameters is reused; one with other parameters is never overwritten (a distinct name is used).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from cardigan_tf.data.camus import detect_layout
+from cardigan_tf.data.h5layout import is_h5_layout, read_root_attrs
+from cardigan_tf.data.sample import DataError
+
+log = logging.getLogger(__name__)
+
+
+def _matches(path: Path, want: dict) -> bool:
+    if not is_h5_layout(path):
+        return False
+    attrs = read_root_attrs(path)
+    return all(str(attrs.get(k)) == str(v) for k, v in want.items())
+
+
+def _target(path: Path, want: dict) -> tuple[Path, bool]:
+    """(path to use, whether it already holds what we want)."""
+    if not path.exists():
+        return path, False
+    if _matches(path, want):
+        return path, True
+    alt = path.with_name(f"{path.stem}_" + "_".join(f"{k}{v}" for k, v in want.items() if k != "source")[:80]
+                         + path.suffix)
+    if alt.exists() and _matches(alt, want):
+        return alt, True
+    if alt.exists():
+        raise DataError(alt, f"exists with other parameters than {want}; remove it or use another work_dir")
+    return alt, False
+
+
+def resolve_data(data: str | Path | None, work_dir: str | Path, size: int = 256, seed: int = 0,
+                 n_phantom: int = 60) -> Path:
+    """Return a seed-layout .h5 for ``data`` (None -> the built-in phantom)."""
+    work_dir = Path(work_dir)
+    if data is None or str(data) == "":
+        from cardigan_tf.data import phantom
+
+        want = {"kind": "phantom", "size": int(size), "seed": int(seed), "n_patients": int(n_phantom)}
+        path, ready = _target(work_dir / "phantom.h5", want)
+        if ready:
+            return path
+        work_dir.mkdir(parents=True, exist_ok=True)
+        log.info("writing the built-in phantom (%d patients, %dx%d) to %s", n_phantom, size, size, path)
+        return Path(phantom.write_h5(path, n_patients=int(n_phantom), seed=int(seed), size=int(size)))
+    data = Path(data)
+    if not data.exists():
+        raise DataError(data, "does not exist (expected a seed-layout .h5 file or a CAMUS folder)")
+    if data.is_dir() and (data / "index.json").is_file():
+        from cardigan_tf.data.tfrecord import read_index
+
+        read_index(data)  # DataError unless it is a folder written by tfrecord.write_tfrecords
+        return data  # TFRecord shards: the pipeline streams them as they are
+    if data.is_file():
+        if is_h5_layout(data):
+            return data
+        raise DataError(data, "not an HDF5 file in the seed layout (expected train/valid/test groups of "
+                              "patientXXXX/{2CH,4CH}/{im,gt}) nor a CAMUS folder")
+    layout = detect_layout(data)  # DataError with what was expected when it is no CAMUS folder
+    from cardigan_tf.data.prepare import prepare
+
+    want = {"source": str(data.resolve()), "size": int(size), "seed": int(seed)}
+    path, ready = _target(work_dir / f"camus_{int(size)}.h5", want)
+    if ready:
+        return path
+    log.info("converting %s (%s) to %s", data, layout, path)
+    return prepare(data, path, size=int(size), seed=int(seed))

@@ -1,0 +1,103 @@
+"""Data pipeline throughput: phantom generation and decoded (augmented) pairs per second.
+
+``python -m cardigan_tf.bench pipeline [--size 256] [--batch-size 64] [--batches 40]``
+
+Builds a phantom seed-layout .h5 in a temporary folder (or uses ``--data``), then times
+``make_dataset`` batches (after a warm-up) with and without augmentation, and the phantom
+generator on one core. Prints one line per figure and a markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+from pathlib import Path
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data", default=None, help="seed-layout .h5 to read (default: a fresh phantom)")
+    parser.add_argument("--patients", type=int, default=50, help="phantom patients (default 50 = 200 frames)")
+    parser.add_argument("--size", type=int, default=256, help="working size (default 256)")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--batches", type=int, default=40, help="timed batches per configuration")
+    parser.add_argument("--warmup", type=int, default=5, help="untimed batches first")
+    parser.add_argument("--phantom-pairs", type=int, default=200, help="pairs for the generator timing")
+    parser.add_argument("--one-hot", action="store_true", help="time one-hot masks instead of labels")
+    parser.add_argument("--p-geometric", type=float, default=None,
+                        help="AugmentConfig.p_geometric (share of samples warped; default: the config's)")
+    parser.add_argument("--seed", type=int, default=0)
+
+
+def time_dataset(ds, batches: int, warmup: int) -> tuple[float, float, int]:
+    """(pairs per second of wall time, CPU seconds per pair summed over all threads, pairs)
+    over ``batches`` batches after ``warmup`` batches."""
+    it = iter(ds)
+    for _ in range(warmup):
+        next(it)
+    n = 0
+    start, cpu = time.perf_counter(), time.process_time()
+    for _ in range(batches):
+        x, _ = next(it)
+        n += int(x.shape[0])
+    wall, cpu = time.perf_counter() - start, time.process_time() - cpu
+    return n / wall, cpu / max(n, 1), n
+
+
+def time_phantom(pairs: int, size: int, seed: int = 0) -> float:
+    """Phantom pairs per second in this (single) Python thread, CPU time."""
+    import numpy as np
+
+    from cardigan_tf.data import phantom
+
+    rng = np.random.default_rng(seed)
+    phantom.make_pair(rng, "4CH", "ED", size)
+    start = time.process_time()
+    for i in range(pairs):
+        phantom.make_pair(rng, ("2CH", "4CH")[i % 2], ("ED", "ES")[(i // 2) % 2], size)
+    return pairs / max(time.process_time() - start, 1e-9)
+
+
+def run(args: argparse.Namespace) -> dict:
+    from cardigan_tf.data import phantom
+    from cardigan_tf.data.pipeline import make_dataset
+
+    ncpu = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    load = os.getloadavg() if hasattr(os, "getloadavg") else (float("nan"),) * 3
+    print(f"machine: {ncpu} CPUs (nproc), load average before {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
+    results = {}
+    results["phantom_pairs_per_s_one_core"] = time_phantom(args.phantom_pairs, args.size, args.seed)
+    print(f"phantom generation {args.size}x{args.size}: {results['phantom_pairs_per_s_one_core']:.0f} pairs/s (one core, CPU time)")
+    with tempfile.TemporaryDirectory() as tmp:
+        data = args.data
+        if data is None:
+            data = Path(tmp) / "phantom.h5"
+            t0 = time.perf_counter()
+            phantom.write_h5(data, n_patients=args.patients, seed=args.seed, size=args.size, preview=False)
+            print(f"phantom .h5 ({args.patients} patients) written in {time.perf_counter() - t0:.1f} s")
+        from cardigan_tf.data.augment import AugmentConfig
+
+        cfg = AugmentConfig() if args.p_geometric is None else AugmentConfig(p_geometric=args.p_geometric)
+        for label, aug in (("no augmentation", False), (f"augmentation (p_geometric {cfg.p_geometric})", cfg)):
+            ds = make_dataset(str(data), "train", size=args.size, batch_size=args.batch_size, training=True,
+                              augment=aug, one_hot=args.one_hot, seed=args.seed)
+            rate, cpu, n = time_dataset(ds, args.batches, args.warmup)
+            key = "plain" if aug is False else "augmented"
+            results[f"pairs_per_s_{key}"] = rate
+            results[f"cpu_ms_per_pair_{key}"] = 1e3 * cpu
+            print(f"pipeline {args.size}x{args.size}, batch {args.batch_size}, {label}: {rate:.0f} pairs/s wall "
+                  f"({n} pairs); {1e3 * cpu:.2f} ms CPU per pair -> {ncpu / max(cpu, 1e-9):.0f} pairs/s on "
+                  f"{ncpu} idle cores")
+    load = os.getloadavg() if hasattr(os, "getloadavg") else (float("nan"),) * 3
+    print(f"load average after {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
+    print()
+    print(f"| measure ({args.size}x{args.size}, batch {args.batch_size}) | pairs/s (wall) | ms CPU per pair | "
+          f"pairs/s on {ncpu} idle cores (CPU-time bound) |")
+    print("|---|---|---|---|")
+    print(f"| phantom generation, one core | {results['phantom_pairs_per_s_one_core']:.0f} | "
+          f"{1e3 / results['phantom_pairs_per_s_one_core']:.2f} | {ncpu * results['phantom_pairs_per_s_one_core']:.0f} |")
+    for key, label in (("plain", "pipeline, no augmentation"), ("augmented", "pipeline, augmentation")):
+        cpu = results[f"cpu_ms_per_pair_{key}"]
+        print(f"| {label} | {results[f'pairs_per_s_{key}']:.0f} | {cpu:.2f} | {1e3 * ncpu / max(cpu, 1e-9):.0f} |")
+    return results

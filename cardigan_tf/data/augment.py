@@ -1,0 +1,220 @@
+"""Mask-consistent augmentation for tf.data: one geometric warp for image and mask, intensity
+changes on the image only.
+
+Geometry (rotation about the image centre, isotropic scale, translation, optional left-right
+flip) is applied as ONE ``ImageProjectiveTransformV3`` per batch with per-sample transforms:
+bilinear for the image, nearest neighbour for the mask, zero (black / background) outside.
+Intensity: brightness, contrast, gamma, Gaussian noise and blur, clipped to [0, 1].
+
+Every random number comes from ``tf.random.stateless_*`` with an explicit seed (shape (2,)),
+so a given seed gives the same augmentation; the pipeline derives it from (seed, batch index).
+Parameters are drawn per sample, so batching first and augmenting the whole batch keeps
+per-sample randomness (and is much faster than one op per sample).
+
+Example::
+
+    cfg = AugmentConfig(rotation=10, scale=(0.9, 1.1))
+    images, masks = augment_batch(images, masks, tf.constant([0, 7]), cfg)  # (B,H,W,1), (B,H,W)
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import tensorflow as tf
+
+from cardigan_tf.config import ConfigError
+
+
+@dataclass
+class AugmentConfig:
+    """Augmentation ranges. Each op is drawn per sample; a range (lo, hi) is uniform.
+
+    rotation: max |angle| in degrees, about the image centre.
+    scale: zoom factor range (>1 magnifies).
+    translation: max shift as a fraction of the image size, per axis.
+    hflip: left-right flip with probability 0.5. Off by default: a left-right flip changes the
+        anatomy of an apical view (it swaps the septal and lateral sides, e.g. puts the RV of a
+        4CH view on the wrong side), so it is not a label-preserving transform here.
+    p_geometric: probability of warping a sample (identity otherwise). 0.5 by default: spatial
+        augmentation on about half the samples (nnU-Net draws rotation and scaling with p=0.2
+        each), and the warp is the pipeline's main CPU cost, paid only for warped samples.
+    brightness: max |additive| change.  contrast: factor range around the sample mean.
+    gamma: exponent range.  noise_std: max standard deviation of added Gaussian noise.
+    blur_prob / blur_sigma: probability of blurring, and the Gaussian sigma (pixels) at full
+        strength; the strength is drawn uniformly in [0, 1] (a blend with the blurred image).
+    p_intensity: probability of applying each intensity op to a sample.
+    """
+
+    rotation: float = 10.0
+    scale: tuple[float, float] = (0.9, 1.1)
+    translation: float = 0.05
+    hflip: bool = False
+    p_geometric: float = 0.5
+    brightness: float = 0.1
+    contrast: tuple[float, float] = (0.8, 1.2)
+    gamma: tuple[float, float] = (0.8, 1.25)
+    noise_std: float = 0.03
+    blur_prob: float = 0.2
+    blur_sigma: float = 1.0
+    p_intensity: float = 0.5
+
+    def validate(self) -> None:
+        def rng_ok(name, lo_min):
+            lo, hi = getattr(self, name)
+            if not (lo_min <= lo <= hi):
+                raise ConfigError(f"augment.{name}: expected {lo_min} <= lo <= hi, got {getattr(self, name)}")
+
+        if not 0 <= self.rotation <= 180:
+            raise ConfigError(f"augment.rotation: expected degrees in [0, 180], got {self.rotation}")
+        rng_ok("scale", 1e-3)
+        rng_ok("contrast", 0.0)
+        rng_ok("gamma", 1e-3)
+        for name in ("p_geometric", "blur_prob", "p_intensity"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ConfigError(f"augment.{name}: expected a probability in [0, 1], got {getattr(self, name)}")
+        for name in ("translation", "brightness", "noise_std", "blur_sigma"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"augment.{name}: expected >= 0, got {getattr(self, name)}")
+
+
+def affine_transforms(batch: tf.Tensor, height: int, width: int, seed: tf.Tensor, cfg: AugmentConfig) -> tf.Tensor:
+    """(B, 8) output->input transforms for ImageProjectiveTransformV3, drawn per sample.
+
+    Forward map: ``out = s R(theta) F (in - c) + c + t``; the op needs its inverse
+    ``in = F R(-theta) / s (out - c - t) + c``. ``F`` flips x when hflip is drawn.
+    """
+    u = tf.random.stateless_uniform([batch, 6], seed=seed, dtype=tf.float32)
+    apply = tf.cast(u[:, 0] < cfg.p_geometric, tf.float32)
+    theta = (2.0 * u[:, 1] - 1.0) * (cfg.rotation * math.pi / 180.0) * apply
+    lo, hi = cfg.scale
+    scale = 1.0 + (lo + (hi - lo) * u[:, 2] - 1.0) * apply
+    tx = (2.0 * u[:, 3] - 1.0) * cfg.translation * width * apply
+    ty = (2.0 * u[:, 4] - 1.0) * cfg.translation * height * apply
+    flip = tf.where((u[:, 5] < 0.5) & tf.constant(bool(cfg.hflip)), -1.0, 1.0)
+    cx, cy = (width - 1) / 2.0, (height - 1) / 2.0
+    cos, sin = tf.cos(theta) / scale, tf.sin(theta) / scale
+    m00, m01 = flip * cos, flip * sin
+    m10, m11 = -sin, cos
+    ox, oy = cx + tx, cy + ty
+    a2 = cx - m00 * ox - m01 * oy
+    b2 = cy - m10 * ox - m11 * oy
+    zeros = tf.zeros_like(theta)
+    return tf.stack([m00, m01, a2, m10, m11, b2, zeros, zeros], axis=1)
+
+
+_IDENTITY = tf.constant([1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0])
+
+
+def warp(images: tf.Tensor, transforms: tf.Tensor, interpolation: str) -> tf.Tensor:
+    """Apply (B, 8) transforms to (B, H, W, C) images (float32 or uint8); zero outside."""
+    shape = tf.shape(images)[1:3]
+    return tf.raw_ops.ImageProjectiveTransformV3(
+        images=images, transforms=transforms, output_shape=shape, fill_value=0.0,
+        interpolation=interpolation, fill_mode="CONSTANT",
+    )
+
+
+def blur(images: tf.Tensor, sigma: float) -> tf.Tensor:
+    """Approximately Gaussian blur of (B, H, W, C) images: two box passes of 2r+1 pixels,
+    r = max(1, round(sigma / 1.15)) (two 3-pixel boxes give sigma ~ 1.15). Borders average the
+    pixels that exist. (avg_pool is several times faster than a separable conv2d on CPU.)"""
+    k = 2 * max(1, int(round(sigma / 1.15))) + 1
+    x = tf.nn.avg_pool2d(images, k, 1, "SAME")
+    return tf.nn.avg_pool2d(x, k, 1, "SAME")
+
+
+def batch_noise(shape: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
+    """Standard normal noise of ``shape`` (B, H, W, C) at 1/8 of the sampling cost.
+
+    One N(0, 1) field per 8 samples, seen by each of the 8 under a different cheap symmetry
+    (identity / transpose when square x half-height cyclic shift x sign), so every sample's
+    noise is a different N(0, 1) field. (Philox normals cost ~10 ns each on CPU; reversed
+    slices are slow too, hence shifts and transposes.)"""
+    b, h, w, c = shape[0], shape[1], shape[2], shape[3]
+    k = (b + 7) // 8
+    base = tf.random.stateless_normal(tf.stack([k, h, w, c]), seed=seed, dtype=tf.float32)
+    other = tf.transpose(base, [0, 2, 1, 3]) if base.shape[1] is not None and base.shape[1] == base.shape[2] else -base
+    half = h // 2
+    shifted = [tf.concat([v[:, half:], v[:, :half]], axis=1) for v in (base, other)]
+    four = tf.concat([base, other, shifted[0], shifted[1]], axis=0)
+    return tf.concat([four, -four], axis=0)[:b]
+
+
+def _on_subset(x: tf.Tensor, selected: tf.Tensor, fn) -> tf.Tensor:
+    """Apply ``fn(sub, index)`` to the selected samples only (whole-image gathers are cheap; the
+    ops are not), leave the others unchanged."""
+    idx = tf.where(selected)
+    sub = tf.gather_nd(x, idx)
+    return tf.tensor_scatter_nd_update(x, idx, fn(sub, idx[:, 0]))
+
+
+def intensity(images: tf.Tensor, seed: tf.Tensor, cfg: AugmentConfig) -> tf.Tensor:
+    """Blur, brightness, contrast, gamma and noise on (B, H, W, 1) images in [0, 1], per sample.
+
+    Written for CPU time: brightness and contrast are one multiply-add over the batch; blur,
+    gamma (as exp(g log x): pow is slow) and noise run only on the samples that drew them."""
+    b = tf.shape(images)[0]
+    seeds = tf.random.experimental.stateless_split(seed, 2)
+    u = tf.random.stateless_uniform([b, 9], seed=seeds[0], dtype=tf.float32)
+    per = lambda v: tf.reshape(v, [-1, 1, 1, 1])  # noqa: E731
+    p = cfg.p_intensity
+    x = images
+    if cfg.blur_prob > 0 and cfg.blur_sigma > 0:
+        a = u[:, 1]
+        x = _on_subset(x, u[:, 0] < cfg.blur_prob,
+                       lambda s, i: s + per(tf.gather(a, i)) * (blur(s, cfg.blur_sigma) - s))
+    lo, hi = cfg.contrast
+    if (lo, hi) != (1.0, 1.0) or cfg.brightness > 0:
+        c = 1.0 + tf.cast(u[:, 4] < p, tf.float32) * (lo + (hi - lo) * u[:, 5] - 1.0)
+        d = tf.cast(u[:, 2] < p, tf.float32) * (2.0 * u[:, 3] - 1.0) * cfg.brightness
+
+        def affine(s, i):
+            ci = tf.gather(c, i)
+            mean = tf.reduce_mean(s, axis=[1, 2, 3])
+            return tf.clip_by_value(s * per(ci) + per((1.0 - ci) * mean + tf.gather(d, i)), 0.0, 1.0)
+
+        x = _on_subset(x, (u[:, 4] < p) | (u[:, 2] < p), affine)
+    lo, hi = cfg.gamma
+    if (lo, hi) != (1.0, 1.0):
+        # log-uniform exponent: symmetric around 1 in ratio; stays in [0, 1]
+        g = tf.exp(math.log(lo) + (math.log(hi) - math.log(lo)) * u[:, 6])
+        x = _on_subset(x, u[:, 7] < p,
+                       lambda s, i: tf.exp(tf.math.log(tf.maximum(s, 1e-6)) * per(tf.gather(g, i))))
+    if cfg.noise_std > 0:
+        std = u[:, 8] / max(p, 1e-6) * cfg.noise_std  # u < p  ->  std uniform in [0, noise_std)
+        x = _on_subset(x, u[:, 8] < p, lambda s, i: tf.clip_by_value(
+            s + per(tf.gather(std, i)) * batch_noise(tf.shape(s), seeds[1]), 0.0, 1.0))
+    return x  # every op above keeps [0, 1] (blur is a convex blend of values in [0, 1])
+
+
+def augment_batch(images: tf.Tensor, masks: tf.Tensor, seed: tf.Tensor, cfg: AugmentConfig) -> tuple[tf.Tensor, tf.Tensor]:
+    """Augment a batch: images float32 (B, H, W, 1) in [0, 1], masks integer (B, H, W) or
+    one-hot float (B, H, W, K). Same geometric transform for both; intensity on images only.
+    ``seed``: int tensor of shape (2,); the same seed gives the same output."""
+    seed = tf.cast(seed, tf.int64)
+    geo_seed, int_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+    shape = tf.shape(images)
+    t = affine_transforms(shape[0], images.shape[1] or shape[1], images.shape[2] or shape[2], geo_seed, cfg)
+    t = tf.cast(t, tf.float32)
+    # warp only the samples that drew a transform (the warp is the pipeline's main CPU cost)
+    moved = tf.reduce_any(tf.abs(t - _IDENTITY) > 1e-6, axis=1)
+    out_images = _on_subset(images, moved, lambda s, i: warp(s, tf.gather(t, i), "BILINEAR"))
+    if masks.dtype.is_floating:  # one-hot: warp every channel with nearest neighbour
+        def warp_onehot(s, i):
+            w = warp(s, tf.gather(t, i), "NEAREST")
+            outside = tf.cast(tf.reduce_sum(w, axis=-1, keepdims=True) < 0.5, s.dtype)  # background
+            return w + outside * tf.one_hot(0, tf.shape(s)[-1], dtype=s.dtype)
+
+        out_masks = _on_subset(masks, moved, warp_onehot)
+    else:  # labels: nearest on uint8 (a third cheaper than on float32)
+        m = _on_subset(tf.cast(masks[..., None], tf.uint8), moved, lambda s, i: warp(s, tf.gather(t, i), "NEAREST"))
+        out_masks = tf.cast(m[..., 0], masks.dtype)
+    return intensity(out_images, int_seed, cfg), out_masks
+
+
+def augment_pair(image: tf.Tensor, mask: tf.Tensor, seed: tf.Tensor, cfg: AugmentConfig) -> tuple[tf.Tensor, tf.Tensor]:
+    """Augment one (H, W, 1) image and its (H, W) mask (per-element form of augment_batch)."""
+    im, m = augment_batch(image[None], mask[None], seed, cfg)
+    return im[0], m[0]

@@ -1,0 +1,177 @@
+"""tf.data pipeline: shapes, filters, no augmentation outside training, mixing ratio, determinism."""
+
+import math
+import types
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from cardigan_tf.data import h5layout, phantom
+from cardigan_tf.data.augment import AugmentConfig
+from cardigan_tf.data.pipeline import count_samples, dataset_info, format_info, make_dataset
+from cardigan_tf.data.sample import EmptyDatasetError
+
+TAG = 0.123  # constant image value marking synthetic samples
+
+
+@pytest.fixture(scope="module")
+def h5(tmp_path_factory):
+    return phantom.write_h5(tmp_path_factory.mktemp("pipe") / "ph.h5", n_patients=10, seed=0, size=96, preview=False)
+
+
+def _synthetic(n=12, size=48):
+    return {"image": np.full((n, size, size, 1), TAG, np.float32), "mask": np.ones((n, size, size), np.uint8)}
+
+
+def _is_syn(images):
+    return np.all(np.abs(images.reshape(len(images), -1) - TAG) < 1e-6, axis=1)
+
+
+def test_shapes_and_dtypes(h5):
+    x, y = next(iter(make_dataset(h5, "train", size=32, batch_size=4, training=True)))
+    assert x.shape == (4, 32, 32, 1) and x.dtype == tf.float32
+    assert y.shape == (4, 32, 32) and y.dtype == tf.int32
+    assert 0.0 <= float(tf.reduce_min(x)) and float(tf.reduce_max(x)) <= 1.0
+    assert set(np.unique(y.numpy())) <= {0, 1, 2, 3}
+    x, y = next(iter(make_dataset(h5, "valid", size=32, batch_size=4, one_hot=True)))
+    assert y.shape == (4, 32, 32, 4) and y.dtype == tf.float32
+    np.testing.assert_array_equal(y.numpy().sum(-1), 1.0)
+
+
+def test_filters(h5):
+    def frames(**kw):
+        return sum(int(x.shape[0]) for x, _ in make_dataset(h5, "train", size=16, batch_size=5, **kw))
+
+    n_train = len(h5layout.list_patients(h5)["train"])
+    assert frames() == 4 * n_train == count_samples(h5, "train")
+    assert frames(views=["4CH"]) == 2 * n_train
+    assert frames(views=["4CH"], phases=["ES"]) == n_train
+    one = h5layout.list_patients(h5)["train"][:1]
+    assert frames(patients=one) == 4
+    arrays = h5layout.load_arrays(h5, "train")
+    q = str(arrays["quality"][0])
+    assert frames(qualities=[q]) == int((arrays["quality"] == q).sum())
+    # a dict source is filtered the same way
+    n = sum(int(x.shape[0]) for x, _ in make_dataset(arrays, "train", size=16, batch_size=5, phases=["ED"]))
+    assert n == 2 * n_train
+    with pytest.raises(EmptyDatasetError):
+        make_dataset(h5, "train", patients=["nobody"])
+    with pytest.raises(ValueError, match="views"):
+        make_dataset(h5, "train", views=["3CH"])
+
+
+def test_validation_is_not_augmented_and_equals_direct_resize(h5):
+    arrays = h5layout.load_arrays(h5, "valid")
+    want_i = tf.image.resize(arrays["image"], [48, 48], method="area").numpy()
+    want_m = tf.image.resize(arrays["mask"][..., None], [48, 48], method="nearest").numpy()[..., 0]
+    with pytest.warns(UserWarning, match="ignored"):
+        got = list(make_dataset(h5, "valid", size=48, batch_size=3, augment=AugmentConfig()))
+    got_i = np.concatenate([x.numpy() for x, _ in got])
+    got_m = np.concatenate([y.numpy() for _, y in got])
+    np.testing.assert_allclose(got_i, np.clip(want_i, 0, 1), atol=1e-6)
+    np.testing.assert_array_equal(got_m, want_m)
+    sizes = [int(x.shape[0]) for x, _ in got]  # one ordered pass, the last batch kept
+    assert sum(sizes) == len(want_i) and sizes[-1] == (len(want_i) % 3 or 3)
+
+
+def test_training_is_augmented_and_batches_are_full(h5):
+    plain = make_dataset(h5, "train", size=32, batch_size=7, training=True, augment=False, seed=1)
+    aug = make_dataset(h5, "train", size=32, batch_size=7, training=True, seed=1)
+    for (xp, yp), (xa, ya) in zip(plain.take(3), aug.take(3)):
+        assert xp.shape[0] == 7 and xa.shape[0] == 7  # drop_remainder for training
+        assert not np.array_equal(xp.numpy(), xa.numpy())
+    # repeats beyond one epoch
+    n_train = count_samples(h5, "train")
+    assert sum(1 for _ in plain.take(2 * math.ceil(n_train / 7))) == 2 * math.ceil(n_train / 7)
+
+
+def test_synthetic_share_matches_fraction(h5):
+    for f in (0.25, 0.6):
+        ds = make_dataset(h5, "train", size=48, batch_size=16, training=True, augment=False,
+                          synthetic=_synthetic(), synthetic_fraction=f, seed=3)
+        n = syn = 0
+        for x, y in ds.take(40):
+            tagged = _is_syn(x.numpy())
+            syn += int(tagged.sum())
+            n += len(tagged)
+            assert (y.numpy()[tagged] == 1).all()  # masks travel with their images
+        tol = 4.5 * math.sqrt(n * f * (1 - f))
+        assert abs(syn - n * f) <= tol, (f, syn, n)
+
+
+def test_fraction_zero_gives_no_synthetic(h5):
+    ds = make_dataset(h5, "train", size=48, batch_size=16, training=True, augment=False,
+                      synthetic=_synthetic(), synthetic_fraction=0.0)
+    assert not any(_is_syn(x.numpy()).any() for x, _ in ds.take(20))
+    # and validation is never mixed
+    with pytest.warns(UserWarning, match="ignored"):
+        val = make_dataset(h5, "valid", size=48, batch_size=4, synthetic=_synthetic(), synthetic_fraction=0.5)
+    assert not any(_is_syn(x.numpy()).any() for x, _ in val)
+
+
+def test_synthetic_of_another_size_is_resized(h5):
+    ds = make_dataset(h5, "train", size=40, batch_size=8, training=True, synthetic=_synthetic(size=24),
+                      synthetic_fraction=0.5)
+    x, y = next(iter(ds))
+    assert x.shape == (8, 40, 40, 1) and y.shape == (8, 40, 40)
+
+
+def test_deterministic_for_a_seed_and_resumable(h5):
+    kw = dict(size=32, batch_size=4, training=True, synthetic=_synthetic(), synthetic_fraction=0.3)
+
+    def batches(seed, skip=0, n=4):
+        ds = make_dataset(h5, "train", seed=seed, skip_batches=skip, **kw)
+        return [(x.numpy(), y.numpy()) for x, y in ds.take(n)]
+
+    a, b, c = batches(5), batches(5), batches(6)
+    for (xa, ya), (xb, yb) in zip(a, b):
+        np.testing.assert_array_equal(xa, xb)
+        np.testing.assert_array_equal(ya, yb)
+    assert not all(np.array_equal(xa, xc) for (xa, _), (xc, _) in zip(a, c))
+    resumed = batches(5, skip=2, n=2)
+    for (xa, ya), (xr, yr) in zip(a[2:], resumed):
+        np.testing.assert_array_equal(xa, xr)
+        np.testing.assert_array_equal(ya, yr)
+
+
+def test_bad_arguments(h5):
+    for f in (1.0, -0.1, 1.5):
+        with pytest.raises(ValueError, match="synthetic_fraction"):
+            make_dataset(h5, "train", training=True, synthetic=_synthetic(), synthetic_fraction=f)
+    with pytest.raises(ValueError, match="synthetic source"):
+        make_dataset(h5, "train", training=True, synthetic_fraction=0.2)
+    with pytest.raises(ValueError, match="split"):
+        make_dataset(h5, "training")
+    with pytest.raises(ValueError, match="batch_size"):
+        make_dataset(h5, "train", batch_size=8, strategy=types.SimpleNamespace(num_replicas_in_sync=3))
+    with pytest.raises(Exception, match="not found"):
+        make_dataset(h5.with_name("missing.h5"), "train")
+
+
+def test_strategy_global_batch(h5):
+    strategy = tf.distribute.get_strategy()
+    x, _ = next(iter(make_dataset(h5, "train", size=16, batch_size=6, training=True, strategy=strategy)))
+    assert x.shape[0] == 6
+
+
+def test_tfrecord_source_matches_h5(h5, tmp_path):
+    from cardigan_tf.data.tfrecord import write_tfrecords
+
+    write_tfrecords(h5, tmp_path / "tfr", shards=2, progress=False)
+    from_h5 = np.concatenate([x.numpy() for x, _ in make_dataset(h5, "valid", size=32, batch_size=4)])
+    from_tfr = np.concatenate([x.numpy() for x, _ in make_dataset(tmp_path / "tfr", "valid", size=32, batch_size=4)])
+    key = lambda a: np.sort(a.reshape(len(a), -1).sum(1))  # noqa: E731  (shard order differs)
+    np.testing.assert_allclose(key(from_h5), key(from_tfr), rtol=1e-5)
+    x, y = next(iter(make_dataset(tmp_path / "tfr", "train", size=32, batch_size=4, training=True, one_hot=True)))
+    assert x.shape == (4, 32, 32, 1) and y.shape == (4, 32, 32, 4)
+    assert count_samples(tmp_path / "tfr", "valid") == len(from_h5)
+
+
+def test_dataset_info(h5):
+    info = dataset_info(h5)
+    pats = h5layout.list_patients(h5)
+    for split, d in info.items():
+        assert d["patients"] == len(pats[split]) and d["frames"] == 4 * len(pats[split])
+        assert d["views"] == {"2CH": 2 * len(pats[split]), "4CH": 2 * len(pats[split])}
+    assert "train:" in format_info(info)

@@ -1,0 +1,85 @@
+"""U-Net builder: shapes for every depth / norm / upsampling, errors, save-load round trip."""
+
+import numpy as np
+import pytest
+
+from cardigan_tf.models.unet import UNET_PRESETS, ConvBlock, UNetConfig, UpSample, build_unet, inference_model
+
+
+@pytest.mark.parametrize("depth", [4, 5, 6])
+def test_shapes_for_each_depth(depth):
+    cfg = UNetConfig(size=64, depth=depth, base_filters=4, max_filters=16)
+    model = build_unet(cfg)
+    probs = np.asarray(model(np.random.default_rng(0).random((2, 64, 64, 1), dtype=np.float32)))
+    assert probs.shape == (2, 64, 64, 4)
+    assert probs.dtype == np.float32
+    np.testing.assert_allclose(probs.sum(-1), 1.0, atol=1e-5)
+    # the bottleneck sits at size / 2**depth
+    assert model.get_layer(f"pool{depth - 1}").output.shape[1] == 64 // 2**depth
+
+
+@pytest.mark.parametrize("norm", ["batch", "group", "instance", "none"])
+@pytest.mark.parametrize("upsampling", ["transpose", "nearest"])
+def test_shapes_for_each_norm_and_upsampling(norm, upsampling):
+    cfg = UNetConfig(size=32, depth=4, base_filters=4, max_filters=16, norm=norm, upsampling=upsampling,
+                     dropout=0.2)
+    probs = np.asarray(build_unet(cfg)(np.zeros((1, 32, 32, 1), np.float32), training=True))
+    assert probs.shape == (1, 32, 32, 4)
+    assert np.isfinite(probs).all()
+
+
+def test_size_not_divisible_raises():
+    with pytest.raises(ValueError, match="divisible"):
+        build_unet(UNetConfig(size=48, depth=5))
+    with pytest.raises(ValueError, match="depth"):
+        build_unet(UNetConfig(size=64, depth=3))
+    with pytest.raises(ValueError, match="norm"):
+        build_unet(UNetConfig(norm="layer"))
+
+
+def test_deep_supervision_outputs_and_inference_model():
+    model = build_unet(UNetConfig(size=32, depth=4, base_filters=4, deep_supervision=True))
+    outs = model(np.zeros((2, 32, 32, 1), np.float32))
+    assert len(outs) == 3 and all(tuple(o.shape) == (2, 32, 32, 4) for o in outs)
+    main = inference_model(model)
+    assert len(main.outputs) == 1
+    np.testing.assert_allclose(np.asarray(main(np.ones((1, 32, 32, 1), np.float32))),
+                               np.asarray(model(np.ones((1, 32, 32, 1), np.float32))[0]), atol=1e-6)
+    plain = build_unet(UNetConfig(size=32, depth=4, base_filters=4))
+    assert inference_model(plain) is plain
+
+
+def test_output_float32_under_mixed_precision():
+    import keras
+
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    try:
+        model = build_unet(UNetConfig(size=32, depth=4, base_filters=4))
+        assert model.get_layer("enc0").compute_dtype == "bfloat16"
+        assert np.asarray(model(np.zeros((1, 32, 32, 1), np.float32))).dtype == np.float32
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+
+
+def test_layer_get_config_round_trip():
+    for layer in (ConvBlock(8, norm="group", groups=4, dropout=0.1, name="b"), UpSample(8, "transpose", name="u")):
+        clone = type(layer).from_config(layer.get_config())
+        assert clone.get_config() == layer.get_config()
+
+
+def test_save_load_round_trip(tmp_path):
+    import keras
+
+    model = build_unet(UNetConfig(size=32, depth=4, base_filters=4, norm="group", upsampling="transpose"))
+    x = np.random.default_rng(1).random((2, 32, 32, 1), dtype=np.float32)
+    path = tmp_path / "m.keras"
+    model.save(path)
+    loaded = keras.saving.load_model(path)
+    np.testing.assert_allclose(np.asarray(loaded(x)), np.asarray(model(x)), atol=1e-6)
+
+
+def test_presets():
+    assert UNET_PRESETS["tiny"].size == 64 and UNET_PRESETS["tiny"].depth == 4
+    assert UNET_PRESETS["camus"].size == 256 and UNET_PRESETS["camus"].base_filters == 32
+    for cfg in UNET_PRESETS.values():
+        cfg.validate()

@@ -93,3 +93,11 @@ def test_h5_layout_rejects_bad_labels(tmp_path):
         f["train/patient0001/2CH/gt"] = np.full((2, 8, 8), 7, np.uint8)
     with pytest.raises(DataError, match=r"patient0001/2CH/gt.*outside"):
         list(h5layout.iter_samples(path))
+
+
+def test_config_float_accepts_yaml_exponent_strings():
+    # PyYAML reads "1e-4" (no dot) as a string; float fields must still accept it.
+    cfg = load_config(_Cfg, None, ["inner.lr=1e-4"])
+    assert cfg.inner.lr == 1e-4
+    with pytest.raises(ConfigError, match="inner.lr"):
+        load_config(_Cfg, None, ["inner.lr=fast"])

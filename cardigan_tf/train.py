@@ -30,6 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m cardigan_tf.train",
         description="Train cardigan_tf models. With no sub-command, run the main job "
         "(a complete small study on the built-in phantom).",
+        epilog="Options of the main job (--data, --budget, --set, ...): python -m cardigan_tf.train main --help",
     )
     sub = parser.add_subparsers(dest="job", metavar="{gan,seg,study}")
     for name, (module, help_text) in JOBS.items():

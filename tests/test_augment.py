@@ -9,7 +9,8 @@ from scipy import ndimage
 
 from cardigan_tf.config import ConfigError
 from cardigan_tf.data import phantom
-from cardigan_tf.data.augment import AugmentConfig, affine_transforms, augment_batch, augment_pair, batch_noise, warp
+from cardigan_tf.data.augment import (AugmentConfig, affine_transforms, augment_batch, augment_pair, batch_noise,
+                                      blur, intensity, warp)
 
 GEOMETRY_ONLY = AugmentConfig(rotation=25, scale=(0.8, 1.2), translation=0.1, p_geometric=1.0, brightness=0.0,
                               contrast=(1.0, 1.0), gamma=(1.0, 1.0), noise_std=0.0, blur_prob=0.0)
@@ -123,3 +124,60 @@ def test_augment_pair_and_bad_config():
         AugmentConfig(scale=(1.2, 0.8)).validate()
     with pytest.raises(ConfigError, match="blur_prob"):
         AugmentConfig(blur_prob=1.5).validate()
+
+
+INTENSITY_OFF = dict(rotation=0, scale=(1.0, 1.0), translation=0, brightness=0.0, contrast=(1.0, 1.0),
+                     gamma=(1.0, 1.0), noise_std=0.0, blur_prob=0.0, p_intensity=1.0)
+
+
+def _box3(x):
+    """Reference 3x3 box filter over the pixels that exist (numpy, one 2-D image)."""
+    h, w = x.shape
+    pad, ones = np.pad(x, 1), np.pad(np.ones_like(x), 1)
+    tot = sum(pad[i:i + h, j:j + w] for i in range(3) for j in range(3))
+    cnt = sum(ones[i:i + h, j:j + w] for i in range(3) for j in range(3))
+    return tot / cnt
+
+
+def test_blur_matches_two_box_passes():
+    x = np.random.default_rng(1).random((5, 20, 24, 1)).astype(np.float32)
+    got = blur(tf.constant(x), 1.0).numpy()
+    want = np.stack([_box3(_box3(im[..., 0].astype(np.float64))) for im in x])[..., None]
+    np.testing.assert_allclose(got, want, atol=1e-5)
+
+
+def test_gamma_is_a_power_per_sample_and_keeps_zero():
+    ramp = np.linspace(0.0, 1.0, 32 * 32, dtype=np.float32).reshape(1, 32, 32, 1)
+    images = np.repeat(ramp, 8, axis=0)
+    cfg = AugmentConfig(**{**INTENSITY_OFF, "gamma": (0.8, 1.25)})
+    out = intensity(tf.constant(images), tf.constant([4, 2], tf.int64), cfg).numpy()
+    x, exps = ramp[0, ..., 0].ravel(), []
+    for o in out:
+        o = o[..., 0].ravel()
+        g = np.log(o[600]) / np.log(x[600])  # exponent seen at one pixel ...
+        np.testing.assert_allclose(o, x ** g, atol=2e-5)  # ... holds at every pixel
+        assert 0.8 - 1e-4 <= g <= 1.25 + 1e-4 and o[0] == 0.0 and abs(o[-1] - 1.0) < 1e-6
+        exps.append(g)
+    assert len({round(g, 4) for g in exps}) == 8  # one exponent per sample
+
+
+def test_brightness_contrast_is_an_affine_map_around_the_mean():
+    images = np.random.default_rng(2).uniform(0.3, 0.7, (8, 16, 16, 1)).astype(np.float32)
+    cfg = AugmentConfig(**{**INTENSITY_OFF, "brightness": 0.1, "contrast": (0.8, 1.2)})
+    out = intensity(tf.constant(images), tf.constant([1, 1], tf.int64), cfg).numpy()
+    for x, o in zip(images.reshape(8, -1), out.reshape(8, -1)):
+        c, off = np.polyfit(x, o, 1)
+        np.testing.assert_allclose(o, c * x + off, atol=1e-5)
+        d = off - (1.0 - c) * x.mean()  # off = (1 - c) * mean + d
+        assert 0.8 - 1e-4 <= c <= 1.2 + 1e-4 and abs(d) <= 0.1 + 1e-4
+
+
+def test_batch_noise_takes_a_per_sample_std_and_is_white():
+    std = tf.constant([0.5, 2.0, 0.0, 1.0, 1.0, 1.0, 1.0, 1.0])
+    n = batch_noise(tf.constant([8, 64, 64, 1]), tf.constant([7, 8], tf.int64), std).numpy()
+    np.testing.assert_allclose(n.std(axis=(1, 2, 3)), std.numpy(), rtol=0.05)
+    assert np.all(n[2] == 0.0)
+    lag = (n[3, 1:, :, 0] * n[3, :-1, :, 0]).mean()  # neighbouring pixels are uncorrelated
+    assert abs(lag) < 0.05
+    assert len({n[i].tobytes() for i in (0, 1, 3, 4, 5, 6, 7)}) == 7
+    assert batch_noise(tf.constant([0, 8, 8, 1]), tf.constant([1, 2], tf.int64)).shape == (0, 8, 8, 1)

@@ -1,0 +1,114 @@
+"""``python -m cardigan_tf.train study``: a tiny study (one training fraction, synthetic
+fractions 0 and 0.5, one seed) end to end, its tables, plot, GAN quality report and resume."""
+
+import csv
+import json
+
+import pytest
+import yaml
+
+from cardigan_tf.data import h5layout
+
+TINY = ["name=tiny", "n_phantom=10", "train_fractions=[0.5]", "synthetic_fractions=[0.0, 0.5]", "seeds=[0]",
+        "synthetic_multiplier=1",
+        "gan.model.ngf=8", "gan.model.ndf=8", "gan.model.num_D=1", "gan.train.steps=2", "gan.train.batch_size=2",
+        "gan.train.checkpoint_every=2", "gan.train.sample_every=2", "gan.train.n_samples=2", "gan.train.verbose=0",
+        "seg.train.epochs=1", "seg.train.steps_per_epoch=2", "seg.train.batch_size=4", "seg.train.patience=0"]
+
+
+def _argv(*extra):
+    out = ["study"]
+    for s in TINY:
+        out += ["--set", s]
+    return out + list(extra)
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    from cardigan_tf.train import main
+
+    runs = tmp_path_factory.mktemp("runs")
+    assert main(_argv("--runs-dir", str(runs))) == 0
+    (root,) = runs.glob("study-tiny-*")
+    return root
+
+
+def _rows(path):
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_tables_plot_and_report(study):
+    cells = _rows(study / "cells.csv")
+    assert sorted((r["train_fraction"], r["synthetic_fraction"], r["seed"]) for r in cells) == [
+        ("0.5", "0.0", "0"), ("0.5", "0.5", "0")]
+    results = _rows(study / "results.csv")
+    assert len(results) == 2 and {r["synthetic_fraction"] for r in results} == {"0.0", "0.5"}
+    for r in results:
+        assert 0.0 <= float(r["lv_endo_dice_mean"]) <= 1.0 and r["n_seeds"] == "1"
+    table = (study / "results.md").read_text()
+    assert table.startswith("| train fraction | synthetic fraction | seeds | LV endo Dice")
+    assert len([line for line in table.splitlines() if line.startswith("| 0.50 |")]) == 2
+    tests = _rows(study / "wilcoxon.csv")
+    assert sorted(r["structure"] for r in tests) == ["la", "lv_endo", "lv_epi"]
+    assert all(r["synthetic_fraction"] == "0.5" for r in tests)
+    assert (study / "dice_vs_synthetic.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (study / "samples.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    report = (study / "report.md").read_text()
+    assert table.strip() in report
+    assert "](dice_vs_synthetic.png)" in report and "](samples.png)" in report
+    assert "## GAN quality" in report and "gan-f0.5-seed0" in report
+
+
+def test_gan_saw_only_its_training_subset(study):
+    from cardigan_tf.data.splits import subset_patients
+    from cardigan_tf.jobs.study import gan_train_patients
+
+    data = study / "data" / "phantom.h5"
+    splits = h5layout.list_patients(data)
+    subset = subset_patients(splits["train"], 0.5, seed=0)
+    assert len(subset) == 4
+    gan_dir = study / "gans" / "gan-f0.5-seed0"
+    assert yaml.safe_load((gan_dir / "config.yaml").read_text())["data"]["train_patients"] == subset
+    seen = gan_train_patients(gan_dir)
+    assert seen == subset
+    assert not set(seen) & (set(splits["valid"]) | set(splits["test"]))
+    prov = h5layout.read_root_attrs(study / "synthetic" / "synth-f0.5-seed0.h5")["provenance"]
+    assert prov["source_patients"] == subset
+    cell = json.loads((study / "cells" / "seg-f0.5-s0.5-seed0" / "result.json").read_text())
+    assert cell["n_train_patients"] == 4
+
+
+def test_gan_quality_report(study):
+    from cardigan_tf.gan_quality import gan_quality_report
+    from cardigan_tf.runs import OverwriteError
+
+    qdir = study / "gans" / "gan-f0.5-seed0" / "quality"
+    q = json.loads((qdir / "quality.json").read_text())
+    assert q["feature_network"] == "unet_encoder" and q["seg_run"].endswith("seg-f0.5-s0-seed0")
+    for s in ("lv_endo", "lv_epi", "la"):
+        assert set(q["segmentation_consistency"][s]) == {"synthetic", "real_test"}
+    gen = q["distances"]["synthetic_vs_real_train"]
+    assert gen["n_other"] == q["n_synthetic"] == 16 and gen["fid"] >= 0
+    assert "U-Net encoder" in (qdir / "quality.md").read_text()
+    assert (qdir / "consistency.png").read_bytes()[:4] == b"\x89PNG"
+    synth, seg = study / "synthetic" / "synth-f0.5-seed0.h5", study / "cells" / "seg-f0.5-s0-seed0"
+    with pytest.raises(OverwriteError):
+        gan_quality_report(synth, seg, out_dir=qdir)
+    with pytest.raises(FileNotFoundError, match="InceptionV3"):
+        gan_quality_report(synth, seg, out_dir=study / "q-inception", inception_weights=study / "none.h5")
+    assert not (study / "q-inception").exists()
+
+
+def test_resume_trains_nothing_new(study):
+    from cardigan_tf.train import main
+
+    outputs = [*study.glob("cells/*/best.keras"), *study.glob("cells/*/result.json"),
+               *study.glob("gans/*/generator_ema.keras"), *study.glob("synthetic/*.h5"),
+               *study.glob("gans/*/quality/quality.json")]
+    assert len(outputs) == 7
+    before = {p: p.stat().st_mtime_ns for p in outputs}
+    assert main(["study", "--resume", str(study)]) == 0
+    assert {p: p.stat().st_mtime_ns for p in outputs} == before
+    assert sorted(p.name for p in study.glob("cells/*")) == ["seg-f0.5-s0-seed0", "seg-f0.5-s0.5-seed0"]
+    assert len(_rows(study / "cells.csv")) == 2

@@ -206,13 +206,16 @@ def load_config(
     """Build ``cls`` from defaults (or ``base``), then a YAML file, then ``--set`` overrides."""
     data = to_dict(base if base is not None else cls())
     if path is not None:
-        deep_update(data, load_yaml(path), where=str(path))
+        loaded = load_yaml(path)
+        if "kind" not in data:  # a run folder's config.yaml names its kind first: reusable as --config
+            loaded.pop("kind", None)
+        deep_update(data, loaded, where=str(path))
     apply_overrides(data, overrides)
     return from_dict(cls, data, where=str(path) if path else "config")
 
 
 def save_config(cfg: Any, path: str | Path) -> None:
     """Write a dataclass config as YAML, atomically."""
-    from cardigan_tf.runs import atomic_write_text
+    from cardigan_tf.files import atomic_write_text
 
     atomic_write_text(Path(path), yaml.safe_dump(to_dict(cfg), sort_keys=False))

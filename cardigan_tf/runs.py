@@ -1,98 +1,59 @@
-"""Run folders and safe file writing.
+"""Run folders: create them, record what made them, and open them again (the run API).
 
 Every command that trains writes one self-describing folder::
 
     runs/<kind>-<name>-<UTC time>/
-        config.yaml      everything needed to rerun
+        config.yaml      ``kind:`` + everything needed to rerun
+        provenance.json  Python / TensorFlow / Keras versions, code revision, command line,
+                         and (in data.json) a fingerprint of the data
+        data.json        the resolved dataset and its fingerprint (file hashes)
         checkpoints/     resumable state
         tensorboard/     event files
         samples/         PNG grids
         metrics.json     final figures
         report.md        short human summary
 
-Nothing is written half: files are written under a temporary name in the same folder and
-renamed into place. Nothing is overwritten without an explicit ``overwrite=True``.
+The kind is read from ``config.yaml``, never from the folder's name: a renamed run folder still
+opens. :func:`open_run` only reads; it creates nothing. Folders written before the kind was
+recorded are recognised by their contents (``legacy=True``).
+
+Example::
+
+    run = open_run("runs/seg-tiny-20260101T000000Z")
+    run.kind, run.config.model.size, run.model_path()
 """
 
 from __future__ import annotations
 
-import contextlib
+import dataclasses
+import hashlib
 import json
 import os
+import platform
 import re
-import shutil
-import tempfile
+import subprocess
+import sys
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
+
+from cardigan_tf.files import (  # noqa: F401  (re-exported: the historical home of these names)
+    OverwriteError,
+    atomic_path,
+    atomic_write_bytes,
+    atomic_write_text,
+    refuse_overwrite,
+    write_json,
+)
 
 RUN_SUBDIRS = ("checkpoints", "tensorboard", "samples")
+#: files whose presence identifies the kind of a folder written before config.yaml held it
+_LEGACY_MARKERS = (("study", ("cells",)), ("gan", ("generator_ema.keras", "generator.keras")),
+                   ("seg", ("best.keras", "final.keras", "checkpoints/state.json")))
 
 
-class OverwriteError(FileExistsError):
-    """Raised when an output exists and ``--overwrite`` was not given."""
-
-
-def refuse_overwrite(path: Path, overwrite: bool, what: str = "output") -> None:
-    """Raise OverwriteError if ``path`` exists and ``overwrite`` is False."""
-    if Path(path).exists() and not overwrite:
-        raise OverwriteError(f"{path}: {what} already exists; pass --overwrite to replace it")
-
-
-@contextlib.contextmanager
-def atomic_path(path: str | Path, overwrite: bool = True) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; rename it to ``path`` when the block succeeds.
-
-    On error the temporary file (or folder) is removed and ``path`` is left untouched.
-    """
-    path = Path(path)
-    if not overwrite:
-        refuse_overwrite(path, overwrite)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    tmp.unlink()  # let the writer create it (file or folder)
-    try:
-        yield tmp
-        if path.is_dir() and not path.is_symlink():
-            shutil.rmtree(path)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            if tmp.is_dir():
-                shutil.rmtree(tmp, ignore_errors=True)
-            else:
-                tmp.unlink()
-
-
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(data)
-
-
-def atomic_write_text(path: str | Path, text: str) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_text(text)
-
-
-def write_json(path: str | Path, obj: Any) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n")
-
-
-def _json_default(obj: Any) -> Any:
-    try:
-        import numpy as np
-
-        if isinstance(obj, np.generic):
-            return obj.item()
-        if isinstance(obj, np.ndarray):
-            return obj.tolist()
-    except ImportError:  # pragma: no cover
-        pass
-    if isinstance(obj, Path):
-        return str(obj)
-    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+class RunError(ValueError):
+    """A path is not a run folder of the expected kind, or lacks what was asked of it."""
 
 
 def utc_stamp() -> str:
@@ -126,13 +87,206 @@ def new_run_dir(root: str | Path, kind: str, name: str = "run") -> Path:
     return run
 
 
-def open_run_dir(path: str | Path, kind: str | None = None) -> Path:
-    """Check that ``path`` is a run folder (of ``kind`` when given) and return it."""
+# ----------------------------------------------------------------------------- provenance
+def code_revision() -> dict[str, Any]:
+    """The git commit of the cardigan_tf checkout (and whether it has local changes), or
+    ``{"commit": None}`` when the package is not in a git checkout."""
+    root = Path(__file__).resolve().parent.parent
+    if not (root / ".git").exists():
+        return {"commit": None}
+    try:
+        commit = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True,
+                                text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return {"commit": None}
+    return {"commit": commit or None, "dirty": bool(dirty)}
+
+
+def library_versions() -> dict[str, str | None]:
+    """Versions of Python and of the libraries a run depends on (None when not installed)."""
+    from importlib import metadata
+
+    out: dict[str, str | None] = {"python": platform.python_version()}
+    for name in ("tensorflow", "keras", "numpy", "h5py", "keras-tuner", "SimpleITK"):
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def provenance(command: list[str] | None = None) -> dict[str, Any]:
+    """What made a run: versions, code revision, command line, host, time."""
+    return {
+        "created": utc_stamp(),
+        "command": list(sys.argv if command is None else command),
+        "cwd": os.getcwd(),
+        "versions": library_versions(),
+        "code": code_revision(),
+        "host": {"platform": platform.platform(), "machine": platform.machine(), "cpus": os.cpu_count()},
+    }
+
+
+def _sha256(path: Path, chunk: int = 1 << 22) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def data_fingerprint(path: str | Path) -> dict[str, Any]:
+    """SHA-256 of a prepared dataset: the .h5 file, or every file of a TFRecord folder."""
     path = Path(path)
-    if not (path / "config.yaml").is_file():
-        raise FileNotFoundError(f"{path}: not a run folder (no config.yaml)")
-    if kind is not None and not path.name.startswith(f"{kind}-"):
-        raise ValueError(f"{path}: expected a '{kind}' run folder (name starting '{kind}-')")
+    if path.is_file():
+        return {"path": str(path.resolve()), "bytes": path.stat().st_size, "sha256": _sha256(path)}
+    files = sorted(p for p in path.rglob("*") if p.is_file())
+    return {"path": str(path.resolve()), "files": {str(p.relative_to(path)): _sha256(p) for p in files}}
+
+
+def record_data(run_dir: str | Path, data_path: str | Path, requested: Any = None) -> dict:
+    """Write ``run_dir/data.json``: the resolved dataset, what was asked for, its fingerprint."""
+    record = {"path": str(Path(data_path).resolve()), "requested": None if requested is None else str(requested),
+              "fingerprint": data_fingerprint(data_path)}
+    write_json(Path(run_dir) / "data.json", record)
+    return record
+
+
+# ----------------------------------------------------------------------------- create / open
+def save_run_config(run_dir: str | Path, kind: str, cfg: Any) -> None:
+    """Write ``config.yaml`` with the run's kind first, atomically."""
+    import yaml
+
+    from cardigan_tf.config import to_dict
+
+    text = yaml.safe_dump({"kind": kind, **to_dict(cfg)}, sort_keys=False)
+    atomic_write_text(Path(run_dir) / "config.yaml", text)
+
+
+def create_run(kind: str, cfg: Any, *, runs_dir: str | Path = "runs", run_dir: str | Path | None = None,
+               name: str | None = None, command: list[str] | None = None) -> Path:
+    """Make a run folder (a new ``runs_dir/<kind>-<name>-<UTC>/``, or ``run_dir``) and write its
+    ``config.yaml`` and ``provenance.json``. Validate inputs before calling this."""
+    if run_dir is None:
+        path = new_run_dir(runs_dir, kind, name or getattr(cfg, "name", None) or getattr(cfg, "preset", "run"))
+    else:
+        path = Path(run_dir)
+        path.mkdir(parents=True, exist_ok=True)
+        for sub in RUN_SUBDIRS:
+            (path / sub).mkdir(exist_ok=True)
+    save_run_config(path, kind, cfg)
+    write_json(path / "provenance.json", provenance(command))
+    return path
+
+
+def _legacy_kind(path: Path) -> str | None:
+    for kind, markers in _LEGACY_MARKERS:
+        if any((path / m).exists() for m in markers):
+            return kind
+    prefix = path.name.split("-", 1)[0]
+    from cardigan_tf.configs import RUN_KINDS
+
+    return prefix if prefix in RUN_KINDS else None
+
+
+@dataclasses.dataclass
+class Run:
+    """An opened run folder. ``config`` is the typed config of its kind."""
+
+    path: Path
+    kind: str
+    config: Any
+    legacy: bool = False
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.path / "checkpoints"
+
+    @property
+    def data(self) -> dict | None:
+        """``data.json`` (resolved dataset path, request, fingerprint), or None."""
+        f = self.path / "data.json"
+        return json.loads(f.read_text()) if f.is_file() else None
+
+    def data_path(self) -> Path | None:
+        """The resolved dataset, when it was recorded and still exists."""
+        d = self.data
+        if d and Path(d["path"]).exists():
+            return Path(d["path"])
+        return None
+
+    @property
+    def provenance(self) -> dict:
+        f = self.path / "provenance.json"
+        return json.loads(f.read_text()) if f.is_file() else {}
+
+    @property
+    def metrics(self) -> dict | None:
+        f = self.path / "metrics.json"
+        return json.loads(f.read_text()) if f.is_file() else None
+
+    def model_path(self, which: str = "best") -> Path:
+        """The trained model: seg ``best`` (falls back to ``final``) or ``final``; gan ``ema``
+        (``generator_ema.keras``) or ``raw`` (``generator.keras``). RunError if absent."""
+        names = {
+            "seg": {"best": ("best.keras", "final.keras"), "final": ("final.keras",)},
+            "gan": {"ema": ("generator_ema.keras",), "raw": ("generator.keras",),
+                    "best": ("generator_ema.keras",)},
+        }.get(self.kind)
+        if names is None or which not in names:
+            raise RunError(f"{self.path}: a {self.kind} run has no {which!r} model")
+        for name in names[which]:
+            if (self.path / name).is_file():
+                return self.path / name
+        raise RunError(f"{self.path}: no {' or '.join(names[which])} (has the {self.kind} run finished?)")
+
+
+def read_config_file(path: Path) -> tuple[str | None, dict]:
+    from cardigan_tf.config import ConfigError, load_yaml
+
+    try:
+        data = load_yaml(path)
+    except ConfigError as exc:
+        raise RunError(str(exc)) from None
+    kind = data.pop("kind", None)
+    return kind, data
+
+
+def open_run(path: str | Path, kind: str | None = None) -> Run:
+    """Open a run folder read-only: its kind (from ``config.yaml``), typed config and paths.
+
+    Raises RunError when ``path`` is no run folder, is of another kind than ``kind``, or its
+    config no longer loads (the message says which key and why).
+    """
+    from cardigan_tf.config import ConfigError, from_dict
+    from cardigan_tf.configs import RUN_KINDS, config_class, migrate
+
+    path = Path(path)
+    cfg_file = path / "config.yaml"
+    if not path.is_dir():
+        raise RunError(f"{path}: no such run folder")
+    if not cfg_file.is_file():
+        raise RunError(f"{path}: not a run folder (no config.yaml)")
+    recorded, data = read_config_file(cfg_file)
+    legacy = recorded is None
+    found = recorded or _legacy_kind(path)
+    if found not in RUN_KINDS:
+        raise RunError(f"{cfg_file}: cannot tell the kind of this run (no 'kind:' key, and neither its files "
+                       f"nor its name say it); expected one of {list(RUN_KINDS)}")
+    if kind is not None and found != kind:
+        raise RunError(f"{path}: expected a {kind} run folder, found a {found} run")
+    try:
+        cfg = from_dict(config_class(found), migrate(found, data), where=str(cfg_file))
+    except ConfigError as exc:
+        raise RunError(f"{path}: its config does not load with this version of cardigan_tf: {exc}") from None
+    return Run(path=path, kind=found, config=cfg, legacy=legacy)
+
+
+def ensure_run_subdirs(path: str | Path) -> Path:
+    """Create the standard subfolders of a run that is about to be written to (resume)."""
+    path = Path(path)
     for sub in RUN_SUBDIRS:
         (path / sub).mkdir(exist_ok=True)
     return path

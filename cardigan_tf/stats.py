@@ -25,7 +25,7 @@ import numpy as np
 from scipy import stats as sps
 
 from cardigan_tf.labels import STRUCTURES
-from cardigan_tf.runs import atomic_path
+from cardigan_tf.files import atomic_path
 
 CELL_KEYS = ("train_fraction", "synthetic_fraction")
 SEED_KEY = "seed"

@@ -1,27 +1,159 @@
-"""``python -m cardigan_tf.train [gan|seg|study] ...``
+"""``python -m cardigan_tf.train [main|gan|seg|study] ...`` (console script ``cardigan-train``).
 
-- ``gan``: train the SPADE GAN (cardigan_tf.jobs.gan)
-- ``seg``: train the U-Net (cardigan_tf.jobs.seg)
-- ``study``: the synthetic-data augmentation study (cardigan_tf.jobs.study)
-- no sub-command: the main job, a complete small study on the built-in phantom
-  (or on ``--data``), ending with the path of its report.
+- no sub-command, or ``main``: the main job, a complete small study on the built-in phantom (or
+  on ``--data``), ending with the path of its report;
+- ``gan``: train the SPADE GAN; ``seg``: train the U-Net; ``study``: the synthetic-data study.
 
-The CLI is thin: each job module declares ``add_arguments(parser)`` and ``run(args)``.
+Thin: parse, build the config (cardigan_tf.configs), call the job (cardigan_tf.jobs).
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 
 import cardigan_tf.runtime  # noqa: F401  (sets KERAS_BACKEND before keras is imported)
+from cardigan_tf import cli
+
+STRATEGIES = ("default", "mirrored", "multiworker")
+
+
+# ----------------------------------------------------------------------------- main job
+def _main_arguments(p: argparse.ArgumentParser) -> None:
+    from cardigan_tf.configs.study import BUDGETS
+
+    p.add_argument("--data", help="CAMUS folder or seed-layout .h5 (default: built-in phantom)")
+    p.add_argument("--budget", choices=sorted(BUDGETS), default="standard",
+                   help="how much to train (default: standard, ~15 min on 2 CPU cores)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a study key, e.g. seeds=[0,1]")
+    p.add_argument("--runs-dir", default="runs", help="parent folder of run folders")
+    p.add_argument("--resume", metavar="STUDY_DIR", help="continue an interrupted main job")
+    p.add_argument("--name", help="study name")
+
+
+def _run_main(args: argparse.Namespace):
+    from cardigan_tf.configs.study import main_config
+    from cardigan_tf.jobs.study import run_study
+
+    if args.resume:
+        return run_study(None, resume=args.resume) / "report.md"
+    cfg = main_config(args.budget, args.data, args.overrides)
+    if args.name:
+        cfg.name = args.name
+    return run_study(cfg, runs_dir=args.runs_dir) / "report.md"
+
+
+# ----------------------------------------------------------------------------- gan
+def _gan_arguments(p: argparse.ArgumentParser) -> None:
+    from cardigan_tf.configs.gan import PRESET_NAMES
+
+    p.add_argument("--data", help="CAMUS folder or seed-layout .h5 (default: built-in phantom)")
+    p.add_argument("--preset", choices=PRESET_NAMES, help="network/training preset (default: tiny on CPU, cardigan on GPU)")
+    length = p.add_mutually_exclusive_group()
+    length.add_argument("--epochs", type=int, help="train for N epochs")
+    length.add_argument("--steps", type=int, help="train for N steps (overrides epochs)")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue a gan run folder exactly")
+    cli.add_config_arguments(p, "GanConfig (sections model/train/data)")
+    p.add_argument("--runs-dir", default="runs", help="parent folder of run folders")
+    p.add_argument("--name", help="run name (default: the preset)")
+    p.add_argument("--strategy", choices=STRATEGIES, help="tf.distribute strategy")
+
+
+def _run_gan(args: argparse.Namespace):
+    from cardigan_tf import runtime
+    from cardigan_tf.configs.gan import build_config
+    from cardigan_tf.jobs.gan import train_gan
+
+    if args.resume:
+        return train_gan(None, resume=args.resume)
+    overrides = list(args.overrides or [])
+    if args.data:
+        overrides.append(f"data.data={args.data}")
+    if args.epochs is not None:
+        overrides += [f"train.epochs={args.epochs}", "train.steps=null"]
+    if args.steps is not None:
+        overrides.append(f"train.steps={args.steps}")
+    if args.strategy:
+        overrides.append(f"train.strategy={args.strategy}")
+    gpu = bool(runtime.gpu_devices()) if args.preset is None else False
+    cfg = build_config(args.preset, args.config, overrides, gpu=gpu)
+    return train_gan(cfg, runs_dir=args.runs_dir, name=args.name)
+
+
+# ----------------------------------------------------------------------------- seg
+def _seg_arguments(p: argparse.ArgumentParser) -> None:
+    from cardigan_tf.configs.seg import PRESET_NAMES
+
+    p.add_argument("--data", help="CAMUS folder (any layout) or seed-layout .h5; default: built-in phantom")
+    p.add_argument("--synthetic", help="synthetic seed-layout .h5 to mix into training")
+    p.add_argument("--synthetic-fraction", type=float, help="fraction of synthetic images per batch")
+    p.add_argument("--preset", choices=PRESET_NAMES, default="tiny", help="model/training preset")
+    p.add_argument("--epochs", type=int, help="number of epochs (overrides train.epochs)")
+    cli.add_config_arguments(p, "SegConfig")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run exactly")
+    p.add_argument("--runs-dir", default="runs", help="where run folders are created")
+    p.add_argument("--name", help="run name (default: the preset)")
+    p.add_argument("--strategy", choices=STRATEGIES, help="tf.distribute strategy")
+
+
+def seg_config_from_args(args: argparse.Namespace):
+    """defaults(preset) <- --config <- --set <- explicit flags."""
+    from cardigan_tf.config import from_dict, load_config, to_dict
+    from cardigan_tf.configs.seg import SegConfig, preset_config
+
+    cfg = load_config(SegConfig, args.config, list(args.overrides or []), base=preset_config(args.preset))
+    if args.data is not None:
+        cfg.data.data = args.data
+    if args.synthetic is not None:
+        cfg.data.synthetic = args.synthetic
+    if args.synthetic_fraction is not None:
+        cfg.data.synthetic_fraction = args.synthetic_fraction
+    if args.epochs is not None:
+        cfg.train.epochs = args.epochs
+    if args.name:
+        cfg.name = args.name
+    if args.strategy:
+        cfg.train.strategy = args.strategy
+    return from_dict(SegConfig, to_dict(cfg))  # re-validate
+
+
+def _run_seg(args: argparse.Namespace):
+    from cardigan_tf.jobs.seg import train_seg
+    from cardigan_tf.runs import open_run
+
+    if args.resume:
+        cfg = open_run(args.resume, "seg").config
+        if args.epochs is not None:
+            cfg.train.epochs = args.epochs
+        return train_seg(cfg, resume=args.resume)
+    return train_seg(seg_config_from_args(args), runs_dir=args.runs_dir)
+
+
+# ----------------------------------------------------------------------------- study
+def _study_arguments(p: argparse.ArgumentParser) -> None:
+    cli.add_config_arguments(p, "the study design (see experiments/)")
+    p.add_argument("--data", help="CAMUS folder or seed-layout .h5 (default: built-in phantom)")
+    p.add_argument("--resume", metavar="STUDY_DIR", help="continue a study folder (finished cells are kept)")
+    p.add_argument("--runs-dir", default="runs", help="parent folder of run folders")
+    p.add_argument("--name", help="study name")
+
+
+def _run_study(args: argparse.Namespace):
+    from cardigan_tf.configs.study import build_study_config
+    from cardigan_tf.jobs.study import run_study
+
+    if args.resume:
+        return run_study(None, resume=args.resume)
+    cfg = build_study_config(args.config, args.overrides, data=args.data, name=args.name)
+    return run_study(cfg, runs_dir=args.runs_dir)
+
 
 JOBS = {
-    "gan": ("cardigan_tf.jobs.gan", "train the SPADE GAN (mask -> echocardiogram)"),
-    "seg": ("cardigan_tf.jobs.seg", "train the U-Net segmenter"),
-    "study": ("cardigan_tf.jobs.study", "run the synthetic-data augmentation study"),
-    "main": ("cardigan_tf.jobs.main", "the default main job: a complete small study"),
+    "main": (_main_arguments, _run_main, "the main job (default): a complete small study on the phantom or --data"),
+    "gan": (_gan_arguments, _run_gan, "train the SPADE GAN (mask -> echocardiogram)"),
+    "seg": (_seg_arguments, _run_seg, "train the U-Net segmenter"),
+    "study": (_study_arguments, _run_study, "run the synthetic-data augmentation study"),
 }
 
 
@@ -29,26 +161,25 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m cardigan_tf.train",
         description="Train cardigan_tf models. With no sub-command, run the main job "
-        "(a complete small study on the built-in phantom).",
-        epilog="Options of the main job (--data, --budget, --set, ...): python -m cardigan_tf.train main --help",
+        "(a complete small study on the built-in phantom); its options (--data, --budget, --set, "
+        "--resume, ...) may be given without the word 'main'.",
+        epilog="python -m cardigan_tf.train JOB --help shows the options of one job.",
     )
-    sub = parser.add_subparsers(dest="job", metavar="{gan,seg,study}")
-    for name, (module, help_text) in JOBS.items():
-        p = sub.add_parser(name, help=help_text, description=help_text)
-        importlib.import_module(module).add_arguments(p)
+    sub = parser.add_subparsers(dest="job", metavar="{main,gan,seg,study}")
+    for name, (add_arguments, _, help_text) in JOBS.items():
+        add_arguments(sub.add_parser(name, help=help_text, description=help_text))
     return parser
+
+
+def run(args: argparse.Namespace):
+    return JOBS[args.job][1](args)
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or (argv[0].startswith("-") and argv[0] not in ("-h", "--help")):
         argv = ["main", *argv]
-    args = build_parser().parse_args(argv)
-    module = importlib.import_module(JOBS[args.job][0])
-    result = module.run(args)
-    if result is not None:
-        print(result)
-    return 0
+    return cli.run_main(build_parser, run, argv)
 
 
 if __name__ == "__main__":

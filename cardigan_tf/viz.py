@@ -8,7 +8,7 @@ from typing import Sequence
 import numpy as np
 from PIL import Image, ImageDraw
 
-from cardigan_tf.runs import atomic_path
+from cardigan_tf.files import atomic_path
 
 #: RGB colours for labels 0..3 (background, LV cavity, myocardium, left atrium).
 LABEL_COLORS = np.array([[0, 0, 0], [230, 60, 60], [60, 200, 90], [70, 120, 240]], np.uint8)
@@ -108,3 +108,38 @@ def save_sample_grid(
                 row.append(to_uint8_gray(a))
         rows.append(row)
     return save_png(path, make_grid(rows, col_titles=names))
+
+
+def bland_altman_png(pred, ref, path, title: str = "Bland-Altman", unit: str = "") -> dict:
+    """Write a Bland-Altman plot (difference vs mean, bias and 95% limits) as a PNG, atomically.
+
+    NaN pairs are left out. Returns the :func:`cardigan_tf.metrics.clinical.agreement` statistics shown on the plot.
+    """
+    from matplotlib.figure import Figure  # no pyplot: works with any backend, no global state
+
+    from cardigan_tf.metrics.clinical import agreement
+
+    p = np.asarray(pred, dtype=np.float64).ravel()
+    r = np.asarray(ref, dtype=np.float64).ravel()
+    stats = agreement(p, r)
+    keep = np.isfinite(p) & np.isfinite(r)
+    p, r = p[keep], r[keep]
+    fig = Figure(figsize=(5, 4), dpi=100)
+    ax = fig.add_subplot(1, 1, 1)
+    ax.scatter((p + r) / 2, p - r, s=12, alpha=0.7)
+    suffix = f" ({unit})" if unit else ""
+    if stats["n"]:
+        ax.axhline(stats["bias"], color="k", lw=1, label=f"bias {stats['bias']:.2f}")
+    if stats["n"] >= 2:
+        for sign in (-1, 1):
+            lim = stats["bias"] + sign * 1.96 * stats["sd"]
+            ax.axhline(lim, color="k", lw=1, ls="--")
+        ax.plot([], [], "k--", lw=1, label=f"±1.96 SD ({1.96 * stats['sd']:.2f})")
+        ax.legend(loc="best", fontsize=8)
+    ax.set_xlabel(f"mean of prediction and reference{suffix}")
+    ax.set_ylabel(f"prediction - reference{suffix}")
+    ax.set_title(f"{title} (n={stats['n']}, r={stats['corr']:.3f})")
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    return stats

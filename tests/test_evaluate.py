@@ -25,7 +25,7 @@ def trained_run(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def evaluated(trained_run):
-    from cardigan_tf.evaluate import evaluate_run
+    from cardigan_tf.jobs.evaluation import evaluate_run
 
     return evaluate_run(trained_run, split="test"), trained_run / "eval-test"
 
@@ -92,8 +92,9 @@ def test_csv_json_markdown_are_consistent(evaluated):
     assert "EF (%)" in report and "Bland-Altman" in report
 
 
-def test_evaluate_refuses_overwrite_and_cli(trained_run, evaluated, tmp_path):
-    from cardigan_tf.evaluate import evaluate_run, main
+def test_evaluate_refuses_overwrite_and_cli(trained_run, evaluated, tmp_path, capsys):
+    from cardigan_tf.evaluate import main
+    from cardigan_tf.jobs.evaluation import evaluate_run
     from cardigan_tf.runs import OverwriteError
 
     with pytest.raises(OverwriteError):
@@ -102,8 +103,10 @@ def test_evaluate_refuses_overwrite_and_cli(trained_run, evaluated, tmp_path):
     assert main([str(trained_run), "--postprocess", "--out", str(out), "--split", "valid"]) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["postprocess"] is True and summary["split"] == "valid"
-    with pytest.raises(OverwriteError):
-        main([str(trained_run), "--out", str(out)])
+    capsys.readouterr()
+    assert main([str(trained_run), "--out", str(out)]) == 2  # one line, no traceback
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error: ") and "--overwrite" in err[-1] and "Traceback" not in "".join(err)
     assert main([str(trained_run), "--out", str(out), "--overwrite"]) == 0
     assert json.loads((out / "summary.json").read_text())["postprocess"] is False
 
@@ -112,7 +115,7 @@ def test_original_resolution_reference_uses_original_spacing(trained_run, evalua
     """Data with gt_ref at another resolution: the prediction is resized back and metrics use the
     original spacing; the figures agree with the working-size evaluation of the same masks."""
     from cardigan_tf.data.h5layout import H5Writer, iter_samples
-    from cardigan_tf.evaluate import evaluate_run
+    from cardigan_tf.jobs.evaluation import evaluate_run
     from cardigan_tf.metrics.segmentation import resize_to_original
 
     summary_work, _ = evaluated
@@ -138,6 +141,8 @@ def test_original_resolution_reference_uses_original_spacing(trained_run, evalua
         a = summary_work["by_phase"]["all"][s]
         b = summary_ref["by_phase"]["all"][s]
         assert b["dice"]["mean"] == pytest.approx(a["dice"]["mean"], abs=0.01)
-        # same physical contours: distances in mm agree within about one working pixel (~2.3 mm)
+        # same physical contours: mean distances in mm agree within about one working pixel (~2.3 mm);
+        # the original-grid prediction is the bilinear upsampling of the probabilities (smoother than
+        # the working grid's blocks), so the maximum distance may move by up to ~2 working pixels
         assert math.isclose(b["mad"]["mean"], a["mad"]["mean"], abs_tol=1.5)
-        assert math.isclose(b["hd"]["mean"], a["hd"]["mean"], abs_tol=3.0)
+        assert math.isclose(b["hd"]["mean"], a["hd"]["mean"], abs_tol=6.0)

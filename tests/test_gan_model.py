@@ -28,7 +28,7 @@ def _gan(style="encoder", num_d=2, seed=0, run_eagerly=False):
     from cardigan_tf.models.discriminator import build_discriminator
     from cardigan_tf.models.encoder import build_encoder
     from cardigan_tf.models.generator import build_generator
-    from cardigan_tf.models.presets import network_configs
+    from cardigan_tf.configs.gan import network_configs
 
     g, d, e = network_configs("tiny", size=SIZE, ngf=8, ndf=8, nef=8, z_dim=16, style=style, num_D=num_d)
     enc = build_encoder(e) if style == "encoder" else None
@@ -164,7 +164,7 @@ MIRRORED = textwrap.dedent(
     cpu = tf.config.list_physical_devices("CPU")[0]
     tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
     import numpy as np
-    from cardigan_tf.jobs.gan import GanConfig
+    from cardigan_tf.configs.gan import GanConfig
     from cardigan_tf.jobs.gan_loop import build_gan
     from cardigan_tf.runtime import get_strategy
     cfg = GanConfig()

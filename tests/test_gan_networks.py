@@ -17,7 +17,7 @@ from cardigan_tf.models.discriminator import (AvgPoolExcludePad, DiscriminatorCo
 from cardigan_tf.models.encoder import (EncoderConfig, Reparameterize, build_encoder,
                                         kl_divergence)
 from cardigan_tf.models.generator import GeneratorConfig, build_generator
-from cardigan_tf.models.presets import GAN_PRESETS, get_preset, network_configs
+from cardigan_tf.configs.gan import PRESETS as GAN_PRESETS, network_configs, preset_config
 from cardigan_tf.models.spade import SPADEResBlock
 
 REPO = Path(__file__).resolve().parents[1]
@@ -242,7 +242,7 @@ def test_gradients_reach_encoder_through_generator(rng):
 # ------------------------------------------------------------------------------- presets
 LOAD_SCRIPT = """
 import sys, numpy as np
-from cardigan_tf.models.presets import load_network
+from cardigan_tf.models.saving import load_network
 d = sys.argv[1]
 g = load_network(d + "/g.keras")
 disc = load_network(d + "/d.keras")
@@ -270,21 +270,25 @@ def test_load_network_in_fresh_process(rng, tmp_path):
 
 
 def test_presets():
+    from cardigan_tf.config import ConfigError
+
     assert set(GAN_PRESETS) >= {"tiny", "cardigan", "spade"}
     for name in GAN_PRESETS:
-        p = get_preset(name)
-        for key in ("size", "ngf", "ndf", "num_D", "n_layers", "norm", "style", "z_dim"):
-            assert key in p, (name, key)
+        p = preset_config(name)
         g, d, e = network_configs(name)
-        assert (g.size, g.ngf, d.ndf, e.size) == (p["size"], p["ngf"], p["ndf"], p["size"])
-    c = get_preset("cardigan")
-    assert (c["size"], c["ngf"], c["ndf"], c["batch_size"]) == (256, 48, 48, 4)
-    assert (c["epochs"], c["hflip"]) == (30, True)
-    assert c["style"] == "mask" and c["epochs"] - c["decay_epochs"] == 20
-    get_preset("tiny")["size"] = 1
-    assert GAN_PRESETS["tiny"]["size"] == 64
-    with pytest.raises(ValueError, match="preset"):
-        get_preset("huge")
+        assert (g.size, g.ngf, d.ndf, e.size) == (p.model.size, p.model.ngf, p.model.ndf, p.model.size)
+        assert (d.num_D, d.n_layers, g.style, g.z_dim) == (p.model.num_D, p.model.n_layers, p.model.style, p.model.z_dim)
+    c = preset_config("cardigan")
+    assert (c.model.size, c.model.ngf, c.model.ndf, c.train.batch_size) == (256, 48, 48, 4)
+    assert (c.train.epochs, c.data.augment.hflip) == (30, True)
+    assert c.model.style == "mask" and c.train.epochs - c.train.decay_epochs == 20
+    # cardiGAN passed Adam (0, 0.999); NVIDIA's TTUR default is (0, 0.9)
+    assert (c.train.beta1, c.train.beta2) == (0.0, 0.999)
+    assert (preset_config("spade").train.beta1, preset_config("spade").train.beta2) == (0.0, 0.9)
+    preset_config("tiny").model.size = 1
+    assert preset_config("tiny").model.size == 64
+    with pytest.raises(ConfigError, match="preset"):
+        preset_config("huge")
 
 
 def test_cardigan_preset_builds_at_256():

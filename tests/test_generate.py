@@ -29,7 +29,7 @@ def gan_run(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def real_set(gan_run):
-    from cardigan_tf.generate import generate_set
+    from cardigan_tf.jobs.generation import generate_set
 
     run_dir, _, root, _ = gan_run
     return generate_set(run_dir, root / "real.h5", masks="real", seed=3)
@@ -87,7 +87,7 @@ def test_real_masks_round_trip_with_provenance(real_set, gan_run):
 
 
 def test_refuses_overwrite_and_bad_arguments(real_set, gan_run):
-    from cardigan_tf.generate import generate_set
+    from cardigan_tf.jobs.generation import generate_set
 
     run_dir, _, root, _ = gan_run
     before = real_set.stat().st_mtime_ns
@@ -102,7 +102,7 @@ def test_refuses_overwrite_and_bad_arguments(real_set, gan_run):
 
 
 def test_deformed_masks(gan_run):
-    from cardigan_tf.generate import generate_set
+    from cardigan_tf.jobs.generation import generate_set
 
     run_dir, _, root, _ = gan_run
     path = generate_set(run_dir, root / "deformed.h5", masks="deformed", n=6, seed=1)
@@ -113,7 +113,7 @@ def test_deformed_masks(gan_run):
 
 
 def test_sampled_masks(gan_run):
-    from cardigan_tf.generate import generate_set
+    from cardigan_tf.jobs.generation import generate_set
 
     run_dir, _, root, _ = gan_run
     path = generate_set(run_dir, root / "sampled.h5", masks="sampled", n=1, seed=0, vae_epochs=40)

@@ -4,7 +4,7 @@ import csv
 
 
 def test_smoke_main_job_writes_its_report(tmp_path, capsys):
-    from cardigan_tf.jobs.main import BUDGETS
+    from cardigan_tf.configs.study import BUDGETS
     from cardigan_tf.train import main
 
     assert "standard" in BUDGETS and "smoke" in BUDGETS

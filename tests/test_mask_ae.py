@@ -6,7 +6,7 @@ import pytest
 
 keras = pytest.importorskip("keras")
 
-from cardigan_tf.data.masks import check_mask  # noqa: E402
+from cardigan_tf.data.masks import check_mask, validity_check  # noqa: E402
 from cardigan_tf.models.mask_ae import (  # noqa: E402
     MaskAEConfig,
     build_mask_vae,
@@ -78,7 +78,7 @@ def test_sampling_and_filtering(trained):
     assert s.min() >= 0 and s.max() <= 3
     assert np.array_equal(s, sample_masks(model, 8, seed=3))
     assert not np.array_equal(s, sample_masks(model, 8, seed=4))
-    valid, stats = sample_valid_masks(model, 4, seed=0, max_draws=200)
+    valid, stats = sample_valid_masks(model, 4, validity_check(), seed=0, max_draws=200)
     assert stats["drawn"] == stats["accepted"] + stats["rejected"]
     assert stats["accepted"] == len(valid) >= 1
     for m in valid:
@@ -86,7 +86,7 @@ def test_sampling_and_filtering(trained):
     if stats["rejected"]:
         assert sum(stats["by_rule"].values()) >= stats["rejected"]
     # a budget too small to finish: fewer masks, and every draw is accounted for
-    few, stats_few = sample_valid_masks(model, 50, seed=0, max_draws=5)
+    few, stats_few = sample_valid_masks(model, 50, validity_check(), seed=0, max_draws=5)
     assert len(few) <= 5 and stats_few["drawn"] == 5
     assert stats_few["accepted"] + stats_few["rejected"] == 5
 

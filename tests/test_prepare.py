@@ -11,7 +11,9 @@ import pytest
 
 import camus_fixtures as cf
 from cardigan_tf.data.h5layout import list_patients, load_arrays, read_root_attrs
-from cardigan_tf.data.prepare import main, prepare, resize_area, resize_nearest
+from cardigan_tf.data.prepare import prepare
+from cardigan_tf.prepare import main
+from cardigan_tf.resize import resize_image_np, resize_mask_np
 from cardigan_tf.data.sample import DataError
 from cardigan_tf.data.source import resolve_data
 from cardigan_tf.runs import OverwriteError
@@ -29,26 +31,6 @@ def _disjoint(lists):
             assert p not in seen, f"{p} in {seen.get(p)} and {split}"
             seen[p] = split
     return seen
-
-
-def test_resize_area_matches_block_mean_and_tf(rng):
-    img = rng.random((60, 40))
-    ref = img.reshape(30, 2, 10, 4).mean(axis=(1, 3))  # integer factors: block means
-    np.testing.assert_allclose(resize_area(img, (30, 10)), ref, atol=1e-6)
-    import tensorflow as tf
-
-    odd = rng.random((70, 48)).astype(np.float32)  # non-square, non-integer factors
-    tf_ref = tf.image.resize(odd[..., None], (32, 32), method="area").numpy()[..., 0]
-    np.testing.assert_allclose(resize_area(odd, (32, 32)), tf_ref, atol=1e-5)
-    assert resize_area(odd, (32, 32)).mean() == pytest.approx(odd.mean(), abs=1e-6)
-
-
-def test_resize_nearest_matches_tf(rng):
-    import tensorflow as tf
-
-    m = rng.integers(0, 4, (70, 48)).astype(np.uint8)
-    tf_ref = tf.image.resize(m[..., None], (32, 32), method="nearest").numpy()[..., 0]
-    np.testing.assert_array_equal(resize_nearest(m, (32, 32)), tf_ref)
 
 
 def test_prepare_2019_fold(tree2019, tmp_path):
@@ -69,10 +51,10 @@ def test_prepare_2019_fold(tree2019, tmp_path):
                     g = f[f"{split}/{p}/{view}"]
                     assert g["im"].shape == (2, 32, 32) and g["im_ref"].shape == (2, *e["shape"])
                     np.testing.assert_allclose(g["im_ref"][1], e["images"][(view, "ES")] / 255.0, atol=1e-6)
-                    np.testing.assert_allclose(g["im"][0], resize_area(e["images"][(view, "ED")] / 255.0, (32, 32)), atol=1e-6)
+                    np.testing.assert_allclose(g["im"][0], resize_image_np(e["images"][(view, "ED")] / 255.0, 32), atol=1e-6)
                     if e["labelled"]:
                         np.testing.assert_array_equal(g["gt_ref"][0], e["masks"][(view, "ED")])
-                        np.testing.assert_array_equal(g["gt"][1], resize_nearest(e["masks"][(view, "ES")], (32, 32)))
+                        np.testing.assert_array_equal(g["gt"][1], resize_mask_np(e["masks"][(view, "ES")], 32))
                     else:
                         assert "gt" not in g and "gt_ref" not in g
                     np.testing.assert_allclose(g.attrs["spacing"], cf.SPACING_RC)

@@ -10,7 +10,7 @@ import keras
 
 from cardigan_tf.models.spade import SPADE, NearestResize, SPADEResBlock
 
-MODEL_FILES = ["spade.py", "generator.py", "discriminator.py", "encoder.py", "presets.py"]
+MODEL_FILES = ["spade.py", "generator.py", "discriminator.py", "encoder.py", "saving.py", "features.py"]
 
 
 def onehot(labels, k=4):

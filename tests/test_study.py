@@ -80,7 +80,7 @@ def test_gan_saw_only_its_training_subset(study):
 
 
 def test_gan_quality_report(study):
-    from cardigan_tf.gan_quality import gan_quality_report
+    from cardigan_tf.jobs.gan_quality import gan_quality_report
     from cardigan_tf.runs import OverwriteError
 
     qdir = study / "gans" / "gan-f0.5-seed0" / "quality"

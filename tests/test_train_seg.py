@@ -66,7 +66,7 @@ def test_config_errors(tmp_path):
 
 
 def test_config_layering_preset_file_set_flags(tmp_path):
-    from cardigan_tf.jobs.seg import config_from_args
+    from cardigan_tf.train import seg_config_from_args as config_from_args
     from cardigan_tf.train import build_parser
 
     yaml_path = tmp_path / "seg.yaml"
@@ -132,7 +132,7 @@ def test_exact_resume(cli_run, tmp_path):
 
 
 def test_deep_supervision_plateau_run_and_evaluate(tmp_path):
-    from cardigan_tf.evaluate import evaluate_run
+    from cardigan_tf.jobs.evaluation import evaluate_run
     from cardigan_tf.jobs.seg import SegConfig, train_seg
 
     cfg = load_config(SegConfig, None, TINY_SET + ["train.epochs=1", "train.steps_per_epoch=2", "train.schedule=plateau",

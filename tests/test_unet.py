@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from cardigan_tf.models.unet import UNET_PRESETS, ConvBlock, UNetConfig, UpSample, build_unet, inference_model
+from cardigan_tf.configs.seg import PRESETS as SEG_PRESETS
+from cardigan_tf.models.unet import ConvBlock, UNetConfig, UpSample, build_unet, inference_model
 
 
 @pytest.mark.parametrize("depth", [4, 5, 6])
@@ -79,7 +80,9 @@ def test_save_load_round_trip(tmp_path):
 
 
 def test_presets():
+    UNET_PRESETS = {k: f().model for k, f in SEG_PRESETS.items()}
     assert UNET_PRESETS["tiny"].size == 64 and UNET_PRESETS["tiny"].depth == 4
     assert UNET_PRESETS["camus"].size == 256 and UNET_PRESETS["camus"].base_filters == 32
+    assert SEG_PRESETS["camus"]().train.epochs == 60 and SEG_PRESETS["camus"]().train.patience == 15
     for cfg in UNET_PRESETS.values():
         cfg.validate()

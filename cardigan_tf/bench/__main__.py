@@ -1,4 +1,8 @@
-"""``python -m cardigan_tf.bench {pipeline,gan,seg} [options]``"""
+"""``python -m cardigan_tf.bench {pipeline,gan,seg,...} [options]``: benchmarks that print figures.
+
+Each benchmark is a sub-command module of this command (``add_arguments(parser)`` and
+``run(args)``), imported only when present.
+"""
 
 from __future__ import annotations
 
@@ -7,16 +11,19 @@ import importlib
 import sys
 
 import cardigan_tf.runtime  # noqa: F401
+from cardigan_tf import cli
 
 BENCHES = {
     "pipeline": "cardigan_tf.bench.pipeline",
     "gan": "cardigan_tf.bench.gan",
     "seg": "cardigan_tf.bench.seg",
+    "clinical": "cardigan_tf.bench.clinical",
+    "export": "cardigan_tf.bench.export",
 }
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m cardigan_tf.bench")
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m cardigan_tf.bench", description="Benchmarks (figures on stdout).")
     sub = parser.add_subparsers(dest="bench", required=True)
     for name, module in BENCHES.items():
         try:
@@ -26,10 +33,14 @@ def main(argv: list[str] | None = None) -> int:
                 raise
             continue
         mod.add_arguments(sub.add_parser(name, help=(mod.__doc__ or name).strip().splitlines()[0]))
-    args = parser.parse_args(argv)
-    importlib.import_module(BENCHES[args.bench]).run(args)
-    return 0
+    return parser
 
+
+def run(args: argparse.Namespace):
+    importlib.import_module(BENCHES[args.bench]).run(args)
+
+
+main = cli.entry(build_parser, run)
 
 if __name__ == "__main__":
     sys.exit(main())

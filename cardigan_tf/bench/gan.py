@@ -110,7 +110,7 @@ def run(args) -> list[dict]:
     for r in results:
         print("| " + " | ".join(f"{r[c]:.3g}" if isinstance(r[c], float) else str(r[c]) for c in cols) + " |")
     if args.json:
-        from cardigan_tf.runs import write_json
+        from cardigan_tf.files import write_json
 
         write_json(args.json, results)
     return results

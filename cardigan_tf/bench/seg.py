@@ -13,7 +13,6 @@ without TensorFlow. Prints a markdown table; ``--markdown FILE`` also writes it.
 from __future__ import annotations
 
 import argparse
-import copy
 import os
 import platform
 import statistics
@@ -50,9 +49,10 @@ def bench_preset(preset: str, steps: int = 10, warmup: int = 3, train_batch: int
     import keras
 
     from cardigan_tf.losses.segmentation import DiceCELoss
-    from cardigan_tf.models.unet import UNET_PRESETS, build_unet
+    from cardigan_tf.configs.seg import preset_config
+    from cardigan_tf.models.unet import build_unet
 
-    cfg = copy.deepcopy(UNET_PRESETS[preset])
+    cfg = preset_config(preset).model
     rng = np.random.default_rng(0)
     model = build_unet(cfg)
     if keras.backend.backend() == "tensorflow":
@@ -112,7 +112,7 @@ def run(args: argparse.Namespace) -> list[dict]:
             f"median of {args.steps} calls after {args.warmup} warm-up)\n\n" + table(results, args.infer_batches) + "\n")
     print(text)
     if args.markdown:
-        from cardigan_tf.runs import atomic_write_text
+        from cardigan_tf.files import atomic_write_text
 
         atomic_write_text(Path(args.markdown), text)
     return results

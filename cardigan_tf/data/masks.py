@@ -293,3 +293,15 @@ def clean_mask(mask: np.ndarray, connectivity: int = 8) -> np.ndarray:
     epi_holes = _enclosed(np.isin(mask, (LV, MYO)), connectivity)
     mask[epi_holes] = MYO
     return mask
+
+
+def validity_check(rules: "MaskRules | None" = None, clean: bool = True):
+    """A ``check(mask) -> (mask, failed rule names)`` function for
+    :func:`cardigan_tf.models.mask_ae.sample_valid_masks`: :func:`clean_mask` (when ``clean``),
+    then :func:`check_mask` with ``rules``."""
+
+    def check(mask):
+        m = clean_mask(mask) if clean else mask
+        return m, sorted({rule_of(p) for p in check_mask(m, rules)})
+
+    return check

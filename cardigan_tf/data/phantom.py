@@ -356,7 +356,7 @@ def write_h5(path: str | Path, n_patients: int = 50, seed: int = 0, size: int = 
     from cardigan_tf.data.h5layout import H5Writer
     from cardigan_tf.data.splits import seeded_split
 
-    from cardigan_tf.runs import refuse_overwrite
+    from cardigan_tf.files import refuse_overwrite
 
     path = Path(path)
     refuse_overwrite(path, overwrite, "dataset")

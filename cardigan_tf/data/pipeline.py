@@ -2,8 +2,8 @@
 
 Sources: a seed-layout ``.h5`` file (held in memory), a dict of arrays like
 :func:`cardigan_tf.data.h5layout.load_arrays` returns, or a TFRecord folder written by
-:mod:`cardigan_tf.data.tfrecord` (streamed). Images are resized once up front to the working
-size (area when shrinking, bilinear when enlarging); masks with nearest neighbour.
+:mod:`cardigan_tf.data.tfrecord` (streamed). Images and masks are resized once up front to the working
+size by :mod:`cardigan_tf.resize` (the one resize path).
 
 Training (``training=True``): shuffled (seeded), repeated, mixed with a synthetic source so that
 each sample is synthetic with probability ``synthetic_fraction`` (the expected share of
@@ -36,6 +36,7 @@ from cardigan_tf.data import h5layout
 from cardigan_tf.data.augment import AugmentConfig, augment_batch
 from cardigan_tf.data.sample import DataError, EmptyDatasetError
 from cardigan_tf.labels import NUM_CLASSES, PHASES, QUALITIES, VIEWS
+from cardigan_tf.resize import resize_image, resize_mask, resize_pairs_np
 
 AUTOTUNE = tf.data.AUTOTUNE
 Source = Any  # str | Path | dict[str, np.ndarray]
@@ -93,20 +94,9 @@ def _check_arrays(arrays: dict[str, np.ndarray], where: str) -> tuple[np.ndarray
 
 
 def resize_arrays(image: np.ndarray, mask: np.ndarray, size: int, chunk: int = 256) -> tuple[np.ndarray, np.ndarray]:
-    """Resize (N, H, W, 1) images (area when shrinking, bilinear when enlarging) and (N, H, W)
-    masks (nearest) to (size, size). Returns numpy arrays; no-op when already that size."""
-    n, h, w = image.shape[:3]
-    if (h, w) == (size, size):
-        return image, mask
-    method = "area" if size <= min(h, w) else "bilinear"
-    out_i = np.empty((n, size, size, 1), np.float32)
-    out_m = np.empty((n, size, size), np.uint8)
-    for a in range(0, n, chunk):
-        im = tf.image.resize(image[a:a + chunk], [size, size], method=method)
-        out_i[a:a + chunk] = np.clip(im.numpy(), 0.0, 1.0)
-        m = tf.image.resize(mask[a:a + chunk, :, :, None], [size, size], method="nearest")
-        out_m[a:a + chunk] = m.numpy()[..., 0].astype(np.uint8)
-    return out_i, out_m
+    """(N, H, W, 1) images and (N, H, W) masks to (size, size) with :mod:`cardigan_tf.resize`
+    (the one resize path: the same in training, evaluation, generation and serving)."""
+    return resize_pairs_np(image, mask, size, chunk)
 
 
 def _augment_config(augment: Any, training: bool) -> AugmentConfig | None:
@@ -282,15 +272,9 @@ def _stream_or_memory(source, size, seed, deterministic):
 
 
 def _resize_one(image, mask, size):
-    shape = tf.shape(image)[:2]
-    same = tf.reduce_all(tf.equal(shape, [size, size]))
-    shrink = tf.reduce_all(shape >= size)
-    img = tf.cond(same, lambda: image, lambda: tf.cond(
-        shrink, lambda: tf.image.resize(image, [size, size], method="area"),
-        lambda: tf.image.resize(image, [size, size], method="bilinear")))
-    msk = tf.image.resize(mask[..., None], [size, size], method="nearest")[..., 0]
-    img = tf.ensure_shape(tf.clip_by_value(img, 0.0, 1.0), [size, size, 1])
-    return img, tf.ensure_shape(tf.cast(msk, tf.uint8), [size, size])
+    img = tf.ensure_shape(resize_image(image, size), [size, size, 1])
+    msk = tf.ensure_shape(tf.cast(resize_mask(mask, size), tf.uint8), [size, size])
+    return img, msk
 
 
 # ----------------------------------------------------------------------------- info

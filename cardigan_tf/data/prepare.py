@@ -6,9 +6,10 @@ Usage::
         [--fold K] [--seed S] [--tfrecords DIR --shards N] [--skip-invalid] [--overwrite]
     python -m cardigan_tf.data.prepare --phantom --patients N --out phantom.h5 [--size] [--seed]
 
-``im`` is resized to size x size by exact area averaging (each output pixel is the
-area-weighted mean of the input pixels it covers; correct for non-square inputs), ``gt`` by
-nearest neighbour (half-pixel centres); ``im_ref`` / ``gt_ref`` keep the original resolution.
+``im`` and ``gt`` are resized to size x size by :mod:`cardigan_tf.resize` (images: exact area
+averaging when shrinking, bilinear otherwise; masks: nearest with pixel centres), the same code
+that training, evaluation and the exported models use; ``im_ref`` / ``gt_ref`` keep the original
+resolution.
 Splits are by patient: the official lists when present (2023 ``database_split``; 2019
 ``listSubGroups`` with ``--fold K``; the splits of an input HDF5), otherwise
 ``splits.seeded_split`` 80/10/10. Patients without ground truth (2019 ``testing/``) go to the
@@ -17,8 +18,6 @@ Splits are by patient: the official lists when present (2023 ``database_split``;
 
 from __future__ import annotations
 
-import argparse
-import functools
 import logging
 import sys
 import warnings
@@ -33,37 +32,11 @@ from cardigan_tf.data.h5layout import H5Writer
 from cardigan_tf.data.sample import DataError
 from cardigan_tf.data.splits import seeded_split
 from cardigan_tf.labels import PHASES, VIEWS
-from cardigan_tf.runs import refuse_overwrite
+from cardigan_tf.files import refuse_overwrite
+from cardigan_tf.resize import resize_image_np, resize_mask_np
 
 log = logging.getLogger(__name__)
 _VIEW_ATTRS = ("group", "ed_frame", "es_frame", "nb_frames", "ef", "edv", "esv", "sex", "age", "frame_rate")
-
-
-@functools.lru_cache(maxsize=64)
-def _area_matrix(n_in: int, n_out: int):
-    """Sparse (n_out, n_in) weights: overlap of output cell i with input pixel j, rows summing to 1."""
-    from scipy import sparse
-
-    scale = n_in / n_out
-    edges = np.arange(n_out + 1, dtype=np.float64) * scale
-    j = np.arange(n_in, dtype=np.float64)[None, :]
-    overlap = np.minimum(edges[1:, None], j + 1) - np.maximum(edges[:-1, None], j)
-    return sparse.csr_matrix(np.clip(overlap, 0.0, None) / scale)
-
-
-def resize_area(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """Area-average resize of a 2-D float image to ``shape`` (rows, cols); float32."""
-    image = np.asarray(image, np.float64)
-    rows = _area_matrix(image.shape[0], int(shape[0])) @ image  # (h, W)
-    out = (_area_matrix(image.shape[1], int(shape[1])) @ rows.T).T  # (h, w)
-    return np.asarray(out, np.float32)
-
-
-def resize_nearest(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """Nearest-neighbour resize of a 2-D label mask (half-pixel centres)."""
-    rows = np.minimum(((np.arange(shape[0]) + 0.5) * mask.shape[0] / shape[0]).astype(np.int64), mask.shape[0] - 1)
-    cols = np.minimum(((np.arange(shape[1]) + 0.5) * mask.shape[1] / shape[1]).astype(np.int64), mask.shape[1] - 1)
-    return mask[np.ix_(rows, cols)]
 
 
 def assign_splits(ds: CamusDataset, fold: int | None = None, seed: int = 0) -> tuple[dict[str, str], dict[str, Any]]:
@@ -121,8 +94,8 @@ def _write_patient(w: H5Writer, split: str, samples, size: int, layout: str) -> 
         labelled = all(s.mask is not None for s in vs)
         im_ref = np.stack([s.image[..., 0] for s in vs])
         gt_ref = np.stack([s.mask for s in vs]) if labelled else None
-        im = np.clip(np.stack([resize_area(x, (size, size)) for x in im_ref]), 0.0, 1.0)
-        gt = np.stack([resize_nearest(x, (size, size)) for x in gt_ref]) if labelled else None
+        im = np.stack([resize_image_np(x, size) for x in im_ref])
+        gt = np.stack([resize_mask_np(x, size) for x in gt_ref]) if labelled else None
         files: dict[str, str] = {}
         for s in vs:
             files.update(s.meta.get("source_files") or {})
@@ -173,51 +146,7 @@ def prepare(source: str | Path, out: str | Path, size: int = 256, fold: int | No
     return out
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m cardigan_tf.data.prepare", description=__doc__.split("\n\n")[0])
-    p.add_argument("--source", help="CAMUS folder (2019 or 2023 release) or seed-layout .h5")
-    p.add_argument("--phantom", action="store_true", help="write the built-in phantom instead of converting")
-    p.add_argument("--patients", type=int, default=50, help="phantom patients (with --phantom)")
-    p.add_argument("--out", required=True, help="output .h5 file")
-    p.add_argument("--size", type=int, default=256, help="working size of 'im'/'gt' (default 256)")
-    p.add_argument("--fold", type=int, default=None, help="2019 listSubGroups fold K to use as the split")
-    p.add_argument("--seed", type=int, default=0, help="seed of the 80/10/10 split when no official lists")
-    p.add_argument("--tfrecords", default=None, help="also write TFRecord shards into this folder")
-    p.add_argument("--shards", type=int, default=1, help="TFRecord shards per split")
-    p.add_argument("--tfrecord-dtype", choices=("float32", "uint8"), default="float32")
-    p.add_argument("--skip-invalid", action="store_true", help="skip (and count) invalid patients instead of failing")
-    p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
-    p.add_argument("--no-progress", action="store_true")
-    return p
+if __name__ == "__main__":  # ``python -m cardigan_tf.data.prepare``: the command lives in cardigan_tf.prepare
+    from cardigan_tf.prepare import main
 
-
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-    try:
-        if args.phantom:
-            from cardigan_tf.data import phantom
-
-            path = phantom.write_h5(args.out, n_patients=args.patients, seed=args.seed, size=args.size,
-                                    overwrite=args.overwrite)
-            if args.tfrecords:
-                from cardigan_tf.data import tfrecord
-
-                tfrecord.write_tfrecords(path, args.tfrecords, shards=args.shards, overwrite=args.overwrite,
-                                         image_dtype=args.tfrecord_dtype)
-        else:
-            if not args.source:
-                build_parser().error("--source is required (or --phantom)")
-            path = prepare(args.source, args.out, size=args.size, fold=args.fold, seed=args.seed,
-                           tfrecords=args.tfrecords, shards=args.shards, skip_invalid=args.skip_invalid,
-                           overwrite=args.overwrite, tfrecord_dtype=args.tfrecord_dtype,
-                           progress=not args.no_progress)
-    except (DataError, FileExistsError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(path)
-    return 0
-
-
-if __name__ == "__main__":
     sys.exit(main())

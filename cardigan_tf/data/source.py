@@ -42,6 +42,28 @@ def _target(path: Path, want: dict) -> tuple[Path, bool]:
     return alt, False
 
 
+def check_data(data: str | Path | None, what: str = "--data") -> None:
+    """Raise DataError unless ``data`` can be resolved (None = phantom, a seed-layout .h5, a
+    TFRecord folder or a CAMUS folder). Writes nothing: call it before creating a run folder."""
+    if data is None or str(data) == "":
+        return
+    data = Path(data)
+    if not data.exists():
+        raise DataError(data, f"{what}: does not exist (expected a seed-layout .h5 file, a TFRecord folder "
+                              "or a CAMUS folder)")
+    if data.is_dir() and (data / "index.json").is_file():
+        from cardigan_tf.data.tfrecord import read_index
+
+        read_index(data)
+        return
+    if data.is_file():
+        if not is_h5_layout(data):
+            raise DataError(data, f"{what}: not an HDF5 file in the seed layout (expected train/valid/test "
+                                  "groups of patientXXXX/{2CH,4CH}/{im,gt}) nor a CAMUS folder")
+        return
+    detect_layout(data)
+
+
 def resolve_data(data: str | Path | None, work_dir: str | Path, size: int = 256, seed: int = 0,
                  n_phantom: int = 60) -> Path:
     """Return a seed-layout .h5 for ``data`` (None -> the built-in phantom)."""
@@ -78,3 +100,24 @@ def resolve_data(data: str | Path | None, work_dir: str | Path, size: int = 256,
         return path
     log.info("converting %s (%s) to %s", data, layout, path)
     return prepare(data, path, size=int(size), seed=int(seed))
+
+
+def prepared_size(path: str | Path) -> int | None:
+    """The square image size a prepared dataset stores (``im`` of the seed layout, or the
+    ``size`` of a TFRecord index); None when the file holds several sizes or none."""
+    path = Path(path)
+    if path.is_dir():
+        from cardigan_tf.data.tfrecord import read_index
+
+        size = read_index(path).get("size")
+        return int(size[0]) if size and size[0] == size[1] else None
+    import h5py
+
+    with h5py.File(path, "r") as fh:
+        for split in ("train", "valid", "test", "unlabelled"):
+            for patient in fh.get(split, {}):
+                for view in fh[split][patient]:
+                    shape = fh[split][patient][view]["im"].shape
+                    h, w = shape[1], shape[2]
+                    return int(h) if h == w else None
+    return None

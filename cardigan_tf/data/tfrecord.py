@@ -25,7 +25,7 @@ import numpy as np
 
 from cardigan_tf.data.h5layout import SPLITS, iter_samples, list_patients
 from cardigan_tf.data.sample import DataError, EmptyDatasetError
-from cardigan_tf.runs import OverwriteError, atomic_write_text
+from cardigan_tf.files import OverwriteError, atomic_write_text
 
 FORMAT = "cardigan_tf/tfrecord"
 INDEX = "index.json"

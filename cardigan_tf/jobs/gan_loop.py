@@ -8,7 +8,6 @@ function of (seed, step), so a resumed run draws the same noise.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from pathlib import Path
 
@@ -35,29 +34,15 @@ def decay_start(cfg, steps_per_epoch: int) -> int:
     return max(0, total - int(math.ceil(cfg.train.decay_epochs * steps_per_epoch)))
 
 
-#: GAN augmentation: cardiGAN trained SPADE with horizontal flips only, so every other
-#: AugmentConfig op is off unless ``data.augment`` turns it on.
-GAN_AUGMENT = dict(rotation=0.0, scale=(1.0, 1.0), translation=0.0, p_geometric=1.0,
-                   p_intensity=0.0, brightness=0.0, contrast=(1.0, 1.0), gamma=(1.0, 1.0),
-                   noise_std=0.0, blur_prob=0.0)
-
-
 def _augment(cfg):
-    """AugmentConfig for GAN training, or False when nothing is on."""
-    from cardigan_tf.config import ConfigError
-    from cardigan_tf.data.augment import AugmentConfig
-
-    names = {f.name for f in dataclasses.fields(AugmentConfig)}
-    unknown = sorted(set(cfg.data.augment) - names)
-    if unknown:
-        raise ConfigError(f"data.augment: unknown AugmentConfig field(s) {unknown}; valid: {sorted(names)}")
-    wanted = {k: v for k, v in GAN_AUGMENT.items() if k in names}
-    wanted["hflip"] = bool(cfg.data.hflip)
-    wanted.update({k: tuple(v) if isinstance(v, list) else v for k, v in cfg.data.augment.items()})
-    aug = AugmentConfig(**wanted)
-    if not cfg.data.augment and not aug.hflip:
-        return False
-    return aug
+    """The GAN's typed AugmentConfig, or False when it turns nothing on."""
+    aug = cfg.data.augment
+    aug.validate()
+    active = (aug.hflip or aug.rotation > 0 or tuple(aug.scale) != (1.0, 1.0) or aug.translation > 0
+              or (aug.p_intensity > 0 and (aug.brightness > 0 or tuple(aug.contrast) != (1.0, 1.0)
+                                           or tuple(aug.gamma) != (1.0, 1.0) or aug.noise_std > 0
+                                           or aug.blur_prob > 0)))
+    return aug if active else False
 
 
 def _n_train(path: Path, cfg) -> int:
@@ -76,11 +61,11 @@ def build_gan(cfg, strategy=None):
     from cardigan_tf.models.encoder import build_encoder
     from cardigan_tf.models.gan import ConstantThenLinearDecay, SpadeGAN
     from cardigan_tf.models.generator import build_generator
-    from cardigan_tf.models.presets import network_configs
+    from cardigan_tf.configs.gan import network_configs
 
     spe = cfg.train.steps_per_epoch or 1
     total, start = total_steps(cfg, spe), decay_start(cfg, spe)
-    g_cfg, d_cfg, e_cfg = network_configs(dataclasses.asdict(cfg.model))
+    g_cfg, d_cfg, e_cfg = network_configs(cfg.model)
     scope = strategy.scope() if strategy is not None else _null()
     with scope:
         gen = build_generator(g_cfg)
@@ -114,9 +99,8 @@ def fit_gan(cfg, run_dir: Path, resuming: bool = False) -> Path:
     import tensorflow as tf
 
     from cardigan_tf.data.pipeline import make_dataset
-    from cardigan_tf.data.source import resolve_data
     from cardigan_tf.jobs.gan_callback import GanCallback
-    from cardigan_tf.runs import write_json
+    from cardigan_tf.files import write_json
 
     t = cfg.train
     precision = runtime.set_precision(t.precision)
@@ -125,8 +109,7 @@ def fit_gan(cfg, run_dir: Path, resuming: bool = False) -> Path:
     else:
         keras.utils.set_random_seed(t.seed)
     strategy = runtime.get_strategy(t.strategy)
-    path = resolve_data(cfg.data.data, run_dir / "data", size=cfg.model.size, seed=t.seed,
-                        n_phantom=cfg.data.n_phantom)
+    path = _run_data(cfg, run_dir)
     if not t.steps_per_epoch:
         t.steps_per_epoch = max(1, _n_train(path, cfg) // t.batch_size)
     spe = t.steps_per_epoch
@@ -169,8 +152,27 @@ def fit_gan(cfg, run_dir: Path, resuming: bool = False) -> Path:
     return run_dir
 
 
+def _run_data(cfg, run_dir: Path) -> Path:
+    """The run's dataset: resolved once (split with ``data.seed``, the U-Net's key), recorded
+    with its fingerprint in ``data.json`` and reused from there on resume."""
+    import json
+
+    from cardigan_tf.data.source import resolve_data
+    from cardigan_tf.runs import record_data
+
+    record = run_dir / "data.json"
+    if record.is_file():
+        path = Path(json.loads(record.read_text())["path"])
+        if path.exists():
+            return path
+    path = Path(resolve_data(cfg.data.data, run_dir / "data", size=cfg.model.size, seed=cfg.data.seed,
+                             n_phantom=cfg.data.n_phantom))
+    record_data(run_dir, path, cfg.data.data)
+    return path
+
+
 def _save_model(model, path: Path) -> None:
-    from cardigan_tf.runs import atomic_path
+    from cardigan_tf.files import atomic_path
 
     with atomic_path(path) as tmp:
         keras_path = tmp.with_name(tmp.name + ".keras")  # Keras wants the .keras suffix
@@ -191,7 +193,7 @@ def _sample_batch(make_dataset, path, common, n):
 
 
 def _report(run_dir: Path, cfg, m: dict) -> None:
-    from cardigan_tf.runs import atomic_write_text
+    from cardigan_tf.files import atomic_write_text
 
     losses = m.get("final", {})
     lines = [

@@ -1,4 +1,4 @@
-"""``python -m cardigan_tf.train seg``: train the U-Net segmenter.
+"""Train the U-Net segmenter (library; the command is ``python -m cardigan_tf.train seg``).
 
 Phantom by default; ``--data`` takes any CAMUS layout or a seed-layout .h5 (resolved by
 cardigan_tf.data.source.resolve_data into the run folder). One run folder
@@ -22,165 +22,56 @@ Examples::
 
 from __future__ import annotations
 
-import argparse
-import copy
 import json
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import cardigan_tf.runtime as runtime
-from cardigan_tf.config import ConfigError, from_dict, load_config, save_config, to_dict
-from cardigan_tf.data.augment import AugmentConfig
-from cardigan_tf.models.unet import UNET_PRESETS, UNetConfig
-from cardigan_tf.runs import atomic_write_text, new_run_dir, open_run_dir, write_json
-
-SCHEDULES = ("cosine", "constant", "plateau")
+from cardigan_tf.configs.seg import SegConfig, preset_config  # noqa: F401  (re-exported)
+from cardigan_tf.files import atomic_write_text, write_json
+from cardigan_tf.runs import create_run, ensure_run_subdirs, open_run, record_data
 
 
-@dataclass
-class SegTrainConfig:
-    batch_size: int = 8
-    epochs: int = 20
-    steps_per_epoch: int = 0  # 0: one pass over the training images per epoch
-    lr: float = 1e-3
-    schedule: str = "cosine"
-    weight_decay: float = 1e-4
-    patience: int = 10  # early stopping on validation Dice; 0 = off
-    dice_weight: float = 1.0
-    ce_weight: float = 1.0
-    class_weights: list[float] | None = None
-    seed: int = 0
-    precision: str = "auto"
-    jit: Any = "auto"
-    strategy: str = "default"
-    n_overlays: int = 4
-    deep_supervision_weights: list[float] = field(default_factory=lambda: [1.0, 0.5, 0.25])
+def count_train_frames(data_path, cfg: SegConfig) -> int:
+    """Training frames of ``cfg`` in ``data_path`` (.h5 or TFRecord folder)."""
+    from cardigan_tf.data.pipeline import count_samples
 
-    def validate(self) -> None:
-        if self.schedule not in SCHEDULES:
-            raise ConfigError(f"train.schedule: expected one of {SCHEDULES}, got {self.schedule!r}")
-        for key in ("batch_size", "epochs"):
-            if getattr(self, key) < 1:
-                raise ConfigError(f"train.{key}: expected >= 1, got {getattr(self, key)}")
-        if self.steps_per_epoch < 0 or self.lr <= 0:
-            raise ConfigError("train.steps_per_epoch must be >= 0 and train.lr > 0")
-
-
-@dataclass
-class SegDataConfig:
-    data: str | None = None
-    synthetic: str | None = None
-    synthetic_fraction: float = 0.0
-    size: int = 64
-    augment: AugmentConfig = field(default_factory=AugmentConfig)
-    views: list[str] = field(default_factory=lambda: ["2CH", "4CH"])
-    phases: list[str] = field(default_factory=lambda: ["ED", "ES"])
-    train_patients: list[str] | None = None
-    n_phantom: int = 60
-    seed: int = 0  # phantom generation / seeded split of the data
-
-    def validate(self) -> None:
-        if not 0.0 <= self.synthetic_fraction < 1.0:
-            raise ConfigError(f"data.synthetic_fraction: expected [0, 1), got {self.synthetic_fraction}")
-        if self.synthetic_fraction > 0 and not self.synthetic:
-            raise ConfigError("data.synthetic_fraction > 0 needs data.synthetic (a seed-layout .h5)")
-
-
-@dataclass
-class SegConfig:
-    name: str = "tiny"
-    model: UNetConfig = field(default_factory=lambda: copy.deepcopy(UNET_PRESETS["tiny"]))
-    train: SegTrainConfig = field(default_factory=SegTrainConfig)
-    data: SegDataConfig = field(default_factory=SegDataConfig)
-
-    def validate(self) -> None:
-        self.model.validate()
-        if self.data.size != self.model.size:
-            raise ConfigError(f"data.size ({self.data.size}) must equal model.size ({self.model.size})")
-
-
-def preset_config(preset: str = "tiny") -> SegConfig:
-    """Defaults for a preset: "tiny" (64x64, CI / phantom) or "camus" (256x256)."""
-    if preset not in UNET_PRESETS:
-        raise ConfigError(f"--preset {preset!r}: expected one of {sorted(UNET_PRESETS)}")
-    model = copy.deepcopy(UNET_PRESETS[preset])
-    cfg = SegConfig(name=preset, model=model, data=SegDataConfig(size=model.size))
-    if preset == "camus":
-        cfg.train = SegTrainConfig(batch_size=8, epochs=60, lr=1e-3, patience=15)
-    return cfg
-
-
-# ----------------------------------------------------------------------------- CLI
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--data", help="CAMUS folder (any layout) or seed-layout .h5; default: built-in phantom")
-    parser.add_argument("--synthetic", help="synthetic seed-layout .h5 to mix into training")
-    parser.add_argument("--synthetic-fraction", type=float, help="fraction of synthetic images per batch")
-    parser.add_argument("--preset", choices=sorted(UNET_PRESETS), default="tiny", help="model/training preset")
-    parser.add_argument("--epochs", type=int, help="number of epochs (overrides train.epochs)")
-    parser.add_argument("--config", help="YAML file with SegConfig values")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config value, e.g. --set train.lr=3e-4 (repeatable)")
-    parser.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run exactly")
-    parser.add_argument("--runs-dir", default="runs", help="where run folders are created")
-    parser.add_argument("--name", help="run name (default: the preset)")
-    parser.add_argument("--strategy", choices=["default", "mirrored", "multiworker"], help="tf.distribute strategy")
-
-
-def config_from_args(args: argparse.Namespace) -> SegConfig:
-    """defaults(preset) <- --config <- --set <- explicit flags."""
-    cfg = load_config(SegConfig, args.config, list(args.overrides or []), base=preset_config(args.preset))
-    if args.data is not None:
-        cfg.data.data = args.data
-    if args.synthetic is not None:
-        cfg.data.synthetic = args.synthetic
-    if args.synthetic_fraction is not None:
-        cfg.data.synthetic_fraction = args.synthetic_fraction
-    if args.epochs is not None:
-        cfg.train.epochs = args.epochs
-    if args.name:
-        cfg.name = args.name
-    if args.strategy:
-        cfg.train.strategy = args.strategy
-    return from_dict(SegConfig, to_dict(cfg))  # re-validate
-
-
-def run(args: argparse.Namespace) -> Path:
-    if args.resume:
-        run_dir = open_run_dir(args.resume, "seg")
-        cfg = load_config(SegConfig, run_dir / "config.yaml")
-        if args.epochs is not None:
-            cfg.train.epochs = args.epochs
-        return train_seg(cfg, resume=run_dir)
-    return train_seg(config_from_args(args), runs_dir=args.runs_dir)
-
-
-# ----------------------------------------------------------------------------- training
-
-
-def _count_frames(path: Path, split: str, views, phases, patients) -> int:
-    from cardigan_tf.data.h5layout import iter_samples
-
-    pats = set(patients) if patients else None
-    return sum(1 for _, s in iter_samples(path, [split], views, phases) if pats is None or s.patient in pats)
+    d = cfg.data
+    return count_samples(str(data_path), "train", views=d.views, phases=d.phases, patients=d.train_patients)
 
 
 def resolve_run_data(cfg: SegConfig, run_dir: Path) -> Path:
-    """The seed-layout .h5 of this run (resolved once, recorded in run_dir/data.json)."""
+    """The seed-layout .h5 (or TFRecord folder) of this run: resolved once, recorded with its
+    fingerprint in run_dir/data.json, and reused from there."""
     record = run_dir / "data.json"
     if record.is_file():
         path = Path(json.loads(record.read_text())["path"])
-        if path.is_file():
+        if path.exists():
             return path
     from cardigan_tf.data.source import resolve_data
 
     path = Path(resolve_data(cfg.data.data, run_dir / "data", size=cfg.data.size, seed=cfg.data.seed,
                              n_phantom=cfg.data.n_phantom))
-    write_json(record, {"path": str(path.resolve()), "requested": cfg.data.data})
+    record_data(run_dir, path, cfg.data.data)
     return path
+
+
+def check_inputs(cfg: SegConfig) -> None:
+    """Everything that can be checked before a run folder is created (raises ConfigError /
+    DataError): the config, the data and the synthetic set."""
+    from cardigan_tf.data.source import check_data
+
+    cfg.validate()
+    check_data(cfg.data.data, "data.data")
+    if cfg.data.synthetic:
+        syn = Path(cfg.data.synthetic)
+        from cardigan_tf.data.h5layout import is_h5_layout
+        from cardigan_tf.data.sample import DataError
+
+        if not syn.exists():
+            raise DataError(syn, "data.synthetic: does not exist (expected a synthetic seed-layout .h5)")
+        if syn.is_file() and not is_h5_layout(syn):
+            raise DataError(syn, "data.synthetic: not an HDF5 file in the seed layout")
 
 
 def _schedule(cfg: SegTrainConfig, total_steps: int):
@@ -216,27 +107,30 @@ def monitor_key(model) -> str:
     return "val_dice_mean" if len(model.outputs) == 1 else f"val_{model.output_names[0]}_dice_mean"
 
 
-def train_seg(cfg: SegConfig, run_dir: str | Path | None = None, resume: str | Path | None = None,
-              runs_dir: str | Path = "runs", callbacks: list | None = None) -> Path:
+def train_seg(cfg: SegConfig | None, run_dir: str | Path | None = None, resume: str | Path | None = None,
+              runs_dir: str | Path = "runs", callbacks: list | None = None, name: str | None = None) -> Path:
     """Train the U-Net described by ``cfg``; return the run folder.
 
     ``run_dir``: an explicit folder (created if missing) instead of a new one under
-    ``runs_dir``; ``resume``: an existing seg run folder to continue exactly (pass the config
-    saved in it, e.g. ``load_config(SegConfig, run/"config.yaml")``); ``callbacks``: extra Keras
-    callbacks, run after the built-in ones.
+    ``runs_dir``; ``resume``: an existing seg run folder to continue exactly (``cfg`` None: the
+    config saved in it; a config may change only what does not alter the model, e.g.
+    ``train.epochs``); ``callbacks``: extra Keras callbacks, run after the built-in ones.
+    Inputs are checked before any folder is created.
     """
     from cardigan_tf.jobs.seg_callbacks import BestAndEarlyStop, OverlayLogger
+    from cardigan_tf.runs import save_run_config
 
     if resume is not None:
-        run_dir = open_run_dir(resume, "seg")
-    elif run_dir is None:
-        run_dir = new_run_dir(runs_dir, "seg", cfg.name)
+        run = open_run(resume, "seg")
+        cfg = run.config if cfg is None else cfg
+        check_inputs(cfg)
+        run_dir = ensure_run_subdirs(run.path)
+        save_run_config(run_dir, "seg", cfg)
     else:
-        run_dir = Path(run_dir)
-        for sub in ("checkpoints", "tensorboard", "samples"):
-            (run_dir / sub).mkdir(parents=True, exist_ok=True)
-    cfg.validate()
-    save_config(cfg, run_dir / "config.yaml")
+        if cfg is None:
+            raise ValueError("train_seg: give a config or resume=RUN_DIR")
+        check_inputs(cfg)
+        run_dir = create_run("seg", cfg, runs_dir=runs_dir, run_dir=run_dir, name=name or cfg.name)
 
     runtime.set_precision(cfg.train.precision)
     import keras
@@ -246,7 +140,7 @@ def train_seg(cfg: SegConfig, run_dir: str | Path | None = None, resume: str | P
 
     t, d = cfg.train, cfg.data
     data_path = resolve_run_data(cfg, run_dir)
-    n_train = _count_frames(data_path, "train", d.views, d.phases, d.train_patients)
+    n_train = count_train_frames(data_path, cfg)
     steps = t.steps_per_epoch or max(1, -(-n_train // t.batch_size))
     strategy = runtime.get_strategy(t.strategy)
     jit = runtime.resolve_jit(t.jit)

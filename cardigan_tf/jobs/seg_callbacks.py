@@ -9,7 +9,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from cardigan_tf.runs import write_json
+from cardigan_tf.files import write_json
 
 
 class BestAndEarlyStop(keras.callbacks.Callback):

@@ -1,4 +1,4 @@
-"""The synthetic-data study: ``python -m cardigan_tf.train study [--config FILE.yaml]``.
+"""The synthetic-data study (library; the command is ``python -m cardigan_tf.train study``).
 
 For every training-set fraction x synthetic fraction x seed:
 
@@ -21,10 +21,8 @@ synthetic sets and quality reports.
 
 from __future__ import annotations
 
-import argparse
 import copy
 import csv
-import dataclasses
 import logging
 import time
 from pathlib import Path
@@ -33,91 +31,15 @@ from typing import Any
 import numpy as np
 
 from cardigan_tf import runtime  # noqa: F401  (KERAS_BACKEND before keras)
-from cardigan_tf.config import ConfigError, load_config, save_config
-from cardigan_tf.jobs.gan import GanConfig
-from cardigan_tf.jobs.gan import preset_config as gan_preset_config
-from cardigan_tf.jobs.seg import SegConfig
-from cardigan_tf.jobs.seg import preset_config as seg_preset_config
-from cardigan_tf.runs import new_run_dir, write_json
+from cardigan_tf.config import ConfigError
+from cardigan_tf.configs.gan import GanConfig
+from cardigan_tf.configs.study import StudyConfig, build_study_config  # noqa: F401  (re-exported)
+from cardigan_tf.files import write_json
+from cardigan_tf.runs import create_run, open_run
 
 log = logging.getLogger(__name__)
 STRUCTS = ("lv_endo", "lv_epi", "la")
 METRICS = ("dice", "hd", "mad")
-
-
-@dataclasses.dataclass
-class StudyConfig:
-    """Design of the study; ``gan`` and ``seg`` are full job configs (their data paths, training
-    patients, synthetic set and seeds are filled in per cell)."""
-
-    name: str = "study"
-    data: str | None = None
-    n_phantom: int = 60
-    data_seed: int = 0
-    train_fractions: list[float] = dataclasses.field(default_factory=lambda: [0.1, 0.25, 1.0])
-    synthetic_fractions: list[float] = dataclasses.field(default_factory=lambda: [0.0, 0.25, 0.5])
-    seeds: list[int] = dataclasses.field(default_factory=lambda: [0, 1, 2])
-    masks: str = "real"
-    per_mask: int = 1
-    synthetic_multiplier: int = 2  # synthetic images = multiplier x training images
-    split: str = "test"
-    gan_preset: str = "tiny"  # base of the ``gan`` section (tiny | cardigan | spade)
-    seg_preset: str = "tiny"  # base of the ``seg`` section (tiny | camus)
-    gan: GanConfig = dataclasses.field(default_factory=lambda: gan_preset_config("tiny"))
-    seg: SegConfig = dataclasses.field(default_factory=lambda: seg_preset_config("tiny"))
-    inception_weights: str | None = None  # local InceptionV3 no-top weights for FID/KID (else U-Net encoder)
-
-    def validate(self) -> None:
-        if not self.train_fractions or any(not 0 < f <= 1 for f in self.train_fractions):
-            raise ConfigError(f"train_fractions: expected values in (0, 1], got {self.train_fractions}")
-        if not self.synthetic_fractions or any(not 0 <= f < 1 for f in self.synthetic_fractions):
-            raise ConfigError(f"synthetic_fractions: expected values in [0, 1), got {self.synthetic_fractions}")
-        if not self.seeds:
-            raise ConfigError("seeds: expected at least one seed")
-        if self.masks not in ("real", "deformed", "sampled"):
-            raise ConfigError(f"masks: expected real, deformed or sampled, got {self.masks!r}")
-        if self.gan.model.size != self.seg.model.size:
-            raise ConfigError(f"gan.model.size ({self.gan.model.size}) must equal seg.model.size "
-                              f"({self.seg.model.size}): synthetic images feed the U-Net")
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", metavar="FILE.yaml", help="study design (see experiments/)")
-    parser.add_argument("--data", help="CAMUS folder or seed-layout .h5 (default: built-in phantom)")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config key, e.g. seeds=[0] or gan.train.steps=200")
-    parser.add_argument("--resume", metavar="STUDY_DIR", help="continue a study folder (finished cells are kept)")
-    parser.add_argument("--runs-dir", default="runs", help="parent folder of run folders")
-    parser.add_argument("--name", help="study name")
-
-
-def config_from_args(args: argparse.Namespace) -> StudyConfig:
-    """Defaults <- presets named by ``gan_preset``/``seg_preset`` <- YAML file <- ``--set``."""
-    from cardigan_tf.config import load_yaml, parse_override
-
-    overrides = list(getattr(args, "set", None) or [])
-    if getattr(args, "data", None):
-        overrides.append(f"data={args.data}")
-    if getattr(args, "name", None):
-        overrides.append(f"name={args.name}")
-    path = getattr(args, "config", None)
-    chosen = {"gan_preset": "tiny", "seg_preset": "tiny"}
-    if path:
-        chosen.update({k: v for k, v in load_yaml(path).items() if k in chosen})
-    for text in overrides:
-        keys, value = parse_override(text)
-        if keys[0] in chosen and len(keys) == 1:
-            chosen[keys[0]] = value
-    base = StudyConfig(gan_preset=chosen["gan_preset"], seg_preset=chosen["seg_preset"],
-                       gan=gan_preset_config(chosen["gan_preset"]), seg=seg_preset_config(chosen["seg_preset"]))
-    return load_config(StudyConfig, path, overrides, base=base)
-
-
-def run(args: argparse.Namespace) -> Path:
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-    if args.resume:
-        return run_study(None, resume=args.resume)
-    return run_study(config_from_args(args), runs_dir=args.runs_dir)
 
 
 def _tag(x: float) -> str:
@@ -150,6 +72,8 @@ def _gan_config(cfg: "StudyConfig", data: Path, patients: list[str], seed: int) 
     gcfg = copy.deepcopy(cfg.gan)
     gcfg.train.seed = seed
     gcfg.data.data = str(data)
+    gcfg.data.seed = cfg.data_seed
+    gcfg.data.n_phantom = cfg.n_phantom
     gcfg.data.train_patients = sorted(patients)
     return gcfg
 
@@ -158,7 +82,7 @@ def gan_train_patients(gan_dir: Path) -> list[str]:
     """The train-split patients a study GAN was trained on (from its config.yaml)."""
     from cardigan_tf.data.h5layout import list_patients
 
-    gcfg = load_config(GanConfig, gan_dir / "config.yaml")
+    gcfg = open_run(gan_dir, "gan").config
     train = list_patients(gcfg.data.data).get("train", [])
     listed = gcfg.data.train_patients
     return sorted(set(listed) & set(train)) if listed is not None else train
@@ -194,25 +118,25 @@ def run_study(cfg: StudyConfig | None, resume: str | Path | None = None, runs_di
     from cardigan_tf.data.h5layout import list_patients
     from cardigan_tf.data.source import resolve_data
     from cardigan_tf.data.splits import subset_patients
-    from cardigan_tf.evaluate import evaluate_run
-    from cardigan_tf.generate import generate_set
+    from cardigan_tf.jobs.evaluation import evaluate_run
     from cardigan_tf.jobs.gan import train_gan
+    from cardigan_tf.jobs.generation import generate_set
     from cardigan_tf.jobs.seg import train_seg
 
+    from cardigan_tf.data.source import check_data
+
     if resume is not None:
-        root = Path(resume)
-        if not (root / "config.yaml").is_file():
-            raise FileNotFoundError(f"{root}: not a study folder (no config.yaml)")
-        cfg = load_config(StudyConfig, root / "config.yaml")
+        run = open_run(resume, "study")
+        root, cfg = run.path, run.config
     else:
-        assert cfg is not None
+        if cfg is None:
+            raise ValueError("run_study: give a config or resume=STUDY_DIR")
         cfg.validate()
-        root = Path(study_dir) if study_dir else new_run_dir(runs_dir, "study", cfg.name)
-        root.mkdir(parents=True, exist_ok=True)
+        check_data(cfg.data, "data")
+        root = create_run("study", cfg, runs_dir=runs_dir, run_dir=study_dir, name=cfg.name)
         for sub in ("checkpoints", "tensorboard", "samples"):  # a study has no use for them
             if (root / sub).is_dir() and not any((root / sub).iterdir()):
                 (root / sub).rmdir()
-        save_config(cfg, root / "config.yaml")
     for sub in ("gans", "synthetic", "cells"):
         (root / sub).mkdir(exist_ok=True)
 
@@ -246,10 +170,12 @@ def run_study(cfg: StudyConfig | None, resume: str | Path | None = None, runs_di
         if _seg_finished(cell_dir):
             pass
         elif (cell_dir / "config.yaml").is_file():
-            train_seg(load_config(SegConfig, cell_dir / "config.yaml"), resume=cell_dir)
+            train_seg(None, resume=cell_dir)
         else:
             scfg = copy.deepcopy(cfg.seg)
             scfg.data.data = str(data)
+            scfg.data.seed = cfg.data_seed
+            scfg.data.n_phantom = cfg.n_phantom
             scfg.data.train_patients = patients
             scfg.data.synthetic = str(synth_path) if synth_path else None
             scfg.data.synthetic_fraction = synth
@@ -270,8 +196,8 @@ def write_quality_reports(root: Path, cfg: StudyConfig, data: Path) -> None:
     """``gans/<gan>/quality/`` for every GAN whose synthetic set exists, scored by the U-Net of
     the same (training fraction, seed) trained without synthetic images (synthetic fraction 0).
     Without such a cell the GAN is skipped and ``gans/<gan>/quality_skipped.txt`` says why."""
-    from cardigan_tf.gan_quality import gan_quality_report
-    from cardigan_tf.runs import atomic_write_text
+    from cardigan_tf.files import atomic_write_text
+    from cardigan_tf.jobs.gan_quality import gan_quality_report
 
     for seed in cfg.seeds:
         for frac in cfg.train_fractions:

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from cardigan_tf import stats
-from cardigan_tf.runs import atomic_write_text
+from cardigan_tf.files import atomic_write_text
 
 STRUCTS = ("lv_endo", "lv_epi", "la")
 NAMES = {"lv_endo": "LV endo", "lv_epi": "LV epi", "la": "LA"}

@@ -315,7 +315,7 @@ def bland_altman_png(pred, ref, path, title: str = "Bland-Altman", unit: str = "
     """
     from matplotlib.figure import Figure  # no pyplot: works with any backend, no global state
 
-    from cardigan_tf.runs import atomic_path
+    from cardigan_tf.files import atomic_path
 
     p = np.asarray(pred, dtype=np.float64).ravel()
     r = np.asarray(ref, dtype=np.float64).ravel()

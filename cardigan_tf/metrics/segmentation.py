@@ -26,6 +26,7 @@ import numpy as np
 from scipy import ndimage
 
 from cardigan_tf.labels import LA, LV, MYO, STRUCTURES
+from cardigan_tf.resize import resize_mask_np
 
 __all__ = [
     "dice", "contour", "directed_distances", "surface_distances", "hausdorff",
@@ -177,10 +178,7 @@ def resize_to_original(mask, original_shape) -> np.ndarray:
         raise ValueError(f"original_shape: expected (H, W), got {original_shape!r}") from None
     if out_h <= 0 or out_w <= 0:
         raise ValueError(f"original_shape: expected positive (H, W), got {original_shape!r}")
-    in_h, in_w = m.shape
-    rows = np.minimum(((np.arange(out_h) + 0.5) * in_h / out_h).astype(np.int64), in_h - 1)
-    cols = np.minimum(((np.arange(out_w) + 0.5) * in_w / out_w).astype(np.int64), in_w - 1)
-    return m[np.ix_(rows, cols)]
+    return resize_mask_np(m, (out_h, out_w))
 
 
 def evaluate_at_original(pred_small, gt_original, spacing, structures=None) -> dict:

@@ -3,10 +3,9 @@
 cardiGAN took its synthetic masks from an *anatomically constrained* autoencoder (Painchaud
 et al., "Cardiac segmentation with strong anatomical guarantees", MICCAI 2019 / TMI 2020),
 whose latent space is warped so that every decoded mask is anatomically valid. Ours is a plain
-VAE (Kingma & Welling, 2014) on one-hot masks; its decoded samples are *filtered* by the
-validity checks of :mod:`cardigan_tf.data.masks` (optionally after
-:func:`~cardigan_tf.data.masks.clean_mask`), and the rejects are counted
-(:func:`sample_valid_masks`). Garbage samples are therefore never used; the price is a
+VAE (Kingma & Welling, 2014) on one-hot masks; its decoded samples are *filtered* by a validity
+check the caller passes in (usually :func:`cardigan_tf.data.masks.validity_check`: clean, then
+the anatomical rules), and the rejects are counted (:func:`sample_valid_masks`). Garbage samples are therefore never used; the price is a
 rejection rate.
 
 Architecture (``filters = (f1, ..., fn)``): encoder ``n`` x [3x3 conv stride 2 + ReLU] ->
@@ -29,12 +28,12 @@ from __future__ import annotations
 
 import dataclasses
 from collections import Counter
+from typing import Callable
 
 import keras
 import numpy as np
 from keras import layers, ops
 
-from cardigan_tf.data.masks import MaskRules, check_mask, clean_mask, rule_of
 from cardigan_tf.labels import NUM_CLASSES
 
 
@@ -223,10 +222,15 @@ def sample_masks(model: MaskVAE, n: int, seed: int = 0, temperature: float = 1.0
     return np.argmax(probs, axis=-1).astype(np.uint8)
 
 
-def sample_valid_masks(model: MaskVAE, n: int, seed: int = 0, rules: MaskRules | None = None,
-                       clean: bool = True, temperature: float = 1.0,
-                       max_draws: int | None = None, batch_size: int = 64) -> tuple[np.ndarray, dict]:
-    """Draw masks until ``n`` pass :func:`check_mask` (after ``clean_mask`` when ``clean``).
+def sample_valid_masks(model: MaskVAE, n: int, check: Callable[[np.ndarray], tuple[np.ndarray, list[str]]],
+                       seed: int = 0, temperature: float = 1.0, max_draws: int | None = None,
+                       batch_size: int = 64) -> tuple[np.ndarray, dict]:
+    """Draw masks until ``n`` pass ``check``.
+
+    ``check(mask) -> (mask, failed_rules)``: the caller's validity test (it may clean the mask
+    first, and returns the mask to keep and the names of the rules it fails; empty = valid).
+    The network knows no anatomy rules: the data layer's
+    :func:`cardigan_tf.data.masks.validity_check` is the usual choice.
 
     Returns ``(masks (k, S, S) uint8, stats)`` with ``k <= n`` (fewer only when ``max_draws``,
     default ``20 * n``, ran out) and ``stats = {"drawn", "accepted", "rejected", "by_rule"}``
@@ -244,11 +248,10 @@ def sample_valid_masks(model: MaskVAE, n: int, seed: int = 0, rules: MaskRules |
             if len(kept) == n:
                 break
             drawn += 1
-            m = clean_mask(m) if clean else m
-            problems = check_mask(m, rules)
-            if problems:
+            m, failed = check(m)
+            if failed:
                 rejected += 1
-                by_rule.update({rule_of(p) for p in problems})
+                by_rule.update(set(failed))
             else:
                 kept.append(m)
     size = model.cfg.size

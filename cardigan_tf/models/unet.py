@@ -16,7 +16,7 @@ inference and export call :func:`inference_model`, which returns a model sharing
 and weights with only the main output. Without deep supervision :func:`inference_model` returns
 the model itself.
 
-Presets (``UNET_PRESETS``):
+Presets (run configs with their training values, :mod:`cardigan_tf.configs.seg`):
 
 - ``tiny``: 64x64, depth 4, base 16 filters, batch norm, nearest upsampling (2.2 M params):
   tests, CI and the phantom study.
@@ -31,8 +31,7 @@ Dice (measured: held-out LV endo Dice 0.85 -> 0.96 with the tiny preset, 200 ste
 
 Example::
 
-    cfg = UNET_PRESETS["tiny"]
-    model = build_unet(cfg)
+    model = build_unet(UNetConfig(size=64, depth=4, base_filters=16))
     probs = model(np.zeros((2, 64, 64, 1), "float32"))    # (2, 64, 64, 4)
 """
 
@@ -95,12 +94,6 @@ class UNetConfig:
 
     def filters(self, level: int) -> int:
         return min(self.base_filters * 2**level, self.max_filters)
-
-
-UNET_PRESETS: dict[str, UNetConfig] = {
-    "tiny": UNetConfig(size=64, depth=4, base_filters=16),
-    "camus": UNetConfig(size=256, depth=5, base_filters=32, max_filters=512),
-}
 
 
 def _make_norm(norm: str, filters: int, groups: int, name: str):

@@ -1,0 +1,119 @@
+"""Segmentation (U-Net) run config and presets.
+
+``SegConfig`` = ``model`` (:class:`~cardigan_tf.models.unet.UNetConfig`) + ``train``
+(:class:`SegTrainConfig`) + ``data`` (:class:`SegDataConfig`, with a typed
+:class:`~cardigan_tf.data.augment.AugmentConfig`).
+
+Presets (:data:`PRESETS`, :func:`preset_config`):
+
+- ``tiny``: 64x64, depth 4, base 16 filters (2.2 M parameters), 20 epochs of batch 8: tests,
+  CI and the phantom study.
+- ``camus``: 256x256, depth 5, base 32 filters capped at 512 (22.8 M parameters), 60 epochs of
+  batch 8, patience 15: the CAMUS working size.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from cardigan_tf.config import ConfigError
+from cardigan_tf.data.augment import AugmentConfig
+from cardigan_tf.models.unet import UNetConfig
+
+SCHEDULES = ("cosine", "constant", "plateau")
+STRATEGIES = ("default", "mirrored", "multiworker")
+
+
+@dataclass
+class SegTrainConfig:
+    batch_size: int = 8
+    epochs: int = 20
+    steps_per_epoch: int = 0  # 0: one pass over the training images per epoch
+    lr: float = 1e-3
+    schedule: str = "cosine"
+    weight_decay: float = 1e-4
+    patience: int = 10  # early stopping on validation Dice; 0 = off
+    dice_weight: float = 1.0
+    ce_weight: float = 1.0
+    class_weights: list[float] | None = None
+    seed: int = 0
+    precision: str = "auto"
+    jit: Any = "auto"
+    strategy: str = "default"
+    n_overlays: int = 4
+    deep_supervision_weights: list[float] = field(default_factory=lambda: [1.0, 0.5, 0.25])
+
+    def validate(self) -> None:
+        if self.schedule not in SCHEDULES:
+            raise ConfigError(f"train.schedule: expected one of {SCHEDULES}, got {self.schedule!r}")
+        for key in ("batch_size", "epochs"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"train.{key}: expected >= 1, got {getattr(self, key)}")
+        if self.steps_per_epoch < 0:
+            raise ConfigError(f"train.steps_per_epoch: expected >= 0, got {self.steps_per_epoch}")
+        if self.lr <= 0:
+            raise ConfigError(f"train.lr: expected > 0, got {self.lr}")
+        if self.strategy not in STRATEGIES:
+            raise ConfigError(f"train.strategy: expected one of {STRATEGIES}, got {self.strategy!r}")
+
+
+@dataclass
+class SegDataConfig:
+    """Data of a U-Net run. ``seed`` and ``n_phantom`` define the data and its seeded split
+    under the same keys as the GAN's ``data`` section."""
+
+    data: str | None = None
+    synthetic: str | None = None
+    synthetic_fraction: float = 0.0
+    size: int = 64
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    views: list[str] = field(default_factory=lambda: ["2CH", "4CH"])
+    phases: list[str] = field(default_factory=lambda: ["ED", "ES"])
+    train_patients: list[str] | None = None
+    n_phantom: int = 60
+    seed: int = 0  # phantom generation / seeded split of the data
+
+    def validate(self) -> None:
+        if not 0.0 <= self.synthetic_fraction < 1.0:
+            raise ConfigError(f"data.synthetic_fraction: expected [0, 1), got {self.synthetic_fraction}")
+        if self.synthetic_fraction > 0 and not self.synthetic:
+            raise ConfigError("data.synthetic_fraction > 0 needs data.synthetic (a seed-layout .h5)")
+        self.augment.validate()
+
+
+@dataclass
+class SegConfig:
+    name: str = "tiny"
+    model: UNetConfig = field(default_factory=UNetConfig)
+    train: SegTrainConfig = field(default_factory=SegTrainConfig)
+    data: SegDataConfig = field(default_factory=SegDataConfig)
+
+    def validate(self) -> None:
+        try:
+            self.model.validate()
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+        self.train.validate()
+        self.data.validate()
+        if self.data.size != self.model.size:
+            raise ConfigError(f"data.size ({self.data.size}) must equal model.size ({self.model.size})")
+
+
+def _preset(name: str, model: UNetConfig, **train) -> SegConfig:
+    return SegConfig(name=name, model=model, train=SegTrainConfig(**train), data=SegDataConfig(size=model.size))
+
+
+PRESETS = {
+    "tiny": lambda: _preset("tiny", UNetConfig(size=64, depth=4, base_filters=16)),
+    "camus": lambda: _preset("camus", UNetConfig(size=256, depth=5, base_filters=32, max_filters=512),
+                             batch_size=8, epochs=60, lr=1e-3, patience=15),
+}
+PRESET_NAMES = tuple(PRESETS)
+
+
+def preset_config(preset: str = "tiny") -> SegConfig:
+    """A fresh SegConfig of preset ``preset``."""
+    if preset not in PRESETS:
+        raise ConfigError(f"--preset {preset!r}: expected one of {list(PRESETS)}")
+    return PRESETS[preset]()

@@ -1,0 +1,126 @@
+"""Study run config (training fractions x synthetic fractions x seeds) and the main job's budgets.
+
+``StudyConfig.gan`` and ``StudyConfig.seg`` are whole job configs, based on the presets named by
+``gan_preset`` / ``seg_preset``; the study fills in their data paths, training patients,
+synthetic set and seeds per cell. :func:`build_study_config` applies defaults <- presets <- YAML
+<- ``--set``; :func:`main_config` gives the main job's study for a budget (:data:`BUDGETS`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from cardigan_tf.config import ConfigError, load_config, load_yaml, parse_override
+from cardigan_tf.configs.gan import GanConfig
+from cardigan_tf.configs.gan import preset_config as gan_preset_config
+from cardigan_tf.configs.seg import SegConfig
+from cardigan_tf.configs.seg import preset_config as seg_preset_config
+
+MASK_SOURCES = ("real", "deformed", "sampled")
+
+
+@dataclasses.dataclass
+class StudyConfig:
+    """Design of the study; ``gan`` and ``seg`` are full job configs (their data paths, training
+    patients, synthetic set and seeds are filled in per cell)."""
+
+    name: str = "study"
+    data: str | None = None
+    n_phantom: int = 60
+    data_seed: int = 0
+    train_fractions: list[float] = dataclasses.field(default_factory=lambda: [0.1, 0.25, 1.0])
+    synthetic_fractions: list[float] = dataclasses.field(default_factory=lambda: [0.0, 0.25, 0.5])
+    seeds: list[int] = dataclasses.field(default_factory=lambda: [0, 1, 2])
+    masks: str = "real"
+    per_mask: int = 1
+    synthetic_multiplier: int = 2  # synthetic images = multiplier x training images
+    split: str = "test"
+    gan_preset: str = "tiny"  # base of the ``gan`` section (tiny | cardigan | spade)
+    seg_preset: str = "tiny"  # base of the ``seg`` section (tiny | camus)
+    gan: GanConfig = dataclasses.field(default_factory=lambda: gan_preset_config("tiny"))
+    seg: SegConfig = dataclasses.field(default_factory=lambda: seg_preset_config("tiny"))
+    inception_weights: str | None = None  # local InceptionV3 no-top weights for FID/KID (else U-Net encoder)
+
+    def validate(self) -> None:
+        if not self.train_fractions or any(not 0 < f <= 1 for f in self.train_fractions):
+            raise ConfigError(f"train_fractions: expected values in (0, 1], got {self.train_fractions}")
+        if not self.synthetic_fractions or any(not 0 <= f < 1 for f in self.synthetic_fractions):
+            raise ConfigError(f"synthetic_fractions: expected values in [0, 1), got {self.synthetic_fractions}")
+        if not self.seeds:
+            raise ConfigError("seeds: expected at least one seed")
+        if self.masks not in MASK_SOURCES:
+            raise ConfigError(f"masks: expected one of {MASK_SOURCES}, got {self.masks!r}")
+        if self.gan.model.size != self.seg.model.size:
+            raise ConfigError(f"gan.model.size ({self.gan.model.size}) must equal seg.model.size "
+                              f"({self.seg.model.size}): synthetic images feed the U-Net")
+
+
+def migrate(data: dict) -> dict:
+    from cardigan_tf.configs.gan import migrate as migrate_gan
+
+    if isinstance(data.get("gan"), dict):
+        migrate_gan(data["gan"])
+    return data
+
+
+def build_study_config(config_file: str | None = None, overrides: list[str] | None = None,
+                       data: str | None = None, name: str | None = None) -> StudyConfig:
+    """Defaults <- presets named by ``gan_preset``/``seg_preset`` <- YAML file <- ``--set``."""
+    overrides = list(overrides or [])
+    if data:
+        overrides.append(f"data={data}")
+    if name:
+        overrides.append(f"name={name}")
+    chosen = {"gan_preset": "tiny", "seg_preset": "tiny"}
+    if config_file:
+        chosen.update({k: v for k, v in load_yaml(config_file).items() if k in chosen})
+    for text in overrides:
+        keys, value = parse_override(text)
+        if keys[0] in chosen and len(keys) == 1:
+            chosen[keys[0]] = value
+    base = StudyConfig(gan_preset=chosen["gan_preset"], seg_preset=chosen["seg_preset"],
+                       gan=gan_preset_config(chosen["gan_preset"]), seg=seg_preset_config(chosen["seg_preset"]))
+    cfg = load_config(StudyConfig, config_file, overrides, base=base)
+    cfg.validate()
+    return cfg
+
+
+#: the main job (``python -m cardigan_tf.train``): dotted overrides on the StudyConfig defaults.
+BUDGETS: dict[str, list[str]] = {
+    "standard": [
+        "name=main",
+        "n_phantom=60",
+        "train_fractions=[0.25, 1.0]",
+        "synthetic_fractions=[0.0, 0.5]",
+        "seeds=[0]",
+        "gan.train.steps=600",
+        "gan.train.batch_size=8",
+        "gan.train.checkpoint_every=200",
+        "gan.train.sample_every=200",
+        "seg.train.epochs=10",
+        "seg.train.steps_per_epoch=25",
+        "seg.train.patience=0",
+    ],
+    "smoke": [
+        "name=main-smoke",
+        "n_phantom=10",
+        "train_fractions=[1.0]",
+        "synthetic_fractions=[0.0, 0.5]",
+        "seeds=[0]",
+        "gan.train.steps=3",
+        "gan.train.batch_size=2",
+        "gan.train.checkpoint_every=3",
+        "gan.train.sample_every=3",
+        "seg.train.epochs=1",
+        "seg.train.steps_per_epoch=3",
+        "seg.train.batch_size=4",
+        "seg.train.patience=0",
+    ],
+}
+
+
+def main_config(budget: str = "standard", data: str | None = None, overrides: list[str] | None = None) -> StudyConfig:
+    """The main job's StudyConfig for a budget (plus ``--data`` and ``--set`` overrides)."""
+    if budget not in BUDGETS:
+        raise ConfigError(f"--budget: expected one of {list(BUDGETS)}, got {budget!r}")
+    return build_study_config(None, [*BUDGETS[budget], *(overrides or [])], data=data)

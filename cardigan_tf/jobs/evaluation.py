@@ -1,0 +1,318 @@
+"""Evaluation of a segmentation run (library; the command is ``python -m cardigan_tf.evaluate``).
+
+Metrics report of a segmentation run, CAMUS-style, written to ``RUN_DIR/eval-<split>/``
+(refused if it exists, unless ``--overwrite``; the folder appears only when complete):
+
+- ``per_image.csv``: patient, view, phase, quality, gt_source, and per structure (lv_endo,
+  lv_epi, la) dice, hd (mm), mad (mm), missing;
+- ``clinical.csv``: per patient EDV, ESV (ml), EF (%) from the predicted and the ground-truth
+  masks (Simpson biplane), and the cfg values (LVedv, LVesv, LVef) where the data has them;
+- ``summary.json``: everything below, machine-readable;
+- ``report.md``: the CAMUS paper's table (structure x phase; Dice, HD, MAD mean +- SD), EF and
+  volume agreement (correlation, bias +- SD, MAE), a breakdown by image quality;
+- ``worst/``: overlays (image | truth | prediction) of the cases with the lowest LV endo Dice;
+- ``bland_altman_ef.png``: EF from predicted vs ground-truth masks.
+
+Resolution and spacing. Images reach the model through the run's resize chain
+(:mod:`cardigan_tf.inference`, the same code as training and the exported models). The
+predicted probabilities are resized (bilinear) to the reference grid and then turned into a
+mask (argmax). When the data holds the original-resolution ground truth (``gt_ref``), that grid
+is the original one, compared with the original spacing (the CAMUS protocol). When it
+does not, the working-size ground truth is used and the spacing is rescaled to the working grid:
+``spacing_work = spacing_original * original_shape / working_shape`` per axis, i.e. the mm size
+of one working pixel covering the same field of view. Distances in mm stay physically
+meaningful, but both masks then carry the working grid's quantisation (up to one working pixel),
+so HD/MAD are somewhat coarser than at the original resolution. ``gt_source`` in the CSV says
+which was used. ``--postprocess`` keeps the largest component of each label and fills holes
+(at the working size, before resizing).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+
+import cardigan_tf.runtime  # noqa: F401  (sets KERAS_BACKEND before keras is imported)
+from cardigan_tf.labels import PHASES, STRUCTURES
+from cardigan_tf.files import atomic_path, refuse_overwrite, write_json
+from cardigan_tf.runs import open_run
+
+log = logging.getLogger(__name__)
+
+STRUCT_TITLES = {"lv_endo": "LV endo", "lv_epi": "LV epi", "la": "LA"}
+N_WORST = 6
+
+
+def load_segmenter(run_dir, which: str = "best"):
+    """(inference keras.Model, Run, model path) of a seg run: ``best.keras`` (else
+    ``final.keras``), with only the main output when the model has deep supervision."""
+    import keras
+
+    from cardigan_tf.models.unet import inference_model
+
+    run = open_run(run_dir, "seg")
+    path = run.model_path(which)
+    return inference_model(keras.saving.load_model(path, compile=False)), run, path
+
+
+def run_data_path(run, data: str | None = None) -> Path:
+    """The dataset to evaluate on: ``data`` (resolved into the run's data folder) or the run's
+    own recorded dataset (re-resolved from its config when the record is gone)."""
+    from cardigan_tf.data.source import resolve_data
+
+    cfg = run.config
+    if data is None:
+        recorded = run.data_path()
+        if recorded is not None:
+            return recorded
+        data = cfg.data.data
+    return Path(resolve_data(data, run.path / "data", size=cfg.data.size, seed=cfg.data.seed,
+                             n_phantom=cfg.data.n_phantom))
+
+
+def preprocessing(cfg, data_path) -> "Preprocessing":
+    """The resize chain of a seg run on ``data_path`` (prepared size -> working size)."""
+    from cardigan_tf.data.source import prepared_size
+    from cardigan_tf.inference import Preprocessing
+
+    return Preprocessing(working_size=int(cfg.model.size), prepared_size=prepared_size(data_path))
+
+
+def _reference(sample):
+    """(gt, spacing, source) of the grid where the metrics are computed."""
+    ref = sample.meta.get("mask_ref")
+    if ref is not None:
+        return np.asarray(ref), tuple(sample.spacing), "ref"
+    gt = np.asarray(sample.mask)
+    oh, ow = sample.original_shape
+    spacing = (sample.spacing[0] * oh / gt.shape[0], sample.spacing[1] * ow / gt.shape[1])
+    return gt, spacing, "working"
+
+
+class _Stages:
+    """Wall time per evaluation stage."""
+
+    def __init__(self):
+        self.seconds: dict[str, float] = {}
+
+    def add(self, name: str, t0: float) -> float:
+        now = time.perf_counter()
+        self.seconds[name] = self.seconds.get(name, 0.0) + now - t0
+        return now
+
+
+def _fmt(stat: dict | None, digits: int = 3) -> str:
+    if not stat or not math.isfinite(stat.get("mean", float("nan"))):
+        return "n/a"
+    return f"{stat['mean']:.{digits}f} ± {stat['sd']:.{digits}f}"
+
+
+def _clinical(per_patient: dict, volumes: bool = True) -> tuple[list[dict], dict]:
+    from cardigan_tf.metrics.clinical import agreement, patient_indices
+
+    rows = []
+    for patient, d in sorted(per_patient.items()):
+        if len(d["pred"]) < 4:
+            continue
+        p = patient_indices(d["pred"], d["spacing"])
+        g = patient_indices(d["gt"], d["spacing"])
+        row = {"patient": patient}
+        for k in ("edv", "esv", "ef"):
+            row[f"{k}_pred"], row[f"{k}_gt"] = p[k], g[k]
+            if k != "ef" and not volumes:  # no spacing: a volume in pixels is no volume
+                row[f"{k}_pred"] = row[f"{k}_gt"] = float("nan")
+        for k, ck in (("edv", "LVedv"), ("esv", "LVesv"), ("ef", "LVef")):
+            v = d["cfg"].get(ck)
+            row[f"{k}_cfg"] = float(v) if isinstance(v, (int, float)) else float("nan")
+        rows.append(row)
+    agree = {}
+    for ref in ("gt", "cfg"):
+        for k in ("edv", "esv", "ef"):
+            pred = [r[f"{k}_pred"] for r in rows]
+            refs = [r[f"{k}_{ref}"] for r in rows]
+            if any(math.isfinite(v) for v in refs):
+                agree[f"{k}_vs_{ref}"] = agreement(pred, refs)
+    return rows, agree
+
+
+def _write_csv(path: Path, rows: list[dict]) -> None:
+    buf = io.StringIO()
+    if rows:
+        w = csv.DictWriter(buf, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    path.write_text(buf.getvalue())
+
+
+def _markdown(run_dir: Path, split: str, summary: dict) -> str:
+    by_phase, by_q = summary["by_phase"], summary["by_quality"]
+    u = summary.get("units", {}).get("hd", "mm")
+    lines = [f"# Evaluation of `{run_dir.name}` on split `{split}`", "",
+             f"{summary['n_images']} images, {summary['n_patients']} patients; data `{summary['data']}`; "
+             f"ground truth at {summary['gt_resolution']} resolution; post-processing: {summary['postprocess']}.", ""]
+    lines += [f"**Warning:** {w}." for w in summary.get("warnings", [])]
+    lines += ["", "## Segmentation (mean ± SD)", "",
+              f"| structure | phase | Dice | HD ({u}) | MAD ({u}) |", "|---|---|---|---|---|"]
+    for s in STRUCTURES:
+        for ph in [*PHASES, "all"]:
+            st = by_phase.get(ph, {}).get(s)
+            if st is None:
+                continue
+            lines.append(f"| {STRUCT_TITLES[s]} | {ph} | {_fmt(st['dice'])} | {_fmt(st['hd'], 2)} | {_fmt(st['mad'], 2)} |")
+    lines += ["", "## Clinical indices (Simpson biplane)", "",
+              "| index | reference | corr | bias ± SD | MAE | n |", "|---|---|---|---|---|---|"]
+    names = {"edv": "EDV (ml)", "esv": "ESV (ml)", "ef": "EF (%)"}
+    for key, a in summary["clinical_agreement"].items():
+        k, ref = key.split("_vs_")
+        if a.get("n", 0) == 0:
+            continue
+        ref_name = "ground-truth masks" if ref == "gt" else "cfg values"
+        lines.append(f"| {names[k]} | {ref_name} | {a['corr']:.3f} | {a['bias']:.2f} ± {a['sd']:.2f} | "
+                     f"{a['mae']:.2f} | {a['n']} |")
+    lines += ["", "## By image quality (mean ± SD)", "",
+              f"| quality | n images | LV endo Dice | LV epi Dice | LA Dice | LV endo HD ({u}) |", "|---|---|---|---|---|---|"]
+    for q, st in sorted(by_q.items()):
+        if q == "all":
+            continue
+        lines.append(f"| {q or 'unknown'} | {st['lv_endo']['dice']['n'] + st['lv_endo']['dice']['nan']} | "
+                     f"{_fmt(st['lv_endo']['dice'])} | {_fmt(st['lv_epi']['dice'])} | {_fmt(st['la']['dice'])} | "
+                     f"{_fmt(st['lv_endo']['hd'], 2)} |")
+    lines += ["", "Worst cases by LV endo Dice: `worst/`. EF Bland-Altman: `bland_altman_ef.png`.", ""]
+    if summary.get("timing_s"):
+        lines += ["Time per stage: " + ", ".join(f"{k} {v:.2f} s" for k, v in summary["timing_s"].items()) + ".", ""]
+    return "\n".join(lines)
+
+
+def _spacing_override(spacing) -> tuple[float, float] | None:
+    if spacing is None:
+        return None
+    from cardigan_tf.config import ConfigError
+
+    try:
+        row, col = (float(v) for v in (spacing.split(",") if isinstance(spacing, str) else spacing))
+    except (TypeError, ValueError):
+        raise ConfigError(f"--spacing: expected ROW,COL in mm (e.g. 0.31,0.15), got {spacing!r}") from None
+    if not (row > 0 and col > 0 and math.isfinite(row) and math.isfinite(col)):
+        raise ConfigError(f"--spacing: expected positive ROW,COL in mm, got {spacing!r}")
+    return row, col
+
+
+def evaluate_run(run_dir, data=None, split: str = "test", postprocess: bool = False, out=None,
+                 overwrite: bool = False, batch_size: int = 16, spacing=None) -> dict:
+    """Evaluate ``run_dir``'s best model on ``split``; write the report folder; return the summary.
+
+    ``spacing``: (row, col) mm of the original images, for data that does not record it (the
+    CREATIS HDF5). Without a known spacing, HD and MAD are in pixels of the original grid
+    ("px"), volumes are not reported, and EF (a ratio) is reported with a warning.
+    """
+    from cardigan_tf import viz
+    from cardigan_tf.data.h5layout import iter_samples
+    from cardigan_tf.data.sample import EmptyDatasetError
+    from cardigan_tf.inference import masks_from_probabilities, model_input, predict_probabilities
+    from cardigan_tf.metrics import segmentation as seg
+    from cardigan_tf.resize import resize_mask_np
+
+    given_spacing = _spacing_override(spacing)
+    stages = _Stages()
+    t = time.perf_counter()
+    model, run, model_path = load_segmenter(run_dir)
+    run_dir, cfg = run.path, run.config
+    out_dir = Path(out) if out is not None else run_dir / f"eval-{split}"
+    refuse_overwrite(out_dir, overwrite, "evaluation folder")
+    data_path = run_data_path(run, data)
+    pre = preprocessing(cfg, data_path)
+    samples = [s for _, s in iter_samples(data_path, [split], cfg.data.views, cfg.data.phases, with_ref=True)
+               if s.mask is not None]
+    if not samples:
+        raise EmptyDatasetError(data_path, f"no labelled image in split {split!r} (views {cfg.data.views})")
+    known = given_spacing is not None or all(s.meta.get("spacing_known", True) for s in samples)
+    unit = "mm" if known else "px"
+    if given_spacing is not None:
+        for s in samples:
+            s.spacing = given_spacing
+    t = stages.add("load", t)
+
+    rows, cases, per_patient, sources = [], [], {}, set()
+    try:
+        from tqdm import tqdm
+    except ImportError:  # pragma: no cover
+        tqdm = None
+    chunks = range(0, len(samples), 64)
+    for start in tqdm(chunks, desc="evaluate", unit="chunk", leave=False) if tqdm else chunks:
+        chunk = samples[start:start + 64]
+        t = time.perf_counter()
+        x = model_input([s.image for s in chunk], pre)
+        probs = predict_probabilities(model, x, batch_size)
+        t = stages.add("predict", t)
+        refs = [_reference(s) for s in chunk]
+        preds = masks_from_probabilities(probs, [r[0].shape for r in refs])
+        smalls = [p.argmax(-1).astype(np.uint8) for p in probs]
+        t = stages.add("resize", t)
+        for s, pred, (gt, sp, source), xs, p_small in zip(chunk, preds, refs, x, smalls):
+            if postprocess:
+                pred = seg.postprocess(pred)
+            sources.add(source)
+            result = seg.evaluate_masks(pred, gt, sp)
+            rows.append(seg.flatten_result(result, patient=s.patient, view=s.view, phase=s.phase,
+                                           quality=s.quality, gt_source=source, distance_unit=unit))
+            cases.append((result["lv_endo"]["dice"], s, xs[..., 0], p_small))
+            d = per_patient.setdefault(s.patient, {"pred": {}, "gt": {}, "spacing": {}, "cfg": s.meta.get("cfg") or {}})
+            d["pred"][(s.view, s.phase)] = (pred == 1)
+            d["gt"][(s.view, s.phase)] = (gt == 1)
+            d["spacing"][(s.view, s.phase)] = sp
+        t = stages.add("metrics", t)
+
+    t = time.perf_counter()
+    clin_rows, agree = _clinical(per_patient, volumes=known)
+    t = stages.add("clinical", t)
+    units = {"dice": "fraction", "hd": unit, "mad": unit, "edv": "ml" if known else None,
+             "esv": "ml" if known else None, "ef": "%"}
+    warnings_ = []
+    if not known:
+        warnings_.append("the data records no pixel spacing: HD and MAD are in pixels of the original grid (px), "
+                         "volumes are not reported, and EF is distorted where pixels are not square; "
+                         "give --spacing ROW,COL (mm) to report mm and ml")
+        log.warning(warnings_[-1])
+    summary = {
+        "run": str(run_dir), "model": model_path.name, "split": split, "data": str(data_path),
+        "postprocess": bool(postprocess), "preprocessing": pre.to_dict(),
+        "gt_resolution": "/".join(sorted({"ref": "original", "working": "working"}[x] for x in sources)),
+        "spacing_known": known, "spacing_given": given_spacing, "units": units, "warnings": warnings_,
+        "n_images": len(rows), "n_patients": len(per_patient),
+        "by_phase": seg.summarize(rows, group_by=("phase",)),
+        "by_view_phase": seg.summarize(rows, group_by=("view", "phase")),
+        "by_quality": seg.summarize(rows, group_by=("quality",)),
+        "clinical_agreement": agree, "clinical_patients": len(clin_rows),
+    }
+    t = time.perf_counter()
+    with atomic_path(out_dir) as tmp:
+        tmp.mkdir()
+        _write_csv(tmp / "per_image.csv", rows)
+        _write_csv(tmp / "clinical.csv", clin_rows)
+        worst = sorted(cases, key=lambda c: (c[0] if math.isfinite(c[0]) else -1.0))[:N_WORST]
+        (tmp / "worst").mkdir()
+        for rank, (dsc, s, img, p_small) in enumerate(worst, 1):
+            gt_small = resize_mask_np(s.mask, p_small.shape)
+            k = max(1, 192 // p_small.shape[0])  # enlarge small working sizes for reading
+            tiles = [viz.to_uint8_gray(img), viz.overlay(img, gt_small), viz.overlay(img, p_small)]
+            grid = viz.make_grid([[t_.repeat(k, 0).repeat(k, 1) for t_ in tiles]],
+                                 col_titles=["image", "truth", f"pred {dsc:.2f}"])
+            viz.save_png(tmp / "worst" / f"{rank:02d}_{s.patient}_{s.view}_{s.phase}.png", grid)
+        if clin_rows:
+            summary["bland_altman_ef"] = viz.bland_altman_png([r["ef_pred"] for r in clin_rows],
+                                                              [r["ef_gt"] for r in clin_rows],
+                                                              tmp / "bland_altman_ef.png",
+                                                              title="EF: predicted vs ground-truth masks", unit="%")
+        stages.add("figures", t)
+        summary["timing_s"] = {k: round(v, 3) for k, v in stages.seconds.items()}
+        write_json(tmp / "summary.json", summary)
+        (tmp / "report.md").write_text(_markdown(run_dir, split, summary))
+    log.info("evaluation of %s on %s: %s", run_dir.name, split,
+             ", ".join(f"{k} {v:.1f} s" for k, v in summary["timing_s"].items()))
+    return summary

@@ -1,0 +1,64 @@
+"""``python -m cardigan_tf.prepare`` (also ``python -m cardigan_tf.data.prepare``; console script
+``cardigan-prepare``): convert any CAMUS layout to the seed HDF5 layout, or write the phantom.
+
+Usage::
+
+    python -m cardigan_tf.prepare --source CAMUS_DIR --out camus_256.h5 [--size 256]
+        [--fold K] [--seed S] [--tfrecords DIR --shards N] [--skip-invalid] [--overwrite]
+    python -m cardigan_tf.prepare --phantom --patients N --out phantom.h5 [--size] [--seed]
+
+The work is :func:`cardigan_tf.data.prepare.prepare` (see it for resizing and splits).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from cardigan_tf import cli
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m cardigan_tf.prepare",
+                                description="Convert any CAMUS layout into the seed HDF5 layout (or write the phantom).")
+    p.add_argument("--source", help="CAMUS folder (2019 or 2023 release) or seed-layout .h5")
+    p.add_argument("--phantom", action="store_true", help="write the built-in phantom instead of converting")
+    p.add_argument("--patients", type=int, default=50, help="phantom patients (with --phantom)")
+    p.add_argument("--out", required=True, help="output .h5 file")
+    p.add_argument("--size", type=int, default=256, help="working size of 'im'/'gt' (default 256)")
+    p.add_argument("--fold", type=int, default=None, help="2019 listSubGroups fold K to use as the split")
+    p.add_argument("--seed", type=int, default=0, help="seed of the 80/10/10 split when no official lists")
+    p.add_argument("--tfrecords", default=None, help="also write TFRecord shards into this folder")
+    p.add_argument("--shards", type=int, default=1, help="TFRecord shards per split")
+    p.add_argument("--tfrecord-dtype", choices=("float32", "uint8"), default="float32")
+    p.add_argument("--skip-invalid", action="store_true", help="skip (and count) invalid patients instead of failing")
+    p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    p.add_argument("--no-progress", action="store_true")
+    return p
+
+
+def run(args: argparse.Namespace):
+    if args.phantom:
+        from cardigan_tf.data import phantom
+
+        path = phantom.write_h5(args.out, n_patients=args.patients, seed=args.seed, size=args.size,
+                                overwrite=args.overwrite)
+        if args.tfrecords:
+            from cardigan_tf.data import tfrecord
+
+            tfrecord.write_tfrecords(path, args.tfrecords, shards=args.shards, overwrite=args.overwrite,
+                                     image_dtype=args.tfrecord_dtype)
+        return path
+    if not args.source:
+        raise cli.UsageError("--source is required (or --phantom)")
+    from cardigan_tf.data.prepare import prepare
+
+    return prepare(args.source, args.out, size=args.size, fold=args.fold, seed=args.seed,
+                   tfrecords=args.tfrecords, shards=args.shards, skip_invalid=args.skip_invalid,
+                   overwrite=args.overwrite, tfrecord_dtype=args.tfrecord_dtype, progress=not args.no_progress)
+
+
+main = cli.entry(build_parser, run)
+
+if __name__ == "__main__":
+    sys.exit(main())

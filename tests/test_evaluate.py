@@ -146,3 +146,33 @@ def test_original_resolution_reference_uses_original_spacing(trained_run, evalua
         # the working grid's blocks), so the maximum distance may move by up to ~2 working pixels
         assert math.isclose(b["mad"]["mean"], a["mad"]["mean"], abs_tol=1.5)
         assert math.isclose(b["hd"]["mean"], a["hd"]["mean"], abs_tol=6.0)
+
+
+def test_renamed_and_old_run_folders_still_evaluate_and_resume(trained_run, evaluated, tmp_path):
+    """A run folder renamed, and one written before config.yaml recorded its kind: both are
+    recognised (by the recorded kind, else by their files), evaluated and resumed."""
+    import shutil
+
+    import yaml
+
+    from cardigan_tf.jobs.evaluation import evaluate_run
+    from cardigan_tf.jobs.seg import train_seg
+    from cardigan_tf.runs import open_run
+
+    renamed = tmp_path / "my run"
+    shutil.copytree(trained_run, renamed, ignore=shutil.ignore_patterns("eval-*"))
+    cfg = yaml.safe_load((renamed / "config.yaml").read_text())
+    assert cfg.pop("kind") == "seg"
+    (renamed / "config.yaml").write_text(yaml.safe_dump(cfg))  # as written before the change
+    run = open_run(renamed)
+    assert run.kind == "seg" and run.legacy
+    summary = evaluate_run(renamed, split="test")
+    assert summary["n_images"] == evaluated[0]["n_images"]
+    assert summary["by_phase"]["all"]["lv_endo"]["dice"]["mean"] == pytest.approx(
+        evaluated[0]["by_phase"]["all"]["lv_endo"]["dice"]["mean"], abs=1e-6)
+    epochs = run.config.train.epochs
+    run.config.train.epochs = epochs + 1
+    train_seg(run.config, resume=renamed)
+    metrics = json.loads((renamed / "metrics.json").read_text())
+    assert metrics["epochs_completed"] == epochs + 1
+    assert open_run(renamed).kind == "seg" and not open_run(renamed).legacy  # the kind is recorded now

@@ -125,7 +125,8 @@ def patient_mean_differences(records: Iterable[tuple[str, Hashable, float]]) -> 
     """Reduce paired per-image differences to one difference per patient.
 
     ``records``: ``(patient, seed, difference)`` per image pair (the same image scored by two
-    settings trained with the same seed). NaN differences are dropped. Returns
+    settings trained with the same seed). Non-finite differences (NaN; inf from an empty
+    contour) are dropped. Returns
     ``{"patients": {patient: mean over its views, phases and seeds}, "seeds": {seed: mean over
     patients of each patient's mean in that seed}, "n_images": finite image pairs}``.
     """

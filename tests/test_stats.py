@@ -213,6 +213,10 @@ def test_patients_not_images_are_counted():
     hd = next(r for r in rows if r["structure"] == "lv_endo" and r["metric"] == "hd")
     assert hd["unit"] == "px" and hd["mean_diff"] == pytest.approx(-10 * np.mean(effects), abs=0.02)
     assert t["unit"] == ""
+    cells[0]["distance_unit"] = "mm"  # one seed's baseline in mm, the rest in px: HD/MAD not comparable
+    mixed = wilcoxon_rows(cells, n_boot=200)
+    assert all(math.isnan(r["mean_diff"]) and "units differ" in r["note"] for r in mixed if r["metric"] != "dice")
+    assert all(r["n_patients"] == 8 for r in mixed if r["metric"] == "dice")
 
 
 def test_clear_effect_is_significant_after_holm_and_few_patients_are_not_tested():

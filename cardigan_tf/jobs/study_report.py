@@ -126,12 +126,11 @@ def wilcoxon_rows(cells: list[dict[str, Any]], n_boot: int = 10000, alpha: float
                                 records.append((image[0], seed, row[key] - ref[image][key]))
                     if not records:
                         continue
-                    diffs = stats.patient_mean_differences(records)
+                    mixed = m != "dice" and len(units) > 1  # mm against px: no meaningful difference
+                    diffs = stats.patient_mean_differences([] if mixed else records)
                     res = stats.paired_patient_test(list(diffs["patients"].values()), n_boot=n_boot)
                     seed_vals = list(diffs["seeds"].values())
-                    note = res["note"]
-                    if m != "dice" and len(units) > 1:
-                        note = "; ".join(x for x in (note, f"distance units differ between cells: {units}") if x)
+                    note = f"distance units differ between cells ({', '.join(units)}): not compared" if mixed else res["note"]
                     rows.append({
                         "train_fraction": tf, "synthetic_fraction": sf, "structure": s, "metric": m,
                         "unit": "" if m == "dice" else "/".join(units),

@@ -56,11 +56,15 @@ def test_tables_plot_and_report(study):
     test_patients = h5layout.list_patients(study / "data" / "phantom.h5")["test"]
     assert 0 < len(test_patients) < 6  # the tiny phantom: too few patients for any test
     for r in tests:
-        assert r["n_patients"] == str(len(test_patients)) and r["n_seeds"] == "1"
-        assert r["n_image_pairs"] == str(4 * len(test_patients)) or r["metric"] != "dice"
         assert r["pvalue"] == "" and r["pvalue_holm"] == "" and r["significant"] == ""
         assert r["unit"] == ("" if r["metric"] == "dice" else "mm")
-        assert float(r["ci_low"]) <= float(r["mean_diff"]) <= float(r["ci_high"])
+        if r["metric"] == "dice":  # every phantom image has all three structures: Dice is always finite
+            assert r["n_patients"] == str(len(test_patients)) and r["n_seeds"] == "1"
+            assert r["n_image_pairs"] == str(4 * len(test_patients))
+            assert float(r["ci_low"]) <= float(r["mean_diff"]) <= float(r["ci_high"])
+        else:  # HD/MAD are undefined (dropped) where the 2-step U-Net predicts nothing
+            assert int(r["n_patients"]) <= len(test_patients)
+            assert int(r["n_image_pairs"]) <= 4 * len(test_patients)
     assert (study / "dice_vs_synthetic.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (study / "samples.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     report = (study / "report.md").read_text()

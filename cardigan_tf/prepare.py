@@ -26,8 +26,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--patients", type=int, default=50, help="phantom patients (with --phantom)")
     p.add_argument("--out", required=True, help="output .h5 file")
     p.add_argument("--size", type=int, default=256, help="working size of 'im'/'gt' (default 256)")
-    p.add_argument("--fold", type=int, default=None, help="2019 listSubGroups fold K to use as the split")
-    p.add_argument("--seed", type=int, default=0, help="seed of the 80/10/10 split when no official lists")
+    p.add_argument("--fold", type=int, default=None,
+                   help="2019 listSubGroups fold K to use as the split (train/valid only when testing/ has ground truth)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the 80/10/10 split when no official lists (8:1 train/valid of training/ when "
+                        "testing/ has ground truth)")
     p.add_argument("--tfrecords", default=None, help="also write TFRecord shards into this folder")
     p.add_argument("--shards", type=int, default=1, help="TFRecord shards per split")
     p.add_argument("--tfrecord-dtype", choices=("float32", "uint8"), default="float32")
@@ -38,6 +41,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace):
+    path = _write(args)
+    from cardigan_tf.data.h5layout import list_patients, read_root_attrs
+    from cardigan_tf.data.prepare import split_summary
+
+    print(split_summary(list_patients(path), read_root_attrs(path).get("split_method", "?")))
+    return path
+
+
+def _write(args: argparse.Namespace):
     if args.phantom:
         from cardigan_tf.data import phantom
 

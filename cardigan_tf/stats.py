@@ -10,8 +10,15 @@ Run rows (one per trained U-Net) are flat dicts::
 :func:`summarize_cells` reduces them to one row per (train_fraction, synthetic_fraction) cell
 with ``<metric>_mean`` and ``<metric>_sd`` (sample SD over seeds, ddof 1; NaN with one seed)
 and ``n_seeds``; :func:`write_table_csv`, :func:`table_markdown` and
-:func:`plot_dice_vs_synthetic` present them. :func:`wilcoxon_paired` compares per-image Dice
-of two settings (e.g. synthetic fraction 0 against 0.5) with scipy's signed-rank test.
+:func:`plot_dice_vs_synthetic` present them.
+
+Comparisons count patients, not images: :func:`patient_mean_differences` averages each test
+patient's paired differences over its views, phases and seeds (images of one patient are not
+independent, nor are the seeds' evaluations of the same patient); :func:`paired_patient_test`
+then gives the mean difference with a percentile bootstrap confidence interval over patients
+(:func:`bootstrap_ci`) and a Wilcoxon signed-rank test of the per-patient differences (exact
+for up to 50 patients without ties); :func:`holm` corrects a family of p-values.
+:func:`wilcoxon_paired` is the plain signed-rank test of two paired samples.
 """
 
 from __future__ import annotations
@@ -19,7 +26,7 @@ from __future__ import annotations
 import csv
 import math
 from pathlib import Path
-from typing import Iterable, Mapping, Sequence
+from typing import Any, Hashable, Iterable, Mapping, Sequence
 
 import numpy as np
 from scipy import stats as sps
@@ -65,6 +72,117 @@ def wilcoxon_paired(a: Sequence[float], b: Sequence[float], min_n: int = 6) -> d
     res = sps.wilcoxon(a[keep], b[keep])
     return {"statistic": float(res.statistic), "pvalue": float(res.pvalue), "n": n, "median_diff": median,
             "note": ""}
+
+
+#: fewest pairs for which a two-sided signed-rank test can give p < 0.05 (exact: 2 / 2**6 = 0.031)
+MIN_PAIRS_FOR_005 = 6
+
+
+def holm(pvalues: Sequence[float]) -> list[float]:
+    """Holm's step-down adjusted p-values (family-wise error), in the input order.
+
+    NaN entries (no test) are not part of the family and stay NaN. With the m finite p-values
+    sorted ascending, ``p_adj(i) = max_{j <= i} min(1, (m - j + 1) * p(j))`` (1-based ranks);
+    a hypothesis is rejected at level alpha when its adjusted p-value is <= alpha.
+    """
+    p = np.asarray(pvalues, dtype=np.float64).ravel()
+    out = np.full(p.shape, np.nan)
+    finite = np.flatnonzero(np.isfinite(p))
+    if np.any((p[finite] < 0) | (p[finite] > 1)):
+        raise ValueError(f"holm: p-values must lie in [0, 1], got {p[finite].tolist()}")
+    m = finite.size
+    if m:
+        order = finite[np.argsort(p[finite], kind="stable")]
+        scaled = np.minimum(1.0, (m - np.arange(m)) * p[order])
+        out[order] = np.maximum.accumulate(scaled)
+    return [float(x) for x in out]
+
+
+def bootstrap_ci(values: Sequence[float], level: float = 0.95, n_boot: int = 10000, seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap confidence interval of the mean of ``values`` (NaN dropped).
+
+    Resamples the values with replacement ``n_boot`` times (seeded, so reproducible). NaN
+    bounds with no finite value; a single value gives the degenerate interval (v, v).
+    """
+    if not 0 < level < 1:
+        raise ValueError(f"bootstrap_ci: level must be in (0, 1), got {level}")
+    x = np.asarray(values, dtype=np.float64).ravel()
+    x = x[np.isfinite(x)]
+    if x.size == 0:
+        return float("nan"), float("nan")
+    rng = np.random.default_rng(seed)
+    means = np.empty(int(n_boot))
+    chunk = max(1, 2_000_000 // x.size)  # bound the index array's memory
+    for start in range(0, int(n_boot), chunk):
+        k = min(chunk, int(n_boot) - start)
+        means[start:start + k] = x[rng.integers(0, x.size, size=(k, x.size))].mean(axis=1)
+    alpha = (1.0 - level) / 2.0
+    lo, hi = np.quantile(means, [alpha, 1.0 - alpha])
+    return float(lo), float(hi)
+
+
+def patient_mean_differences(records: Iterable[tuple[str, Hashable, float]]) -> dict[str, Any]:
+    """Reduce paired per-image differences to one difference per patient.
+
+    ``records``: ``(patient, seed, difference)`` per image pair (the same image scored by two
+    settings trained with the same seed). Non-finite differences (NaN; inf from an empty
+    contour) are dropped. Returns
+    ``{"patients": {patient: mean over its views, phases and seeds}, "seeds": {seed: mean over
+    patients of each patient's mean in that seed}, "n_images": finite image pairs}``.
+    """
+    by_patient: dict[str, list[float]] = {}
+    by_seed: dict[Hashable, dict[str, list[float]]] = {}
+    n = 0
+    for patient, seed, diff in records:
+        diff = float(diff)
+        if not math.isfinite(diff):
+            continue
+        n += 1
+        by_patient.setdefault(str(patient), []).append(diff)
+        by_seed.setdefault(seed, {}).setdefault(str(patient), []).append(diff)
+    patients = {p: float(np.mean(v)) for p, v in sorted(by_patient.items())}
+    seeds = {s: float(np.mean([np.mean(v) for v in per.values()]))
+             for s, per in sorted(by_seed.items(), key=lambda kv: str(kv[0]))}
+    return {"patients": patients, "seeds": seeds, "n_images": n}
+
+
+def paired_patient_test(diffs: Sequence[float], level: float = 0.95, n_boot: int = 10000, seed: int = 0,
+                        min_n: int = MIN_PAIRS_FOR_005) -> dict[str, Any]:
+    """Effect and signed-rank test of per-patient paired differences (one value per patient).
+
+    Returns ``{"n", "mean_diff", "ci_low", "ci_high", "median_diff", "statistic", "pvalue",
+    "method", "note"}``: the mean difference with its ``level`` percentile bootstrap interval
+    over patients, and scipy's two-sided Wilcoxon signed-rank test (zeros dropped; exact null
+    distribution for n <= 50 without ties, exhaustive permutations for n <= 13 with ties,
+    normal approximation otherwise). With fewer than ``min_n`` patients no two-sided test can
+    reach 0.05: the p-value is NaN and the note says so (the interval is still given).
+    """
+    d = np.asarray(diffs, dtype=np.float64).ravel()
+    d = d[np.isfinite(d)]
+    n = int(d.size)
+    out: dict[str, Any] = {"n": n, "mean_diff": float(d.mean()) if n else float("nan"),
+                           "median_diff": float(np.median(d)) if n else float("nan")}
+    out["ci_low"], out["ci_high"] = bootstrap_ci(d, level, n_boot, seed)
+    out.update(statistic=float("nan"), pvalue=float("nan"), method="", note="")
+    if n == 0:
+        out["note"] = "no patient with a finite paired difference"
+    elif n < min_n:
+        out["note"] = (f"{n} patients: with fewer than {min_n} no two-sided signed-rank test can reach "
+                       "p < 0.05; interval only")
+    elif np.all(d == 0):
+        out.update(statistic=0.0, pvalue=1.0, note="all differences are zero")
+    else:
+        nz = d[d != 0]
+        ties = np.unique(np.abs(nz)).size < nz.size or nz.size < n
+        res = sps.wilcoxon(d, zero_method="wilcox", method="auto")
+        out["statistic"], out["pvalue"] = float(res.statistic), float(res.pvalue)
+        if nz.size <= 50 and not ties:
+            out["method"] = "exact"
+        elif nz.size <= 13:
+            out["method"] = "exact permutation (ties or zeros)"
+        else:
+            out["method"] = "normal approximation"
+    return out
 
 
 def _metric_keys(rows: Iterable[Mapping]) -> list[str]:
@@ -149,10 +267,11 @@ def _fmt(v, digits: int) -> str:
     return str(v)
 
 
-def table_markdown(rows: list[dict], digits: int = 3, mm_digits: int = 2) -> str:
+def table_markdown(rows: list[dict], digits: int = 3, mm_digits: int = 2, distance_unit: str = "mm") -> str:
     """Markdown table; summary rows (``*_mean``/``*_sd``) show ``mean ± sd`` per metric.
 
-    Dice with ``digits`` decimals, distances (mm) and EF errors (%) with ``mm_digits``.
+    Dice with ``digits`` decimals, distances (in ``distance_unit``, "px" when the spacing is
+    unknown) and EF errors (%) with ``mm_digits``.
     """
     if not rows:
         return "_no results_\n"
@@ -162,7 +281,7 @@ def table_markdown(rows: list[dict], digits: int = 3, mm_digits: int = 2) -> str
         metrics = [m for m in METRIC_ORDER if m in means] + [m for m in means if m not in METRIC_ORDER]
     else:
         metrics = _metric_keys(rows)
-    header = [_pretty(k) for k in lead] + [_pretty(m) for m in metrics]
+    header = [_pretty(k) for k in lead] + [_pretty(m).replace("(mm)", f"({distance_unit})") for m in metrics]
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     for row in rows:
         cells = [_fmt(row.get(k), 2) for k in lead]

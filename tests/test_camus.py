@@ -99,6 +99,24 @@ def test_2019_roundtrip(tree2019):
     assert ds.official_split(1) == tree2019["folds"][1] and ds.folds() == [1, 2]
 
 
+def test_2019_testing_with_ground_truth_is_labelled(tree2019, copy2019):
+    """The full release's testing/ has ground truth: those patients are read as labelled."""
+    rng = np.random.default_rng(11)
+    masks = {}
+    for view in cf.VIEWS:
+        for phase in cf.PHASES:
+            masks[(view, phase)] = cf.make_pair(rng, tree2019["patients"]["patient0005"]["shape"])[1]
+            cf.write_image(copy2019 / "testing/patient0005" / f"patient0005_{view}_{phase}_gt.mhd", masks[(view, phase)])
+    ds = read_camus(copy2019)
+    entries = {e.patient: e for e in ds.entries}
+    assert entries["patient0005"].group == "testing" and entries["patient0005"].labelled
+    assert entries["patient0006"].group == "testing" and not entries["patient0006"].labelled
+    assert entries["patient0001"].group == "training" and entries["patient0001"].labelled
+    seen = {(s.patient, s.view, s.phase): s for s in read_camus(copy2019, groups=["testing"])}
+    np.testing.assert_array_equal(seen[("patient0005", "2CH", "ES")].mask, masks[("2CH", "ES")])
+    assert seen[("patient0006", "2CH", "ES")].mask is None
+
+
 def test_2019_compressed_and_sequences(tmp_path):
     exp = cf.write_2019_tree(tmp_path / "z", n_train=2, n_test=1, compressed=True, lists=False)
     assert list((tmp_path / "z/training/patient0001").glob("*.zraw"))

@@ -38,7 +38,7 @@ def test_prepare_2019_fold(tree2019, tmp_path):
     lists = list_patients(out)
     fold = tree2019["folds"][2]
     assert {k: lists[k] for k in ("train", "valid", "test")} == fold
-    assert lists["unlabelled"] == ["patient0005", "patient0006"]
+    assert lists["unlabelled"] == ["patient0005", "patient0006"]  # testing/ without ground truth
     _disjoint(lists)
     root = read_root_attrs(out)
     assert root["source_layout"] == "camus2019" and root["size"] == 32 and root["fold"] == 2
@@ -158,3 +158,88 @@ def test_cli_subprocess_reports_bad_input(tree2019, tmp_path):
     assert res.returncode == 0, res.stderr
     assert "skipping patient patient0005" in res.stderr
     assert read_root_attrs(tmp_path / "o.h5")["n_skipped"] == 1
+
+
+def _label_testing(exp, only=None, seed=7):
+    """Give the 2019 tree's testing/ patients ground truth (as the full CAMUS release has)."""
+    rng = np.random.default_rng(seed)
+    for pid, e in exp["patients"].items():
+        if e["group"] != "testing" or (only is not None and pid not in only):
+            continue
+        masks = {}
+        for view in cf.VIEWS:
+            for phase in cf.PHASES:
+                masks[(view, phase)] = cf.make_pair(rng, e["shape"])[1]
+                cf.write_image(exp["root"] / "testing" / pid / f"{pid}_{view}_{phase}_gt.mhd", masks[(view, phase)])
+        e["masks"], e["labelled"] = masks, True
+    return exp
+
+
+@pytest.fixture(scope="module")
+def full2019(tmp_path_factory):
+    exp = cf.write_2019_tree(tmp_path_factory.mktemp("full19") / "CAMUS", n_train=9, n_test=3, sequences=False)
+    return _label_testing(exp)
+
+
+def test_labelled_testing_is_the_test_split_seeded(full2019, tmp_path, capsys):
+    training = sorted(p for p, e in full2019["patients"].items() if e["group"] == "training")
+    testing = sorted(p for p, e in full2019["patients"].items() if e["group"] == "testing")
+    with pytest.warns(UserWarning, match="no --fold"):
+        out = prepare(full2019["root"], tmp_path / "a.h5", size=16, seed=5, progress=False)
+    lists = list_patients(out)
+    _disjoint(lists)
+    assert lists["test"] == testing and "unlabelled" not in lists
+    assert sorted(lists["train"] + lists["valid"]) == training
+    assert len(lists["valid"]) == 1 and len(lists["train"]) == 8  # 8:1
+    assert read_root_attrs(out)["split_method"] == "official_test+seeded:5"
+    pid = testing[0]
+    with h5py.File(out) as f:  # the test patients keep their ground truth
+        np.testing.assert_array_equal(f[f"test/{pid}/4CH/gt_ref"][1], full2019["patients"][pid]["masks"][("4CH", "ES")])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        other = prepare(full2019["root"], tmp_path / "b.h5", size=16, seed=6, progress=False)
+        assert main(["--source", str(full2019["root"]), "--out", str(tmp_path / "c.h5"), "--size", "16",
+                     "--seed", "5", "--no-progress"]) == 0
+    assert list_patients(other)["test"] == testing  # the seed never moves a test patient
+    assert list_patients(tmp_path / "c.h5") == lists  # deterministic for a seed
+    printed = capsys.readouterr().out
+    assert f"test: 3 patients ({' '.join(testing)})" in printed
+    assert f"valid: 1 patients ({lists['valid'][0]})" in printed and "train: 8 patients" in printed
+    assert "split method: official_test+seeded:5" in printed and "unlabelled" not in printed
+
+
+def test_labelled_testing_with_fold_lists(full2019, tmp_path):
+    fold = full2019["folds"][2]
+    testing = sorted(p for p, e in full2019["patients"].items() if e["group"] == "testing")
+    out = prepare(full2019["root"], tmp_path / "f.h5", size=16, fold=2, progress=False)
+    lists = list_patients(out)
+    _disjoint(lists)
+    assert lists["test"] == testing
+    assert lists["valid"] == fold["valid"]
+    assert lists["train"] == sorted(fold["train"] + fold["test"])  # the fold's testing list trains
+    root = read_root_attrs(out)
+    assert root["split_method"] == "official_test+official:fold2" and root["fold_test_in_train"] == fold["test"]
+    assert root["n_patients"] == {"train": 8, "valid": 1, "test": 3}
+
+
+def test_partly_labelled_testing(tmp_path, capsys):
+    exp = cf.write_2019_tree(tmp_path / "mix", n_train=4, n_test=2, sequences=False, lists=False)
+    _label_testing(exp, only={"patient0005"})
+    assert main(["--source", str(exp["root"]), "--out", str(tmp_path / "m.h5"), "--size", "16", "--no-progress"]) == 0
+    lists = list_patients(tmp_path / "m.h5")
+    assert lists["test"] == ["patient0005"] and lists["unlabelled"] == ["patient0006"]
+    assert sorted(lists["train"] + lists["valid"]) == ["patient0001", "patient0002", "patient0003", "patient0004"]
+    out = capsys.readouterr().out
+    assert "test: 1 patients (patient0005)" in out and "unlabelled: 1 patients (patient0006)" in out
+
+
+def test_fold_list_naming_an_official_test_patient_warns(full2019, tmp_path):
+    root = tmp_path / "clash"
+    shutil.copytree(full2019["root"], root)
+    valid = root / "listSubGroups" / "subGroup1_validation.txt"
+    valid.write_text(valid.read_text() + "patient0010\n")
+    with pytest.warns(UserWarning, match=r"fold 1 lists are official test patients.*patient0010"):
+        out = prepare(root, tmp_path / "x.h5", size=16, fold=1, progress=False)
+    lists = list_patients(out)
+    assert "patient0010" in lists["test"] and "patient0010" not in lists["valid"]
+    assert lists["valid"] == full2019["folds"][1]["valid"]

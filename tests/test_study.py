@@ -50,14 +50,31 @@ def test_tables_plot_and_report(study):
     assert table.startswith("| train fraction | synthetic fraction | seeds | LV endo Dice")
     assert len([line for line in table.splitlines() if line.startswith("| 0.50 |")]) == 2
     tests = _rows(study / "wilcoxon.csv")
-    assert sorted(r["structure"] for r in tests) == ["la", "lv_endo", "lv_epi"]
+    assert sorted((r["structure"], r["metric"]) for r in tests) == [
+        (s, m) for s in ("la", "lv_endo", "lv_epi") for m in ("dice", "hd", "mad")]
     assert all(r["synthetic_fraction"] == "0.5" for r in tests)
+    test_patients = h5layout.list_patients(study / "data" / "phantom.h5")["test"]
+    assert 0 < len(test_patients) < 6  # the tiny phantom: too few patients for any test
+    for r in tests:
+        assert r["pvalue"] == "" and r["pvalue_holm"] == "" and r["significant"] == ""
+        assert r["unit"] == ("" if r["metric"] == "dice" else "mm")
+        if r["metric"] == "dice":  # every phantom image has all three structures: Dice is always finite
+            assert r["n_patients"] == str(len(test_patients)) and r["n_seeds"] == "1"
+            assert r["n_image_pairs"] == str(4 * len(test_patients))
+            assert float(r["ci_low"]) <= float(r["mean_diff"]) <= float(r["ci_high"])
+        else:  # HD/MAD are undefined (dropped) where the 2-step U-Net predicts nothing
+            assert int(r["n_patients"]) <= len(test_patients)
+            assert int(r["n_image_pairs"]) <= 4 * len(test_patients)
     assert (study / "dice_vs_synthetic.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (study / "samples.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     report = (study / "report.md").read_text()
     assert table.strip() in report
     assert "](dice_vs_synthetic.png)" in report and "](samples.png)" in report
     assert "## GAN quality" in report and "gan-f0.5-seed0" in report
+    assert "no two-sided signed-rank test can reach p < 0.05" in report and "95% CI" in report
+    assert "significant" not in report.replace("nothing is called significant", "").replace(
+        '"significant" means', "")  # nothing is called significant without a corrected test
+    assert "| LV endo | HD | " in report and "mm |" in report
 
 
 def test_gan_saw_only_its_training_subset(study):

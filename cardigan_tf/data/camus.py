@@ -15,7 +15,9 @@ Layouts:
 - ``camus2019``: ``training/`` and ``testing/`` folders of ``patientXXXX/`` with MetaImage files
   (``patientXXXX_{2CH,4CH}_{ED,ES}[_gt].mhd``, ``..._sequence.mhd``) and ``Info_{2CH,4CH}.cfg``;
   optional ``listSubGroups/subGroup{k}_{training,validation,testing}.txt``. A folder that
-  directly holds ``patientXXXX`` folders is accepted too.
+  directly holds ``patientXXXX`` folders is accepted too. A ``testing/`` patient is labelled
+  when its folder has ``_gt`` files (the full release; the public one has none), and
+  ``prepare`` then makes those patients the test split.
 - ``camus2023``: ``database_nifti/patientXXXX/`` with NIfTI files (``..._half_sequence[_gt]``)
   and ``database_split/subgroup_{training,validation,testing}.txt``.
 

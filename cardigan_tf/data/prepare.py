@@ -12,8 +12,13 @@ that training, evaluation and the exported models use; ``im_ref`` / ``gt_ref`` k
 resolution.
 Splits are by patient: the official lists when present (2023 ``database_split``; 2019
 ``listSubGroups`` with ``--fold K``; the splits of an input HDF5), otherwise
-``splits.seeded_split`` 80/10/10. Patients without ground truth (2019 ``testing/``) go to the
-``unlabelled`` group. The file is written under a temporary name and renamed at the end.
+``splits.seeded_split`` 80/10/10. 2019 ``testing/`` patients WITH ground truth (the full
+release) are the official held-out test patients: they form the ``test`` split, and
+``training/`` is split into ``train`` and ``valid`` only (the ``--fold K`` lists' training and
+validation patients, the fold's own testing patients joining ``train``; without ``--fold`` a
+seeded 8:1 split, ``splits.train_valid_split``). Patients without ground truth (2019
+``testing/`` of the public release) go to the ``unlabelled`` group. The file is written under a
+temporary name and renamed at the end; the command prints the patients per split.
 """
 
 from __future__ import annotations
@@ -28,9 +33,9 @@ from typing import Any
 import numpy as np
 
 from cardigan_tf.data.camus import CamusDataset, read_camus
-from cardigan_tf.data.h5layout import H5Writer
+from cardigan_tf.data.h5layout import H5Writer, list_patients, read_root_attrs
 from cardigan_tf.data.sample import DataError
-from cardigan_tf.data.splits import seeded_split
+from cardigan_tf.data.splits import seeded_split, train_valid_split
 from cardigan_tf.labels import PHASES, VIEWS
 from cardigan_tf.files import refuse_overwrite
 from cardigan_tf.resize import resize_image_np, resize_mask_np
@@ -52,6 +57,9 @@ def assign_splits(ds: CamusDataset, fold: int | None = None, seed: int = 0) -> t
         return split_of, info
     if fold is not None and ds.layout != "camus2019":
         raise DataError(ds.root, f"--fold {fold}: only the 2019 release has fold lists (listSubGroups/subGroup{{k}}_*.txt)")
+    official_test = official_test_patients(ds)
+    if official_test:
+        return _assign_with_official_test(ds, official_test, fold, seed, split_of, info)
     lists = ds.official_split(fold) if fold is not None else ds.official.get(None)
     if lists is None:
         if ds.folds():
@@ -74,14 +82,88 @@ def assign_splits(ds: CamusDataset, fold: int | None = None, seed: int = 0) -> t
         else:
             info["unlisted"].append(p)
     info["missing_listed"] = sorted(set(listed) - present - set(split_of))
+    _warn_lists(ds, info)
+    info["split_method"] = "official" if fold is None else f"official:fold{fold}"
+    return split_of, info
+
+
+def official_test_patients(ds: CamusDataset) -> list[str]:
+    """The 2019 ``testing/`` patients that have ground truth (the official held-out test set of
+    the full release); empty for other layouts and for the public release's unlabelled testing/."""
+    if ds.layout != "camus2019":
+        return []
+    return [e.patient for e in ds.entries if e.group == "testing" and e.labelled]
+
+
+def _assign_with_official_test(ds: CamusDataset, test: list[str], fold: int | None, seed: int,
+                               split_of: dict[str, str], info: dict[str, Any]) -> tuple[dict[str, str], dict[str, Any]]:
+    """2019 with labelled testing/: test = those patients; training/ -> train + valid."""
+    test_set = set(test)
+    trainable = [e.patient for e in ds.entries if e.labelled and e.patient not in test_set]
+    split_of.update({p: "test" for p in test})
+    info["official_test"] = len(test)
+    if fold is None:
+        if ds.folds():
+            msg = (f"{ds.root}: fold lists found ({ds.folds()}) but no --fold given: testing/ is the test split, "
+                   "training/ gets a seeded train/valid split")
+            log.warning(msg)
+            warnings.warn(msg, stacklevel=3)
+        split_of.update({p: s for s, pats in train_valid_split(trainable, seed).items() for p in pats})
+        info["split_method"] = f"official_test+seeded:{seed}"
+        return split_of, info
+    lists = ds.official_split(fold)
+    listed: dict[str, str] = {}
+    for split, pats in lists.items():
+        for p in pats:
+            if listed.get(p, split) != split:
+                raise DataError(ds.root, f"patient {p} is in both the {listed[p]} and {split} lists of fold {fold}")
+            listed[p] = split
+    clash = sorted(p for p in listed if p in test_set)
+    if clash:
+        msg = (f"{ds.root}: {len(clash)} patients of the fold {fold} lists are official test patients (testing/ with "
+               f"ground truth) and stay in test: {clash[:10]}")
+        log.warning(msg)
+        warnings.warn(msg, stacklevel=3)
+    moved = []
+    for p in trainable:
+        if p not in listed:
+            info["unlisted"].append(p)
+        elif listed[p] == "valid":
+            split_of[p] = "valid"
+        else:  # the fold's training and (cross-validation) testing patients both train
+            split_of[p] = "train"
+            if listed[p] == "test":
+                moved.append(p)
+    info["fold_test_in_train"] = moved
+    info["missing_listed"] = sorted(set(listed) - set(trainable) - test_set)
+    if moved:
+        log.info("fold %d: its %d testing-list patients join train (the official testing/ patients are the test split)",
+                 fold, len(moved))
+    _warn_lists(ds, info)
+    info["split_method"] = f"official_test+official:fold{fold}"
+    return split_of, info
+
+
+def _warn_lists(ds: CamusDataset, info: dict[str, Any]) -> None:
     for key, what in (("unlisted", "labelled patients in no official list (not written)"),
                       ("missing_listed", "listed patients not found in the source")):
         if info[key]:
             msg = f"{ds.root}: {len(info[key])} {what}: {info[key][:10]}"
             log.warning(msg)
-            warnings.warn(msg, stacklevel=2)
-    info["split_method"] = "official" if fold is None else f"official:fold{fold}"
-    return split_of, info
+            warnings.warn(msg, stacklevel=4)
+
+
+def split_summary(counts: dict[str, list[str]], method: str) -> str:
+    """Lines "train: 360 patients (patient0001 ... patient0450)" per split, then the method."""
+    lines = []
+    for split in ("train", "valid", "test", "unlabelled"):
+        pats = counts.get(split, [])
+        if not pats:
+            continue
+        shown = " ".join(pats) if len(pats) <= 4 else f"{' '.join(pats[:3])} ... {pats[-1]}"
+        lines.append(f"{split}: {len(pats)} patients ({shown})")
+    lines.append(f"split method: {method}")
+    return "\n".join(lines)
 
 
 def _write_patient(w: H5Writer, split: str, samples, size: int, layout: str) -> None:
@@ -139,7 +221,8 @@ def prepare(source: str | Path, out: str | Path, size: int = 256, fold: int | No
             bar.update(1)
         bar.close()
         w.set_attrs({"n_skipped": len(ds.skipped), "skipped": ds.skipped, "n_patients": counts,
-                     "unlisted": info["unlisted"], "missing_listed": info["missing_listed"]})
+                     "unlisted": info["unlisted"], "missing_listed": info["missing_listed"],
+                     "fold_test_in_train": info.get("fold_test_in_train", [])})
     log.info("wrote %s: %s patients per split, %d skipped", out, counts, len(ds.skipped))
     if tfrecords is not None:
         tfrecord.write_tfrecords(out, tfrecords, shards=shards, overwrite=overwrite, image_dtype=tfrecord_dtype)

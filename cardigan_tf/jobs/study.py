@@ -11,8 +11,9 @@ For every training-set fraction x synthetic fraction x seed:
 4. the U-Net is evaluated on the fixed test split (Dice, HD, MAD in mm, EF).
 
 Output in ``runs/study-<name>-<UTC>/``: ``results.csv`` / ``results.md`` (mean and SD per cell
-over seeds), ``cells.csv`` (one row per trained U-Net), ``wilcoxon.csv`` (paired signed-rank tests
-on per-image Dice, synthetic fraction 0 vs each other fraction), ``dice_vs_synthetic.png``,
+over seeds), ``cells.csv`` (one row per trained U-Net), ``wilcoxon.csv`` (synthetic fraction 0 vs
+each other fraction, per test patient: mean Dice/HD/MAD difference with a bootstrap interval, each
+seed's difference, signed-rank p-values Holm-corrected; see study_report), ``dice_vs_synthetic.png``,
 ``report.md``; ``gans/<gan>/quality/`` (GAN quality report: segmentation consistency with the
 same (training fraction, seed) U-Net trained without synthetic images, FID/KID; see
 cardigan_tf.gan_quality). Resumable: ``--resume STUDY_DIR`` skips finished cells, GANs,

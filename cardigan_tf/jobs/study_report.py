@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 import shutil
@@ -13,6 +14,8 @@ from cardigan_tf.files import atomic_write_text
 
 STRUCTS = ("lv_endo", "lv_epi", "la")
 NAMES = {"lv_endo": "LV endo", "lv_epi": "LV epi", "la": "LA"}
+METRICS = ("dice", "hd", "mad")
+METRIC_NAMES = {"dice": "Dice", "hd": "HD", "mad": "MAD"}
 
 
 def load_cells(root: Path) -> list[dict[str, Any]]:
@@ -25,32 +28,128 @@ def load_cells(root: Path) -> list[dict[str, Any]]:
     return out
 
 
-def wilcoxon_rows(cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Paired signed-rank tests on per-image Dice: synthetic fraction 0 vs each other fraction,
-    per training fraction and structure, images paired by (seed, patient, view, phase)."""
+UNIT_KEYS = ("distance_unit", "unit")  # per-image CSV column / summary.json key naming HD and MAD's unit
+ALPHA = 0.05
+
+
+def _read_unit(eval_dir: Path, rows: list[dict[str, str]]) -> str:
+    """HD/MAD unit of one evaluation: the per-image CSV's column, else summary.json's key, else mm."""
+    for key in UNIT_KEYS:
+        found = {r[key] for r in rows if r.get(key)}
+        if found:
+            return "/".join(sorted(found))
+    summary = eval_dir / "summary.json"
+    if summary.is_file():
+        data = json.loads(summary.read_text())
+        for key in UNIT_KEYS:
+            if isinstance(data.get(key), str) and data[key]:
+                return data[key]
+    return "mm"
+
+
+def attach_per_image(root: Path, cells: list[dict[str, Any]], split: str) -> None:
+    """Give every cell ``per_image`` (rows with patient, view, phase and ``<structure>_<metric>``
+    floats) and ``distance_unit``, read from ``cells/<cell>/eval-<split>/per_image.csv``.
+
+    A cell without that CSV keeps its ``per_image_dice`` (Dice only; unit "mm")."""
+    for cell in cells:
+        eval_dir = Path(root) / "cells" / cell["cell"] / f"eval-{split}"
+        path = eval_dir / "per_image.csv"
+        if path.is_file():
+            with open(path, newline="") as fh:
+                raw = list(csv.DictReader(fh))
+            missing = [c for c in ("patient", "view", "phase") if raw and c not in raw[0]]
+            if missing:
+                raise ValueError(f"{path}: per-image CSV lacks columns {missing} (expected patient, view, phase "
+                                 "and <structure>_<dice|hd|mad>)")
+            rows = []
+            for r in raw:
+                row: dict[str, Any] = {"patient": r["patient"], "view": r["view"], "phase": r["phase"]}
+                for s in STRUCTS:
+                    for m in METRICS:
+                        text = r.get(f"{s}_{m}")
+                        row[f"{s}_{m}"] = float(text) if text not in (None, "") else float("nan")
+                rows.append(row)
+            cell["per_image"], cell["distance_unit"] = rows, _read_unit(eval_dir, raw)
+        elif "per_image_dice" in cell:
+            cell["per_image"] = _rows_from_dice(cell["per_image_dice"])
+            cell.setdefault("distance_unit", "mm")
+
+
+def _rows_from_dice(per_image_dice: dict[str, dict[str, float]]) -> list[dict[str, Any]]:
+    """result.json's ``{"patient/view/phase": {structure: dice}}`` as per-image rows (Dice only)."""
+    return [dict(zip(("patient", "view", "phase"), key.split("/")), **{f"{s}_dice": float(v[s]) for s in v})
+            for key, v in per_image_dice.items()]
+
+
+def _per_image(cell: dict[str, Any]) -> list[dict[str, Any]]:
+    if "per_image" in cell:
+        return cell["per_image"]
+    return _rows_from_dice(cell.get("per_image_dice", {}))
+
+
+def _index(rows: list[dict[str, Any]]) -> dict[tuple[str, str, str], dict[str, Any]]:
+    return {(r["patient"], r["view"], r["phase"]): r for r in rows}
+
+
+def wilcoxon_rows(cells: list[dict[str, Any]], n_boot: int = 10000, alpha: float = ALPHA) -> list[dict[str, Any]]:
+    """Synthetic fraction 0 against each other synthetic fraction, per training fraction,
+    structure and metric (Dice, HD, MAD), counting test patients, not images.
+
+    Each cell needs ``per_image`` rows (see :func:`attach_per_image`; ``per_image_dice`` alone is
+    accepted for Dice). Images are paired by (seed, patient, view, phase); each patient's
+    difference (synthetic minus none) is averaged over its views, phases and seeds, and those
+    per-patient differences are tested (Wilcoxon signed-rank) and bootstrapped (95 % interval of
+    the mean over patients). ``seed_diffs`` gives each seed's mean difference. The p-values are
+    Holm-corrected over every test of the returned table (``pvalue_holm``, ``n_tests``);
+    ``significant`` is "yes"/"no" after correction at ``alpha`` and empty when no test was possible.
+    """
     rows = []
     by_key = {(c["train_fraction"], c["synthetic_fraction"], c["seed"]): c for c in cells}
     train_fracs = sorted({c["train_fraction"] for c in cells})
     synth_fracs = sorted({c["synthetic_fraction"] for c in cells if c["synthetic_fraction"] > 0})
     for tf in train_fracs:
         for sf in synth_fracs:
-            for s in STRUCTS:
-                a, b = [], []
-                for (t, f, seed), cell in sorted(by_key.items()):
-                    if t != tf or f != sf or (t, 0.0, seed) not in by_key:
+            pairs = [(seed, by_key[(tf, 0.0, seed)], cell) for (t, f, seed), cell in sorted(by_key.items())
+                     if t == tf and f == sf and (tf, 0.0, seed) in by_key]
+            if not pairs:
+                continue
+            units = sorted({c.get("distance_unit", "mm") for _, base, other in pairs for c in (base, other)})
+            for m in METRICS:
+                for s in STRUCTS:
+                    key = f"{s}_{m}"
+                    records = []
+                    for seed, base, other in pairs:
+                        ref = _index(_per_image(base))
+                        for image, row in _index(_per_image(other)).items():
+                            if image in ref and key in row and key in ref[image]:
+                                records.append((image[0], seed, row[key] - ref[image][key]))
+                    if not records:
                         continue
-                    base = by_key[(t, 0.0, seed)]["per_image_dice"]
-                    for image, dices in cell["per_image_dice"].items():
-                        if image in base:
-                            a.append(dices[s])
-                            b.append(base[image][s])
-                if not a:
-                    continue
-                res = stats.wilcoxon_paired(a, b)
-                rows.append({"train_fraction": tf, "synthetic_fraction": sf, "structure": s,
-                             "n_pairs": res["n"], "median_dice_diff": res["median_diff"],
-                             "mean_dice_diff": sum(x - y for x, y in zip(a, b) if math.isfinite(x - y)) / max(1, res["n"]),
-                             "statistic": res["statistic"], "pvalue": res["pvalue"], "note": res["note"]})
+                    mixed = m != "dice" and len(units) > 1  # mm against px: no meaningful difference
+                    diffs = stats.patient_mean_differences([] if mixed else records)
+                    res = stats.paired_patient_test(list(diffs["patients"].values()), n_boot=n_boot)
+                    seed_vals = list(diffs["seeds"].values())
+                    note = f"distance units differ between cells ({', '.join(units)}): not compared" if mixed else res["note"]
+                    rows.append({
+                        "train_fraction": tf, "synthetic_fraction": sf, "structure": s, "metric": m,
+                        "unit": "" if m == "dice" else "/".join(units),
+                        "n_patients": res["n"], "n_seeds": len(diffs["seeds"]), "n_image_pairs": diffs["n_images"],
+                        "mean_diff": res["mean_diff"], "ci_low": res["ci_low"], "ci_high": res["ci_high"],
+                        "median_diff": res["median_diff"],
+                        "seed_diffs": " ".join(f"{sd}:{v:+.6g}" for sd, v in diffs["seeds"].items()),
+                        "seed_diff_min": min(seed_vals) if seed_vals else float("nan"),
+                        "seed_diff_max": max(seed_vals) if seed_vals else float("nan"),
+                        "statistic": res["statistic"], "pvalue": res["pvalue"], "test_method": res["method"],
+                        "note": note,
+                    })
+    adjusted = stats.holm([r["pvalue"] for r in rows])
+    n_tests = sum(math.isfinite(r["pvalue"]) for r in rows)
+    for r, p in zip(rows, adjusted):
+        r["pvalue_holm"] = p
+        r["n_tests"] = n_tests
+        r["correction"] = f"Holm over {n_tests} tests" if n_tests else "none (no test possible)"
+        r["significant"] = "" if not math.isfinite(p) else ("yes" if p <= alpha else "no")
     return rows
 
 
@@ -58,19 +157,79 @@ def _fmt_p(p: float) -> str:
     return "–" if not math.isfinite(p) else (f"{p:.3g}" if p >= 1e-4 else "<1e-4")
 
 
+def _diff(v: float, m: str) -> str:
+    return "–" if not math.isfinite(v) else (f"{v:+.4f}" if m == "dice" else f"{v:+.2f}")
+
+
+def _effect(t: dict[str, Any]) -> str:
+    """"+0.0123 [95% CI -0.0040, +0.0280] mm"."""
+    unit = f" {t['unit']}" if t.get("unit") else ""
+    return (f"{_diff(t['mean_diff'], t['metric'])} [95% CI {_diff(t['ci_low'], t['metric'])}, "
+            f"{_diff(t['ci_high'], t['metric'])}]{unit}")
+
+
+def _seeds(t: dict[str, Any]) -> str:
+    parts = [p.split(":", 1) for p in t["seed_diffs"].split()]
+    return ", ".join(f"{_diff(float(v), t['metric'])} (seed {sd})" for sd, v in parts) or "–"
+
+
+def _p_text(t: dict[str, Any]) -> str:
+    if not math.isfinite(t["pvalue"]):
+        return f"no test ({t['note']})" if t["note"] else "no test"
+    verdict = "significant" if t["significant"] == "yes" else "not significant"
+    return (f"Wilcoxon signed-rank on per-patient means p = {_fmt_p(t['pvalue_holm'])} after Holm correction "
+            f"over {t['n_tests']} tests (uncorrected {_fmt_p(t['pvalue'])}): {verdict} at {ALPHA:g} after correction")
+
+
 def _findings(summary: list[dict], tests: list[dict]) -> list[str]:
     lines = []
     for t in tests:
-        if t["structure"] != "lv_endo":
+        if t["structure"] != "lv_endo" or t["metric"] != "dice":
             continue
-        sig = math.isfinite(t["pvalue"]) and t["pvalue"] < 0.05
         lines.append(
             f"- {100 * t['train_fraction']:g}% of the training patients, synthetic fraction {t['synthetic_fraction']:g}: "
-            f"mean LV endo Dice difference {t['mean_dice_diff']:+.4f} against no synthetic images "
-            f"(paired Wilcoxon p = {_fmt_p(t['pvalue'])}, {t['n_pairs']} images; "
-            f"{'significant' if sig else 'not significant'} at 0.05)."
+            f"mean LV endo Dice difference {_effect(t)} against no synthetic images over {t['n_patients']} test "
+            f"patients (each patient averaged over its views, phases and {t['n_seeds']} seed(s)); per seed "
+            f"{_seeds(t)}; {_p_text(t)}."
         )
-    return lines or ["- No synthetic fraction > 0 was run: no comparison."]
+    if not lines:
+        return ["- No synthetic fraction > 0 was run: no comparison."]
+    few = [t for t in tests if 0 < t["n_patients"] < stats.MIN_PAIRS_FOR_005]
+    if few and len(few) == len([t for t in tests if t["n_patients"] > 0]):
+        n = max(t["n_patients"] for t in few)
+        lines.append(f"- With {n} test patient(s) (fewer than {stats.MIN_PAIRS_FOR_005}) no two-sided signed-rank "
+                     "test can reach p < 0.05: only the effects and their intervals are reported, and nothing "
+                     "is called significant (a bootstrap interval over so few patients is itself too narrow).")
+    return lines
+
+
+def test_table_lines(tests: list[dict]) -> list[str]:
+    """The markdown table of the paired comparisons (report.md)."""
+    if not tests:
+        return []
+    n_tests = tests[0]["n_tests"]
+    correction = f"Holm over {n_tests} tests" if n_tests else "no test possible"
+    lines = [
+        "Paired comparisons, synthetic fraction 0 against each other fraction, counting test patients: each "
+        "patient's difference (synthetic minus none) is averaged over its views, phases and seeds; mean over "
+        "patients with a 95 % percentile bootstrap interval over patients, each seed's mean difference, and the "
+        "two-sided Wilcoxon signed-rank test of the per-patient differences. Higher Dice and lower HD/MAD are "
+        "better. Images whose HD/MAD is undefined under either setting (an empty prediction) are left out of "
+        "those comparisons (wilcoxon.csv: n_image_pairs). p-values are corrected for the {n_tests} tests of this table together (Holm); \"significant\" "
+        f"means Holm-corrected p <= {ALPHA:g}.",
+        "",
+        f"| train fraction | synthetic fraction | structure | metric | patients | mean diff [95% CI] | per seed | "
+        f"p uncorrected | p ({correction}) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for t in tests:
+        holm = _fmt_p(t["pvalue_holm"])
+        if t["significant"] == "yes":
+            holm += " (significant)"
+        lines.append(f"| {t['train_fraction']:g} | {t['synthetic_fraction']:g} | {NAMES[t['structure']]} | "
+                     f"{METRIC_NAMES[t['metric']]} | {t['n_patients']} | {_effect(t)} | {_seeds(t)} | "
+                     f"{_fmt_p(t['pvalue'])} | {holm} |")
+    return lines + [""]
 
 
 def _synthetic_counts(root: Path) -> str:
@@ -149,12 +308,17 @@ def write_study_report(root: Path, cfg) -> Path:
     cells = load_cells(root)
     if not cells:
         raise RuntimeError(f"{root}: no finished cell to report on")
-    flat = [{k: v for k, v in c.items() if k not in ("per_image_dice", "cell")} for c in cells]
+    attach_per_image(root, cells, cfg.split)
+    units = sorted({c.get("distance_unit", "mm") for c in cells})
+    unit = "/".join(units)
+    flat = [{k: v for k, v in c.items() if k not in ("per_image_dice", "per_image", "cell")} for c in cells]
     stats.write_table_csv(flat, root / "cells.csv")
     bookkeeping = ("n_images", "n_train_patients")
     summary = stats.summarize_cells([{k: v for k, v in row.items() if k not in bookkeeping} for row in flat])
+    for row in summary:
+        row["distance_unit"] = unit  # the unit of the HD / MAD columns
     stats.write_table_csv(summary, root / "results.csv")
-    table = stats.table_markdown(summary)
+    table = stats.table_markdown(summary, distance_unit=unit)
     atomic_write_text(root / "results.md", table)
     tests = wilcoxon_rows(cells)
     if tests:
@@ -187,14 +351,7 @@ def write_study_report(root: Path, cfg) -> Path:
         *_findings(summary, tests),
         "",
     ]
-    if tests:
-        lines += ["Paired Wilcoxon signed-rank tests on per-image Dice (synthetic fraction 0 vs each other):", "",
-                  "| train fraction | synthetic fraction | structure | images | mean Dice diff | p |",
-                  "|---|---|---|---|---|---|"]
-        for t in tests:
-            lines.append(f"| {t['train_fraction']:g} | {t['synthetic_fraction']:g} | {NAMES[t['structure']]} | "
-                         f"{t['n_pairs']} | {t['mean_dice_diff']:+.4f} | {_fmt_p(t['pvalue'])} |")
-        lines.append("")
+    lines += test_table_lines(tests)
     found, skipped = load_quality(root)
     lines += quality_lines(found, skipped)
     if previews:

@@ -176,3 +176,45 @@ def test_renamed_and_old_run_folders_still_evaluate_and_resume(trained_run, eval
     metrics = json.loads((renamed / "metrics.json").read_text())
     assert metrics["epochs_completed"] == epochs + 1
     assert open_run(renamed).kind == "seg" and not open_run(renamed).legacy  # the kind is recorded now
+
+
+def test_seed_layout_without_spacing_reports_pixels_not_mm(trained_run, evaluated, tmp_path):
+    """CREATIS' camus05_256.hdf5 records no spacing: HD and MAD come in pixels of the original
+    grid and say so, volumes are left out, EF is kept with a warning; --spacing gives mm and ml."""
+    import h5py
+
+    from cardigan_tf.data.h5layout import iter_samples
+    from cardigan_tf.evaluate import main
+    from cardigan_tf.jobs.evaluation import evaluate_run
+
+    data = json.loads((trained_run / "data.json").read_text())["path"]
+    path = tmp_path / "camus05_like.hdf5"
+    with h5py.File(path, "w") as fh:  # the CREATIS layout: no attributes at all
+        for _, s in iter_samples(data, ["test"]):
+            grp = fh.require_group(f"test/{s.patient}/{s.view}")
+            for key, arr in (("im", s.image[..., 0]), ("gt", s.mask)):
+                if key not in grp:
+                    grp.create_dataset(key, data=np.zeros((2, *arr.shape), arr.dtype))
+                grp[key][0 if s.phase == "ED" else 1] = arr
+            for key in ("im_ref", "gt_ref"):
+                if key not in grp:
+                    grp[key] = grp[key[:2]]
+    px = evaluate_run(trained_run, data=str(path), split="test", out=tmp_path / "px")
+    assert px["spacing_known"] is False and px["units"]["hd"] == "px" and px["units"]["edv"] is None
+    assert px["warnings"] and "px" in (tmp_path / "px" / "report.md").read_text()
+    assert "HD (px)" in (tmp_path / "px" / "report.md").read_text()
+    rows = _read_csv(tmp_path / "px" / "per_image.csv")
+    assert {r["distance_unit"] for r in rows} == {"px"}
+    clin = _read_csv(tmp_path / "px" / "clinical.csv")
+    assert clin and all(math.isnan(float(r["edv_pred"])) for r in clin)
+    assert any(math.isfinite(float(r["ef_pred"])) for r in clin)
+    # the same masks with a given isotropic spacing: every distance scales by it exactly
+    assert main([str(trained_run), "--data", str(path), "--out", str(tmp_path / "mm"), "--spacing", "0.3,0.3"]) == 0
+    mm = json.loads((tmp_path / "mm" / "summary.json").read_text())
+    assert mm["units"]["hd"] == "mm" and mm["units"]["edv"] == "ml" and mm["spacing_given"] == [0.3, 0.3]
+    rows_mm = _read_csv(tmp_path / "mm" / "per_image.csv")
+    for a, b in zip(rows, rows_mm):
+        if a["lv_endo_hd"] not in ("", "nan"):
+            assert float(b["lv_endo_hd"]) == pytest.approx(0.3 * float(a["lv_endo_hd"]), rel=1e-9)
+    assert any(math.isfinite(float(r["edv_pred"])) for r in _read_csv(tmp_path / "mm" / "clinical.csv"))
+    assert main([str(trained_run), "--data", str(path), "--out", str(tmp_path / "bad"), "--spacing", "0.3"]) == 2

@@ -1,4 +1,4 @@
-"""``python -m cardigan_tf.bench {pipeline,gan,seg} [options]``"""
+"""``python -m cardigan_tf.bench {pipeline,gan,seg,clinical} [options]``"""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ BENCHES = {
     "pipeline": "cardigan_tf.bench.pipeline",
     "gan": "cardigan_tf.bench.gan",
     "seg": "cardigan_tf.bench.seg",
+    "clinical": "cardigan_tf.bench.clinical",
 }
 
 

@@ -23,6 +23,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--postprocess", action="store_true", help="largest component per label + hole filling")
     p.add_argument("--spacing", metavar="ROW,COL",
                    help="pixel spacing (mm) of the original images, for data that does not record it")
+    p.add_argument("--simpson", choices=("per_phase", "camus"), default="per_phase",
+                   help="Simpson convention: per-phase long axis (clinical, default) or one disk height for ED "
+                        "and ES (camus: as the vital library)")
     p.add_argument("--out", help="output folder (default: RUN_DIR/eval-<split>)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     p.add_argument("--batch-size", type=int, default=16)
@@ -33,7 +36,7 @@ def run(args: argparse.Namespace) -> Path:
     from cardigan_tf.jobs.evaluation import evaluate_run
 
     evaluate_run(args.run_dir, args.data, args.split, args.postprocess, args.out, args.overwrite, args.batch_size,
-                 spacing=args.spacing)
+                 spacing=args.spacing, simpson=args.simpson)
     out = Path(args.out) if args.out else Path(args.run_dir) / f"eval-{args.split}"
     return out / "report.md"
 

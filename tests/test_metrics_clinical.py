@@ -149,28 +149,55 @@ def _patient(ed, es):
     return masks, spacings
 
 
-def test_ef_of_two_ellipsoids_and_step_modes():
-    ed, es = (40.0, 20.0, 24.0), (34.0, 15.0, 18.0)
+def test_ef_of_two_ellipsoids_and_simpson_conventions():
+    ed, es = (40.0, 20.0, 24.0), (34.0, 15.0, 18.0)   # the LV shortens by 6 mm in systole
     masks, spacings = _patient(ed, es)
-    per_phase = clinical.patient_indices(masks, spacings, step_mode="per_phase")
+    res = clinical.patient_indices(masks, spacings)
     edv, esv = truncated_volume(*ed), truncated_volume(*es)
-    assert per_phase["missing"] == []
-    assert per_phase["edv"] == pytest.approx(edv, rel=0.015)
-    assert per_phase["esv"] == pytest.approx(esv, rel=0.02)
-    assert per_phase["ef"] == pytest.approx(100 * (edv - esv) / edv, abs=1.5)
+    assert res["simpson"] == "per_phase" == clinical.DEFAULT_SIMPSON
+    assert res["missing"] == [] and res["reason"] == ""
+    assert res["edv"] == pytest.approx(edv, rel=0.015)
+    assert res["esv"] == pytest.approx(esv, rel=0.02)
+    assert res["ef"] == pytest.approx(100 * (edv - esv) / edv, abs=1.0)
     ellipsoid_ef = 100 * (1 - (es[0] * es[1] * es[2]) / (ed[0] * ed[1] * ed[2]))
-    assert per_phase["ef"] == pytest.approx(ellipsoid_ef, abs=2.0)
-    # CAMUS convention: one step (the longest of the four axes) for ED and ES
-    camus = clinical.patient_indices(masks, spacings)
+    assert res["ef"] == pytest.approx(ellipsoid_ef, abs=2.0)
+    # CAMUS / vital convention: one disk height (the longest of the four axes / 20) for ED and
+    # ES, recomputed here from the four views' disks
+    camus = clinical.patient_indices(masks, spacings, simpson="camus")
+    assert camus["simpson"] == "camus"
+    axes = {k: clinical.lv_long_axis(m, spacings[k]) for k, m in masks.items()}
+    step = max(a.length_mm for a in axes.values()) / clinical.N_DISKS
+    for phase, key in (("ED", "edv"), ("ES", "esv")):
+        d2, d4 = axes[("2CH", phase)].diameters_mm, axes[("4CH", phase)].diameters_mm
+        assert camus[key] == pytest.approx(float(np.sum(d2 * d4)) * math.pi / 4 * step / 1000, rel=1e-9)
     lengths = camus["lengths"]
     ratio = max(lengths.values()) / max(lengths["2CH/ES"], lengths["4CH/ES"])
-    assert camus["edv"] == pytest.approx(per_phase["edv"], rel=1e-9)
-    assert camus["esv"] == pytest.approx(per_phase["esv"] * ratio, rel=1e-9)
-    assert camus["ef"] < per_phase["ef"]
+    assert ratio > 1.1
+    assert camus["edv"] == pytest.approx(res["edv"], rel=1e-9)
+    assert camus["esv"] == pytest.approx(res["esv"] * ratio, rel=1e-9)
+    assert camus["ef"] < res["ef"] - 5   # the common step inflates ESV
     # the same long axis at ED and ES: both conventions agree with the ellipsoid EF
     masks_same, sp_same = _patient(ed, (40.0, 15.0, 18.0))
-    same = clinical.patient_indices(masks_same, sp_same)
-    assert same["ef"] == pytest.approx(100 * (1 - (15 * 18) / (20 * 24)), abs=1.5)
+    for simpson in clinical.SIMPSON_CONVENTIONS:
+        same = clinical.patient_indices(masks_same, sp_same, simpson=simpson)
+        assert same["ef"] == pytest.approx(100 * (1 - (15 * 18) / (20 * 24)), abs=1.5)
+
+
+def test_phase_volumes_conventions_on_known_disks():
+    d = {("2CH", "ED"): [10.0, 20.0], ("4CH", "ED"): [10.0, 10.0],
+         ("2CH", "ES"): [5.0, 10.0], ("4CH", "ES"): [4.0, 4.0]}
+    lengths = {("2CH", "ED"): 80.0, ("4CH", "ED"): 60.0, ("2CH", "ES"): 40.0, ("4CH", "ES"): 50.0}
+    per = clinical.phase_volumes(d, lengths)
+    edv = (100 + 200) * math.pi / 4 * 80 / 2 / 1000
+    esv = (20 + 40) * math.pi / 4 * 50 / 2 / 1000
+    assert per == pytest.approx({"edv": edv, "esv": esv, "ef": 100 * (edv - esv) / edv, "simpson": "per_phase"})
+    camus = clinical.phase_volumes(d, lengths, simpson="camus")
+    assert camus["esv"] == pytest.approx(esv * 80 / 50)
+    del d[("4CH", "ES")]
+    part = clinical.phase_volumes(d, lengths)
+    assert part["edv"] == pytest.approx(edv) and math.isnan(part["esv"]) and math.isnan(part["ef"])
+    with pytest.raises(ValueError, match="simpson"):
+        clinical.phase_volumes(d, lengths, simpson="vital")
 
 
 def test_simpson_explicit_step_scales_volume():
@@ -194,10 +221,119 @@ def test_missing_lv_is_flagged_or_raised():
     assert math.isnan(res["esv"]) and math.isnan(res["ef"])
     with pytest.raises(clinical.LVMissingError):
         clinical.patient_indices(masks, spacings, on_missing="raise")
+    assert res["reason"].startswith("4CH/ES: ") and "empty" in res["reason"]
     del masks[("2CH", "ED")]
-    assert "2CH/ED" in clinical.patient_indices(masks, spacings)["missing"]
-    with pytest.raises(ValueError, match="step_mode"):
-        clinical.patient_indices(masks, spacings, step_mode="nope")
+    res = clinical.patient_indices(masks, spacings)
+    assert "2CH/ED" in res["missing"] and "2CH/ED: no mask" in res["reason"]
+    with pytest.raises(ValueError, match="simpson"):
+        clinical.patient_indices(masks, spacings, simpson="nope")
+
+
+def _brute_force_base_length(pts, tol, centroid_row):
+    """Longest valid base chord by testing every arc point of every chord (cubic, reference)."""
+    m, best = len(pts), 0.0
+    for i in range(m):
+        for t in range(1, m // 2 + 1):
+            q = pts[(i + t) % m] - pts[i]
+            length = math.hypot(*q)
+            if not (abs(q[0]) <= abs(q[1]) and pts[i, 0] + q[0] / 2 >= centroid_row and length > best):
+                continue
+            arc = pts[(i + np.arange(1, t)) % m] - pts[i]
+            if np.abs(arc[:, 0] * q[1] - arc[:, 1] * q[0]).max(initial=0.0) / length <= tol:
+                best = length
+    return best
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_base_search_matches_brute_force_on_ragged_contours(seed):
+    rng = np.random.default_rng(seed)
+    m = int(rng.integers(20, 70))
+    th = np.sort(rng.uniform(0, 2 * np.pi, m))
+    r = 10 + rng.normal(0, (0.3, 1.0, 3.0)[seed % 3], m)
+    pts = np.stack([r * np.sin(th), r * np.cos(th)], axis=1)
+    if seed % 2 == 0:
+        pts[:, 0] = np.minimum(pts[:, 0], 6.0)   # a flat base
+    tol = (0.5, 1.25, 2.5)[seed % 4 % 3]
+    centroid_row = float(pts[:, 0].mean())
+    ij = clinical._find_base(pts, tol, centroid_row)
+    found = 0.0 if ij is None else math.hypot(*(pts[ij[1]] - pts[ij[0]]))
+    assert found == pytest.approx(_brute_force_base_length(pts, tol, centroid_row), abs=1e-9)
+
+
+def test_bad_masks_give_nan_and_a_reason():
+    masks, spacings = _patient((30.0, 15.0, 18.0), (26.0, 11.0, 14.0))
+    good = masks[("2CH", "ED")]
+    rr, cc = np.nonzero(good == 1)
+    r0, r1, c0, c1 = rr.min(), rr.max(), cc.min(), cc.max()
+    rm, cm = (r0 + r1) // 2, (c0 + c1) // 2
+    two = good.copy()
+    two[rm - 2:rm + 3] = 0                        # cut in two halves
+    holed = good.copy()
+    holed[rm - 15:rm + 15, cm - 8:cm + 8] = 0     # a large hole
+    speck = good.copy()
+    speck[r0:r0 + 2, c1 + 3:c1 + 5] = 1           # 4 stray pixels: dropped, still measured
+    cut_off = good[r0 + 20:]                      # the apex out of the field of view
+    cases = {"separate pieces": two, "holes": holed, "image border": cut_off,
+             "empty": np.zeros_like(good), "2-D mask": np.stack([good, good])}
+    for expected, bad in cases.items():
+        assert expected in clinical.lv_mask_problem(bad), expected
+        with pytest.raises(clinical.LVMissingError, match=expected):
+            clinical.lv_long_axis(bad, SP_2CH, name="2CH/ED")
+        res = clinical.patient_indices({**masks, ("2CH", "ED"): bad}, spacings)
+        assert res["reason"].startswith("2CH/ED: ") and expected in res["reason"], res["reason"]
+        assert res["missing"] == ["2CH/ED"]
+        assert math.isnan(res["edv"]) and math.isnan(res["ef"]) and math.isfinite(res["esv"])
+    assert clinical.lv_mask_problem(speck) == clinical.lv_mask_problem(good) == ""
+    assert clinical.lv_long_axis(speck, SP_2CH).length_mm == pytest.approx(
+        clinical.lv_long_axis(good, SP_2CH).length_mm)
+
+
+def test_noisy_random_masks_at_camus_size_give_nan_with_reason(rng):
+    masks = {(v, p): rng.integers(0, 4, (669, 750)).astype(np.uint8) for v in ("2CH", "4CH")
+             for p in ("ED", "ES")}
+    spacings = {k: (0.154, 0.308) for k in masks}
+    res = clinical.patient_indices(masks, spacings)
+    assert math.isnan(res["edv"]) and math.isnan(res["esv"]) and math.isnan(res["ef"])
+    assert sorted(res["missing"]) == ["2CH/ED", "2CH/ES", "4CH/ED", "4CH/ES"]
+    assert res["reason"].count("separate pieces") == 4
+
+
+def test_ragged_lv_with_long_contour_at_camus_size():
+    """Fringed outlines (a ragged prediction): thousands of contour points, still measured."""
+    import contourpy
+
+    from cardigan_tf.bench.clinical import AXES, SPACING, make_patient
+
+    clean = clinical.patient_indices(*make_patient(0.0, 0))
+    masks, spacings = make_patient(10.0, 200)
+    m = masks[("4CH", "ED")]
+    outline = max(contourpy.contour_generator(z=m.astype(float)).lines(0.5), key=len)
+    assert len(outline) > 5000                      # the premise: a long pixel contour
+    assert m.shape == (669, 750) and clinical.lv_mask_problem(m) == ""
+    res = clinical.patient_indices(masks, spacings)
+    assert res["reason"] == "" and res["missing"] == []
+    # the fingers are +-10 mm around the clean outline: the axes stay within the fringe
+    for key, length in res["lengths"].items():
+        assert length == pytest.approx(clean["lengths"][key], abs=10.0), key
+    assert res["edv"] > res["esv"] > 0
+    assert res["ef"] == pytest.approx(clean["ef"], abs=10.0)
+    a_ed, a_es = AXES["ED"], AXES["ES"]
+    assert clean["ef"] == pytest.approx(100 * (1 - np.prod(a_es) / np.prod(a_ed)), abs=3.0)
+    assert SPACING == (0.154, 0.308)
+
+
+def test_patients_indices_progress_hook():
+    patients = {"p1": _patient((30.0, 15.0, 18.0), (26.0, 11.0, 14.0)),
+                "p2": ({}, {})}
+    calls = []
+    out = clinical.patients_indices(patients, progress=lambda done, total, pid: calls.append((done, total, pid)))
+    assert calls == [(1, 2, "p1"), (2, 2, "p2")]
+    assert list(out) == ["p1", "p2"]
+    assert out["p1"] == clinical.patient_indices(*patients["p1"])
+    assert math.isnan(out["p2"]["ef"]) and out["p2"]["reason"].count("no mask") == 4
+    lazy = clinical.iter_patient_indices([("p1", *patients["p1"])], simpson="camus")
+    pid, res = next(lazy)
+    assert pid == "p1" and res["simpson"] == "camus"
 
 
 def test_agreement_on_known_vectors():
@@ -224,7 +360,9 @@ def test_bland_altman_png_written(tmp_path, rng):
     pred = ref + rng.normal(1.0, 3.0, size=25)
     pred[3] = np.nan
     path = tmp_path / "plots" / "ef_bland_altman.png"
-    stats = clinical.bland_altman_png(pred, ref, path, title="EF", unit="%")
+    from cardigan_tf.viz import bland_altman_png
+
+    stats = bland_altman_png(pred, ref, path, title="EF", unit="%")
     assert stats["n"] == 24
     with Image.open(path) as im:
         assert im.format == "PNG" and im.size[0] > 100

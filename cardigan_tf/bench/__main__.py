@@ -1,4 +1,4 @@
-"""``python -m cardigan_tf.bench {pipeline,gan,seg,...} [options]``: benchmarks that print figures.
+"""``python -m cardigan_tf.bench {pipeline,gan,seg,clinical,export} [options]``: benchmarks that print figures.
 
 Each benchmark is a sub-command module of this command (``add_arguments(parser)`` and
 ``run(args)``), imported only when present.

@@ -40,6 +40,7 @@ class StudyConfig:
     gan: GanConfig = dataclasses.field(default_factory=lambda: gan_preset_config("tiny"))
     seg: SegConfig = dataclasses.field(default_factory=lambda: seg_preset_config("tiny"))
     inception_weights: str | None = None  # local InceptionV3 no-top weights for FID/KID (else U-Net encoder)
+    simpson: str = "per_phase"  # Simpson convention of the EF figures: per_phase (clinical) | camus (vital)
 
     def validate(self) -> None:
         if not self.train_fractions or any(not 0 < f <= 1 for f in self.train_fractions):
@@ -48,6 +49,8 @@ class StudyConfig:
             raise ConfigError(f"synthetic_fractions: expected values in [0, 1), got {self.synthetic_fractions}")
         if not self.seeds:
             raise ConfigError("seeds: expected at least one seed")
+        if self.simpson not in ("per_phase", "camus"):
+            raise ConfigError(f"simpson: expected per_phase or camus, got {self.simpson!r}")
         if self.masks not in MASK_SOURCES:
             raise ConfigError(f"masks: expected one of {MASK_SOURCES}, got {self.masks!r}")
         if self.gan.model.size != self.seg.model.size:

@@ -166,15 +166,23 @@ def lv_half_width(g: dict[str, float], s: np.ndarray) -> np.ndarray:
 
 
 def simpson_volumes(p: dict[str, Any], n_discs: int = 20) -> dict[str, float]:
-    """Reference EDV/ESV (ml) and EF (%) of the phantom by the biplane method of discs."""
-    out = {}
+    """Reference EDV/ESV (ml) and EF (%) of the phantom by the biplane method of discs.
+
+    Exact disc diameters of the analytic cavity (at the discs' mid-heights), summed by the
+    evaluation's own code path and default convention (``metrics.clinical.phase_volumes``,
+    per-phase long axis: the longer of each phase's 2CH and 4CH axes).
+    """
+    from cardigan_tf.metrics.clinical import phase_volumes
+
+    diameters, lengths = {}, {}
+    f = (np.arange(n_discs) + 0.5) / n_discs
     for phase in PHASES:
-        g2, g4 = (_geometry(p, p["views"][v], phase) for v in VIEWS)
-        L = max(g2["L"], g4["L"])
-        f = (np.arange(n_discs) + 0.5) / n_discs
-        w2, w4 = lv_half_width(g2, f * g2["L"]), lv_half_width(g4, f * g4["L"])
-        out[phase] = float(np.pi * np.sum(w2 * w4) * L / n_discs / 1000.0)
-    return {"LVedv": out["ED"], "LVesv": out["ES"], "LVef": 100.0 * (out["ED"] - out["ES"]) / out["ED"]}
+        for view in VIEWS:
+            g = _geometry(p, p["views"][view], phase)
+            diameters[(view, phase)] = 2.0 * lv_half_width(g, f * g["L"])
+            lengths[(view, phase)] = g["L"]
+    v = phase_volumes(diameters, lengths)
+    return {"LVedv": v["edv"], "LVesv": v["esv"], "LVef": v["ef"]}
 
 
 # ----------------------------------------------------------------------------- rendering

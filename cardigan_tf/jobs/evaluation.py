@@ -113,15 +113,37 @@ def _fmt(stat: dict | None, digits: int = 3) -> str:
     return f"{stat['mean']:.{digits}f} ± {stat['sd']:.{digits}f}"
 
 
-def _clinical(per_patient: dict, volumes: bool = True) -> tuple[list[dict], dict]:
-    from cardigan_tf.metrics.clinical import agreement, patient_indices
+def _clinical(per_patient: dict, volumes: bool = True, simpson: str = "per_phase",
+              progress: bool = True) -> tuple[list[dict], dict]:
+    """EDV, ESV, EF per patient from the predicted and the ground-truth LV masks (Simpson
+    biplane, ``simpson`` convention), with a reason whenever an index could not be measured,
+    and their agreement with the ground-truth masks and the cfg values."""
+    from cardigan_tf.metrics.clinical import agreement, patients_indices
 
-    rows = []
+    jobs = {}
     for patient, d in sorted(per_patient.items()):
         if len(d["pred"]) < 4:
             continue
-        p = patient_indices(d["pred"], d["spacing"])
-        g = patient_indices(d["gt"], d["spacing"])
+        jobs[(patient, "pred")] = (d["pred"], d["spacing"])
+        jobs[(patient, "gt")] = (d["gt"], d["spacing"])
+    bar = None
+    if progress and jobs:
+        try:
+            from tqdm import tqdm
+
+            bar = tqdm(total=len(jobs), desc="clinical", unit="mask set", leave=False, disable=None)
+        except ImportError:  # pragma: no cover
+            bar = None
+    try:
+        res = patients_indices(jobs, simpson=simpson,
+                               progress=(lambda done, total, pid: bar.update(1)) if bar is not None else None)
+    finally:
+        if bar is not None:
+            bar.close()
+    rows = []
+    for patient in sorted({p for p, _ in jobs}):
+        p, g = res[(patient, "pred")], res[(patient, "gt")]
+        d = per_patient[patient]
         row = {"patient": patient}
         for k in ("edv", "esv", "ef"):
             row[f"{k}_pred"], row[f"{k}_gt"] = p[k], g[k]
@@ -130,6 +152,8 @@ def _clinical(per_patient: dict, volumes: bool = True) -> tuple[list[dict], dict
         for k, ck in (("edv", "LVedv"), ("esv", "LVesv"), ("ef", "LVef")):
             v = d["cfg"].get(ck)
             row[f"{k}_cfg"] = float(v) if isinstance(v, (int, float)) else float("nan")
+        row["simpson"] = p.get("simpson", simpson)
+        row["reason_pred"], row["reason_gt"] = p.get("reason", ""), g.get("reason", "")
         rows.append(row)
     agree = {}
     for ref in ("gt", "cfg"):
@@ -165,7 +189,11 @@ def _markdown(run_dir: Path, split: str, summary: dict) -> str:
             if st is None:
                 continue
             lines.append(f"| {STRUCT_TITLES[s]} | {ph} | {_fmt(st['dice'])} | {_fmt(st['hd'], 2)} | {_fmt(st['mad'], 2)} |")
+    conv = {"per_phase": "per-phase long axis (clinical method of disks)",
+            "camus": "one disk height for ED and ES (as the vital library / CAMUS code)"}.get(summary.get("simpson"), "")
     lines += ["", "## Clinical indices (Simpson biplane)", "",
+              f"Convention: {conv}. Patients with an index not measured (reason in clinical.csv): "
+              f"{summary.get('clinical_not_measured', 0)} of {summary.get('clinical_patients', 0)}.", "",
               "| index | reference | corr | bias ± SD | MAE | n |", "|---|---|---|---|---|---|"]
     names = {"edv": "EDV (ml)", "esv": "ESV (ml)", "ef": "EF (%)"}
     for key, a in summary["clinical_agreement"].items():
@@ -204,13 +232,20 @@ def _spacing_override(spacing) -> tuple[float, float] | None:
 
 
 def evaluate_run(run_dir, data=None, split: str = "test", postprocess: bool = False, out=None,
-                 overwrite: bool = False, batch_size: int = 16, spacing=None) -> dict:
+                 overwrite: bool = False, batch_size: int = 16, spacing=None, simpson: str = "per_phase") -> dict:
     """Evaluate ``run_dir``'s best model on ``split``; write the report folder; return the summary.
 
     ``spacing``: (row, col) mm of the original images, for data that does not record it (the
     CREATIS HDF5). Without a known spacing, HD and MAD are in pixels of the original grid
     ("px"), volumes are not reported, and EF (a ratio) is reported with a warning.
+    ``simpson``: "per_phase" (clinical method of disks: each phase with its own long axis) or
+    "camus" (one disk height for ED and ES, as the vital library computes it).
     """
+    from cardigan_tf.config import ConfigError
+    from cardigan_tf.metrics.clinical import SIMPSON_CONVENTIONS
+
+    if simpson not in SIMPSON_CONVENTIONS:
+        raise ConfigError(f"--simpson: expected one of {list(SIMPSON_CONVENTIONS)}, got {simpson!r}")
     from cardigan_tf import viz
     from cardigan_tf.data.h5layout import iter_samples
     from cardigan_tf.data.sample import EmptyDatasetError
@@ -269,7 +304,7 @@ def evaluate_run(run_dir, data=None, split: str = "test", postprocess: bool = Fa
         t = stages.add("metrics", t)
 
     t = time.perf_counter()
-    clin_rows, agree = _clinical(per_patient, volumes=known)
+    clin_rows, agree = _clinical(per_patient, volumes=known, simpson=simpson)
     t = stages.add("clinical", t)
     units = {"dice": "fraction", "hd": unit, "mad": unit, "edv": "ml" if known else None,
              "esv": "ml" if known else None, "ef": "%"}
@@ -288,7 +323,8 @@ def evaluate_run(run_dir, data=None, split: str = "test", postprocess: bool = Fa
         "by_phase": seg.summarize(rows, group_by=("phase",)),
         "by_view_phase": seg.summarize(rows, group_by=("view", "phase")),
         "by_quality": seg.summarize(rows, group_by=("quality",)),
-        "clinical_agreement": agree, "clinical_patients": len(clin_rows),
+        "clinical_agreement": agree, "clinical_patients": len(clin_rows), "simpson": simpson,
+        "clinical_not_measured": sum(1 for r in clin_rows if r["reason_pred"] or r["reason_gt"]),
     }
     t = time.perf_counter()
     with atomic_path(out_dir) as tmp:

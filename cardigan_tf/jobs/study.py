@@ -183,7 +183,7 @@ def run_study(cfg: StudyConfig | None, resume: str | Path | None = None, runs_di
             scfg.train.seed = seed
             train_seg(scfg, run_dir=cell_dir)
         if not (cell_dir / f"eval-{cfg.split}").is_dir():
-            evaluate_run(cell_dir, split=cfg.split)
+            evaluate_run(cell_dir, split=cfg.split, simpson=cfg.simpson)
         result = _cell_result(cell_dir, cfg.split)
         result.update(train_fraction=frac, synthetic_fraction=synth, seed=seed, n_train_patients=len(patients))
         write_json(cell_dir / "result.json", result)

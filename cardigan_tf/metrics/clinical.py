@@ -2,51 +2,81 @@
 
 Method (as the CAMUS organisers compute it, see docs REFERENCE facts; our own code):
 
-1. The LV cavity (label 1, or a boolean mask) is cleaned (largest 8-connected component, holes
-   filled) and resampled with nearest neighbour to an isotropic grid at the finer spacing.
+1. The LV cavity (label 1, or a boolean mask) is checked and cleaned: stray pieces holding at
+   most ``max_debris`` of its pixels are dropped (the largest 8-connected component is kept),
+   holes of at most ``max_holes`` of its area are filled. A mask with no sensible LV (empty,
+   in several sizeable pieces, with large holes, touching the image border) is refused with
+   :class:`LVMissingError`, whose message is the reason. The cavity is resampled with nearest
+   neighbour to an isotropic grid at the finer spacing.
 2. Its outer contour (marching squares at level 0.5, ``contourpy``) is resampled evenly along
-   its length.
+   its length, at ``max(pixel, base_tol_mm / 2)``: this simplification bounds the number of
+   points by the perimeter in mm, whatever the raggedness of the pixel outline.
 3. Mitral base: the longest chord between two contour points that is within 45 degrees of
    horizontal (image rows = depth, apex at the top, so the base is searched below the mask's
    centroid) and such that all contour points along one of the two arcs between its ends lie
-   within ``base_tol_mm`` of the chord (a straight, open basal segment).
+   within ``base_tol_mm`` of the chord's line (a straight, open basal segment). All starts are
+   swept together along the contour; each start keeps the interval of chord directions that
+   every arc point so far allows (a point at distance r > tol from the start allows the
+   directions within asin(tol / r) of its own, modulo 180 degrees) and drops out when the
+   interval is empty, so the cost is the number of points times the longest straight run
+   (at most n^2 / 2, milliseconds on ragged contours) instead of the n^3 of testing every arc.
 4. Long axis: from the base midpoint to the contour point farthest from it (the apex).
 5. ``n_disks`` (20) disks at fractions 0, 1/20, ..., 19/20 of the axis from the base; each
    diameter is found by marching along the normal in both directions until leaving the mask.
    The disk at fraction 0 lies on the base line itself, where the marching would stop at once
    on a pixel staircase: it is measured ``min(base_tol_mm, L / 40)`` towards the apex.
-6. ``V = sum(d2CH * d4CH) * pi / 4 * step``, in ml (mm^3 / 1000), with ``step`` = the longest
-   of the long axes / n_disks. ``patient_indices`` uses, by default (``step_mode="camus"``),
-   one common step for ED and ES (the longest of the four axes), as the CAMUS organisers'
-   script does; ``step_mode="per_phase"`` uses the longest of the two views at each phase
-   (the textbook method, exact for ellipsoids of different lengths).
+6. ``V = sum(d2CH * d4CH) * pi / 4 * L / n_disks``, in ml (mm^3 / 1000). The disk height comes
+   from the convention ``simpson``:
 
-Missing LV: :func:`lv_long_axis` and :func:`simpson_biplane` raise :class:`LVMissingError`
-(a ValueError); :func:`patient_indices` returns NaN volumes/EF and lists what is missing under
-``"missing"`` (or raises with ``on_missing="raise"``). EF is in percent.
+   - ``"per_phase"`` (default, the ASE/EACVI method of disks): each phase's volume uses its
+     own long axis, the longer of its 2CH and 4CH axes (exact for ellipsoids whose long axis
+     shortens in systole);
+   - ``"camus"``: one common height for ED and ES, the longest of the four axes / n_disks, as
+     the CAMUS organisers' script (the ``vital`` library) does; it inflates ESV and lowers EF
+     when the LV shortens. Kept for comparison with published CAMUS figures.
+
+Bad masks: :func:`lv_long_axis` and :func:`simpson_biplane` raise :class:`LVMissingError`
+(a ValueError) with the reason; :func:`patient_indices` never raises on a bad mask: it returns
+NaN volumes/EF and the reason (``"reason"``, "" when all four views were measured).
+:func:`iter_patient_indices` / :func:`patients_indices` run many patients with a progress
+hook. EF is in percent.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
+from scipy import ndimage
 
 from cardigan_tf.labels import LV, PHASES, VIEWS
-from cardigan_tf.metrics.segmentation import postprocess, resize_to_original
+from cardigan_tf.metrics.segmentation import resize_to_original
 
-__all__ = ["LVMissingError", "LongAxis", "lv_long_axis", "simpson_biplane", "patient_indices",
-           "agreement", "bland_altman_png", "N_DISKS", "DEFAULT_BASE_TOL_MM"]
+__all__ = ["LVMissingError", "LongAxis", "lv_mask_problem", "lv_long_axis", "disks_volume_ml",
+           "phase_volumes", "simpson_biplane", "patient_indices", "iter_patient_indices",
+           "patients_indices", "agreement", "N_DISKS", "DEFAULT_BASE_TOL_MM",
+           "SIMPSON_CONVENTIONS", "DEFAULT_SIMPSON", "MAX_DEBRIS_FRACTION", "MAX_HOLE_FRACTION",
+           "MAX_CONTOUR_POINTS"]
 
 N_DISKS = 20
 #: Straightness tolerance of the basal segment: 8 pixels at CAMUS's finest spacing (0.154 mm).
 DEFAULT_BASE_TOL_MM = 1.25
+#: Disk-height conventions: see the module docstring.
+SIMPSON_CONVENTIONS = ("per_phase", "camus")
+DEFAULT_SIMPSON = "per_phase"
+#: LV pixels outside the largest 8-connected piece that are dropped silently (fraction).
+MAX_DEBRIS_FRACTION = 0.05
+#: Area of holes inside the LV that is filled silently (fraction of the filled cavity).
+MAX_HOLE_FRACTION = 0.05
+#: A resampled contour longer than this (0.6 mm steps: ~12 m of outline) is refused as ragged.
+MAX_CONTOUR_POINTS = 20000
 
 
 class LVMissingError(ValueError):
-    """The LV cavity is empty (or too small to measure) in a mask."""
+    """No measurable LV cavity in a mask (empty, fragmented, holed, cut off, ...); the message
+    says why."""
 
 
 @dataclass
@@ -67,13 +97,55 @@ class LongAxis:
                 "apex": self.apex / s - 0.5, "disk_centres": self.disk_centres / s - 0.5}
 
 
+def _check_simpson(simpson: str) -> str:
+    if simpson not in SIMPSON_CONVENTIONS:
+        raise ValueError(f"simpson: expected one of {SIMPSON_CONVENTIONS}, got {simpson!r}")
+    return simpson
+
+
 def _lv_binary(mask, name: str) -> np.ndarray:
     m = np.asarray(mask)
     if m.ndim == 3 and m.shape[-1] == 1:
         m = m[..., 0]
     if m.ndim != 2:
-        raise ValueError(f"{name}: expected a 2-D mask (H, W), got shape {m.shape}")
+        raise LVMissingError(f"{name}: expected a 2-D mask (H, W), got shape {m.shape}")
     return m.astype(bool) if m.dtype == bool else (m == LV)
+
+
+def _clean_lv(lv: np.ndarray, max_debris: float, max_holes: float) -> tuple[str, np.ndarray | None]:
+    """(reason, cleaned cavity): reason "" and the largest piece with its holes filled, or why not."""
+    n = int(lv.sum())
+    if n < 4:
+        return f"the LV cavity (label {LV}) is empty or has < 4 pixels", None
+    comp, k = ndimage.label(lv, structure=np.ones((3, 3), bool))
+    if k > 1:
+        sizes = np.bincount(comp.ravel())
+        sizes[0] = 0
+        big = int(np.argmax(sizes))
+        if 1.0 - sizes[big] / n > max_debris:
+            return (f"the LV is in {k} separate pieces (the largest holds {100.0 * sizes[big] / n:.0f} % "
+                    f"of its pixels, at least {100.0 * (1 - max_debris):.0f} % expected)"), None
+        lv = comp == big
+    filled = ndimage.binary_fill_holes(lv)
+    area = int(filled.sum())
+    holes = area - int(lv.sum())
+    if holes > max_holes * area:
+        return (f"the LV has holes ({100.0 * holes / area:.1f} % of its area, at most "
+                f"{100.0 * max_holes:.0f} % expected)"), None
+    if filled[0].any() or filled[-1].any() or filled[:, 0].any() or filled[:, -1].any():
+        return "the LV touches the image border (cut off by the field of view)", None
+    return "", filled
+
+
+def lv_mask_problem(mask, max_debris: float = MAX_DEBRIS_FRACTION,
+                    max_holes: float = MAX_HOLE_FRACTION) -> str:
+    """Why a mask has no sensible LV cavity ("" if it has one): empty, several sizeable pieces,
+    large holes, touching the image border, or not a 2-D mask. Cheap (one labelling pass)."""
+    try:
+        lv = _lv_binary(mask, "mask")
+    except LVMissingError as exc:
+        return str(exc)
+    return _clean_lv(lv, max_debris, max_holes)[0]
 
 
 def _isotropic(mask: np.ndarray, spacing, iso_mm: float | None):
@@ -120,22 +192,51 @@ def _find_base(pts: np.ndarray, tol: float, centroid_row: float):
     """Longest near-horizontal chord whose arc (one side) is straight within ``tol``.
 
     ``pts``: (M, 2) mm points of a closed contour. Returns (i, j) indices or None.
+
+    Every start i is swept forwards at once (offset t = 1 .. M // 2): the chord (i, i + t) is
+    valid when each arc point i + 1 .. i + t - 1 lies within ``tol`` of its line, i.e. when the
+    chord's direction lies in every arc point's allowed interval (see the module docstring).
+    The intervals only shrink, so a start whose interval is empty is dropped for good.
     """
     m = len(pts)
     best, best_ij = 0.0, None
-    half = m // 2 + 1
-    for i in range(m):
-        idx = (i + np.arange(1, half)) % m
-        q = pts[idx] - pts[i]                       # chords from point i, (J, 2)
+    alive = np.arange(m)
+    free = np.ones(m, bool)          # no arc point constrains the direction yet
+    lo = np.zeros(m)                 # allowed chord directions [lo, hi] (radians) where not free
+    hi = np.zeros(m)
+
+    def unwrap(phi):                 # the copy of direction phi (mod pi) nearest the interval
+        centre = np.where(free, phi, 0.5 * (lo + hi))
+        return phi + np.pi * np.round((centre - phi) / np.pi)
+
+    for t in range(1, m // 2 + 1):
+        if t >= 2:  # arc point k = i + t - 1 narrows the directions allowed from i
+            d = pts[(alive + t - 1) % m] - pts[alive]
+            r = np.hypot(d[:, 0], d[:, 1])
+            con = r > tol
+            if con.any():
+                phi = unwrap(np.arctan2(d[:, 0], d[:, 1]))
+                w = np.arcsin(tol / np.maximum(r, tol))
+                lo = np.where(con, np.where(free, phi - w, np.maximum(lo, phi - w)), lo)
+                hi = np.where(con, np.where(free, phi + w, np.minimum(hi, phi + w)), hi)
+                free &= ~con
+                keep = lo <= hi
+                if not keep.all():
+                    alive, free, lo, hi = alive[keep], free[keep], lo[keep], hi[keep]
+                    if alive.size == 0:
+                        break
+        j = (alive + t) % m
+        q = pts[j] - pts[alive]
         length = np.hypot(q[:, 0], q[:, 1])
-        cross = np.abs(np.outer(q[:, 0], q[:, 1]) - np.outer(q[:, 1], q[:, 0]))  # [k, j]
-        cross[np.tril_indices(len(q))] = 0.0         # keep points k strictly before j
-        dev = cross.max(axis=0) / np.maximum(length, 1e-12)
-        ok = ((dev <= tol) & (np.abs(q[:, 0]) <= np.abs(q[:, 1]))
-              & (pts[i, 0] + 0.5 * q[:, 0] >= centroid_row) & (length > best))
+        ok = ((np.abs(q[:, 0]) <= np.abs(q[:, 1])) & (length > best)
+              & (pts[alive, 0] + 0.5 * q[:, 0] >= centroid_row))
+        if not ok.any():
+            continue
+        phi = unwrap(np.arctan2(q[:, 0], q[:, 1]))
+        ok &= free | ((phi >= lo) & (phi <= hi))
         if ok.any():
-            j = int(np.argmax(np.where(ok, length, -1.0)))
-            best, best_ij = float(length[j]), (i, int(idx[j]))
+            k = int(np.argmax(np.where(ok, length, -1.0)))
+            best, best_ij = float(length[k]), (int(alive[k]), int(j[k]))
     return best_ij
 
 
@@ -157,7 +258,9 @@ def _march(mask: np.ndarray, eff: np.ndarray, centres: np.ndarray, direction: np
 
 
 def lv_long_axis(mask, spacing, n_disks: int = N_DISKS, base_tol_mm: float = DEFAULT_BASE_TOL_MM,
-                 iso_mm: float | None = None, name: str = "mask") -> LongAxis:
+                 iso_mm: float | None = None, name: str = "mask",
+                 max_debris: float = MAX_DEBRIS_FRACTION, max_holes: float = MAX_HOLE_FRACTION,
+                 max_contour_points: int = MAX_CONTOUR_POINTS) -> LongAxis:
     """Mitral base, apex, long-axis length and disk diameters (mm) of one LV view.
 
     Args:
@@ -168,14 +271,18 @@ def lv_long_axis(mask, spacing, n_disks: int = N_DISKS, base_tol_mm: float = DEF
             (at least 1.5 isotropic pixels is used).
         iso_mm: isotropic grid spacing; default the finer of the two spacings.
         name: used in error messages (e.g. "2CH/ED").
+        max_debris, max_holes: see :func:`lv_mask_problem`.
+        max_contour_points: longer resampled contours are refused (ragged beyond measure).
 
     Raises:
-        LVMissingError: the LV is empty or too small (< 3 pixels wide) to measure.
+        LVMissingError: no measurable LV (see :func:`lv_mask_problem`), too small (< 3 pixels
+            wide), too ragged, or no mitral base found; the message names ``name`` and why.
+        ValueError: invalid ``spacing``.
     """
     lv = _lv_binary(mask, name)
-    if lv.sum() < 4:
-        raise LVMissingError(f"{name}: the LV cavity (label {LV}) is empty or has < 4 pixels")
-    lv = postprocess(lv.astype(np.uint8), labels=(1,)).astype(bool)
+    reason, lv = _clean_lv(lv, max_debris, max_holes)
+    if reason:
+        raise LVMissingError(f"{name}: {reason}")
     iso_mask, eff = _isotropic(lv, spacing, iso_mm)
     rows = np.flatnonzero(iso_mask.any(axis=1))
     cols = np.flatnonzero(iso_mask.any(axis=0))
@@ -187,11 +294,15 @@ def lv_long_axis(mask, spacing, n_disks: int = N_DISKS, base_tol_mm: float = DEF
     raw = (_outer_contour(crop) + offset + 0.5) * eff                  # contour in mm
     tol = max(float(base_tol_mm), 1.5 * float(eff.max()))
     pts = _resample_closed(raw, ds=max(float(eff.max()), tol / 2.0))
-    rr, cc = np.nonzero(iso_mask)
+    if len(pts) > max_contour_points:
+        raise LVMissingError(f"{name}: the LV outline is too ragged to measure ({len(pts)} contour "
+                             f"points after resampling, at most {max_contour_points})")
+    rr, _ = np.nonzero(iso_mask)
     centroid_row = (rr.mean() + 0.5) * eff[0]
     ij = _find_base(pts, tol, centroid_row)
     if ij is None:
-        raise LVMissingError(f"{name}: no mitral base found (no near-horizontal chord below the centroid)")
+        raise LVMissingError(f"{name}: no mitral base found (no straight near-horizontal segment "
+                             "below the centroid)")
     b0, b1 = pts[ij[0]], pts[ij[1]]
     mid = 0.5 * (b0 + b1)
     dist = np.linalg.norm(raw - mid, axis=1)
@@ -213,47 +324,85 @@ def lv_long_axis(mask, spacing, n_disks: int = N_DISKS, base_tol_mm: float = DEF
                     diameters_mm=d, disk_centres=centres)
 
 
-def _volume_ml(d2: np.ndarray, d4: np.ndarray, step: float) -> float:
-    return float(np.sum(d2 * d4) * math.pi / 4.0 * step / 1000.0)
+def disks_volume_ml(d2ch, d4ch, length_mm: float) -> float:
+    """Biplane method of disks: ``sum(d2ch * d4ch) * pi / 4 * length_mm / n`` in ml.
+
+    ``d2ch``, ``d4ch``: the n disk diameters (mm) of the two views; ``length_mm``: the long axis
+    whose n-th part is the disk height.
+    """
+    d2 = np.asarray(d2ch, dtype=np.float64)
+    d4 = np.asarray(d4ch, dtype=np.float64)
+    if d2.shape != d4.shape or d2.ndim != 1 or d2.size == 0:
+        raise ValueError(f"disks_volume_ml: expected two equal 1-D diameter arrays, got {d2.shape} and {d4.shape}")
+    return float(np.sum(d2 * d4) * math.pi / 4.0 * float(length_mm) / d2.size / 1000.0)
+
+
+def phase_volumes(diameters: Mapping[tuple[str, str], Sequence[float]],
+                  lengths: Mapping[tuple[str, str], float],
+                  simpson: str = DEFAULT_SIMPSON) -> dict:
+    """EDV, ESV (ml) and EF (%) from the disk diameters and long axes of the four views.
+
+    ``diameters`` / ``lengths``: keyed by (view, phase); a phase lacking a view gets NaN.
+    ``simpson``: "per_phase" (each phase's disk height is the longer of its two axes / n) or
+    "camus" (the longest of the available axes / n for both phases). This is the one place the
+    convention is applied (patients, and the phantom's reference volumes).
+
+    Returns ``{"edv", "esv", "ef", "simpson"}``.
+    """
+    _check_simpson(simpson)
+    nan = float("nan")
+    common = max((float(v) for v in lengths.values()), default=nan)
+    out = {"edv": nan, "esv": nan, "ef": nan, "simpson": simpson}
+    for phase, key in (("ED", "edv"), ("ES", "esv")):
+        k2, k4 = ("2CH", phase), ("4CH", phase)
+        if not all(k in diameters and k in lengths for k in (k2, k4)):
+            continue
+        length = common if simpson == "camus" else max(float(lengths[k2]), float(lengths[k4]))
+        out[key] = disks_volume_ml(diameters[k2], diameters[k4], length)
+    if math.isfinite(out["edv"]) and math.isfinite(out["esv"]) and out["edv"] > 0:
+        out["ef"] = 100.0 * (out["edv"] - out["esv"]) / out["edv"]
+    return out
 
 
 def simpson_biplane(mask_2ch, mask_4ch, spacing_2ch, spacing_4ch, step: float | None = None,
                     n_disks: int = N_DISKS, **kwargs) -> float:
     """LV volume (ml) from the 2CH and 4CH masks of one phase by the biplane method of disks.
 
-    ``step`` (mm): disk height; default the longer of the two long axes / ``n_disks``.
-    Extra keyword arguments go to :func:`lv_long_axis`. Raises LVMissingError if an LV is empty.
+    ``step`` (mm): disk height; default the longer of the two long axes / ``n_disks`` (the
+    per-phase convention). Extra keyword arguments go to :func:`lv_long_axis`.
+    Raises LVMissingError (with the reason) if a view has no measurable LV.
     """
     ax2 = lv_long_axis(mask_2ch, spacing_2ch, n_disks=n_disks, name="2CH", **kwargs)
     ax4 = lv_long_axis(mask_4ch, spacing_4ch, n_disks=n_disks, name="4CH", **kwargs)
-    if step is None:
-        step = max(ax2.length_mm, ax4.length_mm) / n_disks
-    return _volume_ml(ax2.diameters_mm, ax4.diameters_mm, float(step))
+    length = max(ax2.length_mm, ax4.length_mm) if step is None else float(step) * n_disks
+    return disks_volume_ml(ax2.diameters_mm, ax4.diameters_mm, length)
 
 
 def patient_indices(masks: Mapping[tuple[str, str], np.ndarray],
                     spacings: Mapping[tuple[str, str], Sequence[float]],
-                    step_mode: str = "camus", on_missing: str = "nan",
+                    simpson: str = DEFAULT_SIMPSON, on_missing: str = "nan",
                     n_disks: int = N_DISKS, **kwargs) -> dict:
     """EDV, ESV (ml) and EF (%) of one patient from its four LV masks.
 
     Args:
         masks: ``{("2CH", "ED"): mask, ("2CH", "ES"): ..., ("4CH", "ED"): ..., ("4CH", "ES"): ...}``.
         spacings: the (row, col) mm spacing of each mask, same keys.
-        step_mode: "camus" (one step for ED and ES: the longest of the four long axes /
-            n_disks, as the organisers' script) or "per_phase" (longest of the two views at
-            each phase).
-        on_missing: "nan" -> NaN values and the missing (view/phase) names under "missing";
+        simpson: "per_phase" (default, clinical) or "camus" (the organisers' common step),
+            see :func:`phase_volumes`.
+        on_missing: "nan" -> a view without a measurable LV (missing, empty, fragmented, holed,
+            cut off, too ragged, no base, or any other failure of its measurement) gives NaN
+            for what depends on it, and the reason; never raises on a bad mask.
             "raise" -> LVMissingError / ValueError.
+        Extra keyword arguments go to :func:`lv_long_axis`.
 
     Returns:
-        ``{"edv", "esv", "ef", "missing": [...], "lengths": {"2CH/ED": mm, ...}}``.
+        ``{"edv", "esv", "ef", "simpson": convention, "reason": "" or "2CH/ES: why; ...",
+        "missing": ["2CH/ES", ...], "lengths": {"2CH/ED": mm, ...}}``.
     """
-    if step_mode not in ("camus", "per_phase"):
-        raise ValueError(f"step_mode: expected 'camus' or 'per_phase', got {step_mode!r}")
+    _check_simpson(simpson)
     if on_missing not in ("nan", "raise"):
         raise ValueError(f"on_missing: expected 'nan' or 'raise', got {on_missing!r}")
-    axes, missing = {}, []
+    axes, missing, reasons = {}, [], []
     for view in VIEWS:
         for phase in PHASES:
             key = f"{view}/{phase}"
@@ -261,26 +410,54 @@ def patient_indices(masks: Mapping[tuple[str, str], np.ndarray],
                 if on_missing == "raise":
                     raise ValueError(f"masks/spacings: no entry for ({view!r}, {phase!r})")
                 missing.append(key)
+                reasons.append(f"{key}: no mask")
                 continue
             try:
                 axes[(view, phase)] = lv_long_axis(masks[(view, phase)], spacings[(view, phase)],
                                                    n_disks=n_disks, name=key, **kwargs)
-            except LVMissingError:
+            except Exception as exc:  # noqa: BLE001 - a bad mask must not stop an evaluation
                 if on_missing == "raise":
                     raise
                 missing.append(key)
-    nan = float("nan")
-    out = {"edv": nan, "esv": nan, "ef": nan, "missing": missing,
-           "lengths": {f"{v}/{p}": a.length_mm for (v, p), a in axes.items()}}
-    common = max((a.length_mm for a in axes.values()), default=nan) / n_disks
-    for phase, key in (("ED", "edv"), ("ES", "esv")):
-        a2, a4 = axes.get(("2CH", phase)), axes.get(("4CH", phase))
-        if a2 is None or a4 is None:
-            continue
-        step = common if step_mode == "camus" else max(a2.length_mm, a4.length_mm) / n_disks
-        out[key] = _volume_ml(a2.diameters_mm, a4.diameters_mm, step)
-    if math.isfinite(out["edv"]) and math.isfinite(out["esv"]) and out["edv"] > 0:
-        out["ef"] = 100.0 * (out["edv"] - out["esv"]) / out["edv"]
+                msg = str(exc)
+                if not isinstance(exc, LVMissingError):
+                    msg = f"{key}: {type(exc).__name__}: {msg}"
+                reasons.append(msg if msg.startswith(key) else f"{key}: {msg}")
+    out = phase_volumes({k: a.diameters_mm for k, a in axes.items()},
+                        {k: a.length_mm for k, a in axes.items()}, simpson)
+    out.update(reason="; ".join(reasons), missing=missing,
+               lengths={f"{v}/{p}": a.length_mm for (v, p), a in axes.items()})
+    return out
+
+
+def iter_patient_indices(patients, simpson: str = DEFAULT_SIMPSON,
+                         **kwargs) -> Iterator[tuple[Hashable, dict]]:
+    """Lazily ``(patient_id, patient_indices(masks, spacings, simpson, **kwargs))`` per patient.
+
+    ``patients``: a mapping ``{patient_id: (masks, spacings)}`` or an iterable of
+    ``(patient_id, masks, spacings)``. Wrap the result in any progress bar
+    (``len(patients)`` gives its total); never raises on a bad mask (see ``on_missing``).
+    """
+    _check_simpson(simpson)
+    items = ((pid, *v) for pid, v in patients.items()) if isinstance(patients, Mapping) else patients
+    for pid, masks, spacings in items:
+        yield pid, patient_indices(masks, spacings, simpson=simpson, **kwargs)
+
+
+def patients_indices(patients, simpson: str = DEFAULT_SIMPSON,
+                     progress: Callable[[int, int | None, Hashable], None] | None = None,
+                     **kwargs) -> dict:
+    """:func:`patient_indices` of many patients: ``{patient_id: result}`` in input order.
+
+    ``patients`` as for :func:`iter_patient_indices`. ``progress(done, total, patient_id)`` is
+    called after each patient (``total`` is None when ``patients`` has no length).
+    """
+    total = len(patients) if hasattr(patients, "__len__") else None
+    out = {}
+    for done, (pid, res) in enumerate(iter_patient_indices(patients, simpson=simpson, **kwargs), 1):
+        out[pid] = res
+        if progress is not None:
+            progress(done, total, pid)
     return out
 
 
@@ -306,38 +483,3 @@ def agreement(pred, ref) -> dict:
     return {"corr": corr, "bias": float(diff.mean()) if n else nan,
             "sd": float(diff.std(ddof=1)) if n >= 2 else nan,
             "mae": float(np.abs(diff).mean()) if n else nan, "n": n}
-
-
-def bland_altman_png(pred, ref, path, title: str = "Bland-Altman", unit: str = "") -> dict:
-    """Write a Bland-Altman plot (difference vs mean, bias and 95% limits) as a PNG, atomically.
-
-    NaN pairs are left out. Returns the :func:`agreement` statistics shown on the plot.
-    """
-    from matplotlib.figure import Figure  # no pyplot: works with any backend, no global state
-
-    from cardigan_tf.files import atomic_path
-
-    p = np.asarray(pred, dtype=np.float64).ravel()
-    r = np.asarray(ref, dtype=np.float64).ravel()
-    stats = agreement(p, r)
-    keep = np.isfinite(p) & np.isfinite(r)
-    p, r = p[keep], r[keep]
-    fig = Figure(figsize=(5, 4), dpi=100)
-    ax = fig.add_subplot(1, 1, 1)
-    ax.scatter((p + r) / 2, p - r, s=12, alpha=0.7)
-    suffix = f" ({unit})" if unit else ""
-    if stats["n"]:
-        ax.axhline(stats["bias"], color="k", lw=1, label=f"bias {stats['bias']:.2f}")
-    if stats["n"] >= 2:
-        for sign in (-1, 1):
-            lim = stats["bias"] + sign * 1.96 * stats["sd"]
-            ax.axhline(lim, color="k", lw=1, ls="--")
-        ax.plot([], [], "k--", lw=1, label=f"±1.96 SD ({1.96 * stats['sd']:.2f})")
-        ax.legend(loc="best", fontsize=8)
-    ax.set_xlabel(f"mean of prediction and reference{suffix}")
-    ax.set_ylabel(f"prediction - reference{suffix}")
-    ax.set_title(f"{title} (n={stats['n']}, r={stats['corr']:.3f})")
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
-    return stats

@@ -56,6 +56,8 @@ class GeneratorConfig:
     spectral: bool = True
     hidden: int = 128
     init_gain: float = 0.02
+    #: SPADE gamma and beta as one convolution of 2C outputs (same mathematics and weights).
+    fused_spade: bool = True
 
     def validate(self) -> None:
         if self.num_upsampling_layers not in UPSAMPLING:
@@ -101,7 +103,7 @@ def build_generator(cfg: GeneratorConfig | None = None, name: str = "generator")
 
     def block(fout, block_name):
         return SPADEResBlock(fout, norm=cfg.norm, spectral=cfg.spectral, hidden=cfg.hidden,
-                             init_gain=cfg.init_gain, name=block_name)
+                             init_gain=cfg.init_gain, fused=cfg.fused_spade, name=block_name)
 
     n_up = 0
 

@@ -292,18 +292,18 @@ def test_fused_gamma_beta_equals_two_convs(rng, norm, tmp_path):
     gamma, beta = (np.asarray(t) for t in fused.gamma_beta(actv))
     np.testing.assert_allclose(gamma, np.asarray(unfused.mlp_gamma(actv)), atol=1e-5)
     np.testing.assert_allclose(beta, np.asarray(unfused.mlp_beta(actv)), atol=1e-5)
-    assert SPADE.from_config(fused.get_config()).fused and not SPADEResBlock(4, fused=False).fused
+    assert SPADE.from_config(fused.get_config()).fused and not SPADEResBlock(4).fused
 
 
 def test_unfused_generator_weights_load_into_fused(rng, tmp_path):
-    """A generator saved before the fused SPADE (fused_spade=False) loads into the default one
-    and gives the same images."""
+    """A generator saved with two gamma/beta convs (fused_spade=False, the default) loads into
+    a fused one and gives the same images."""
     from cardigan_tf.models.generator import GeneratorConfig, build_generator
 
     old = build_generator(GeneratorConfig(size=32, ngf=2, hidden=4, init_gain=1.0, fused_spade=False))
     path = tmp_path / "old.weights.h5"
     old.save_weights(path)
-    new = build_generator(GeneratorConfig(size=32, ngf=2, hidden=4, init_gain=1.0))
+    new = build_generator(GeneratorConfig(size=32, ngf=2, hidden=4, init_gain=1.0, fused_spade=True))
     new.load_weights(path)
     m = onehot(rng.integers(0, 4, (2, 32, 32)))
     np.testing.assert_allclose(np.asarray(new(m, training=False)), np.asarray(old(m, training=False)),

@@ -95,7 +95,7 @@ def _build(size, ngf, ndf, z_dim=256, label_nc=4):
     widths = [16 * ngf, 16 * ngf, 16 * ngf, 16 * ngf, 8 * ngf, 4 * ngf, 2 * ngf]
     for fin, fout in zip(widths, widths[1:]):
         x = layers.UpSampling2D(2)(ResBlock(fin, fout)(x, mask))
-    x = layers.Conv2D(1, 4, padding="same")(tf.nn.leaky_relu(x, 0.2))
+    x = layers.Conv2D(1, 4, padding="same")(layers.LeakyReLU(0.2)(x))
     generator = keras.Model([z, mask], layers.Activation("tanh")(x))
 
     d_mask = keras.Input((size, size, label_nc))

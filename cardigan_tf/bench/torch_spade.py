@@ -171,7 +171,7 @@ def run_bench(size=256, ngf=48, ndf=48, batch=4, steps=3, warmup=1, threads=2, n
         d_loss = sum(F.relu(1 - r[-1]).mean() + F.relu(1 + f[-1]).mean() for f, r in zip(pf, pr)) / len(pf)
         d_loss.backward()
         opt_d.step()
-        return float(g_loss), float(d_loss)
+        return float(g_loss.detach()), float(d_loss.detach())
 
     g.train()
     d.train()

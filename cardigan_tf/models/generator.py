@@ -56,8 +56,9 @@ class GeneratorConfig:
     spectral: bool = True
     hidden: int = 128
     init_gain: float = 0.02
-    #: SPADE gamma and beta as one convolution of 2C outputs (same mathematics and weights).
-    fused_spade: bool = True
+    #: SPADE gamma and beta as one convolution of 2C outputs (same mathematics and weights;
+    #: off: slower on the project's CPU, see docs/bench_gan.md).
+    fused_spade: bool = False
 
     def validate(self) -> None:
         if self.num_upsampling_layers not in UPSAMPLING:

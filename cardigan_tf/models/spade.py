@@ -98,7 +98,9 @@ class SPADE(layers.Layer):
             start near 0, so SPADE starts close to the plain normalisation).
         fused: compute gamma and beta with ONE 3x3 convolution of 2C outputs whose kernel
             and bias are the concatenation of ``mlp_gamma``'s and ``mlp_beta``'s (same
-            mathematics, same weights and checkpoints; only faster). False: two convs.
+            mathematics, same weights and checkpoints). Off by default: on the 2-core
+            Sapphire Rapids CPU it made the cardigan step slower (11.5 vs 10.9 s), see
+            docs/bench_gan.md. False: two convs.
 
     Call: ``call(x, segmap, training=None)``; x (B, h, w, C), segmap (B, H, W, K) one-hot
     float -> (B, h, w, C).  Sub-layers: ``param_free_norm``, ``mlp_shared``, ``mlp_gamma``,
@@ -106,7 +108,7 @@ class SPADE(layers.Layer):
     """
 
     def __init__(self, norm="batch", hidden=128, kernel_size=3, epsilon=1e-5, momentum=0.9,
-                 sync=True, init_gain=0.02, fused=True, **kwargs):
+                 sync=True, init_gain=0.02, fused=False, **kwargs):
         super().__init__(**kwargs)
         self.norm = _check_norm(norm)
         self.fused = bool(fused)
@@ -164,8 +166,8 @@ class SPADE(layers.Layer):
         bias = ops.concatenate([ops.cast(self.mlp_gamma.bias, dtype),
                                 ops.cast(self.mlp_beta.bias, dtype)], axis=-1)
         both = ops.conv(actv, kernel, strides=1, padding="same") + bias
-        channels = self.mlp_gamma.filters
-        return both[..., :channels], both[..., channels:]
+        gamma, beta = ops.split(both, 2, axis=-1)  # gradient: one concat (slices cost more)
+        return gamma, beta
 
     def compute_output_shape(self, x_shape, segmap_shape):
         return tuple(x_shape)
@@ -211,7 +213,7 @@ class SPADEResBlock(layers.Layer):
     (B, h, w, fout).  Sub-layers: ``norm_0, conv_0, norm_1, conv_1`` (+ ``norm_s, conv_s``).
     """
 
-    def __init__(self, fout, norm="batch", spectral=True, hidden=128, init_gain=0.02, fused=True,
+    def __init__(self, fout, norm="batch", spectral=True, hidden=128, init_gain=0.02, fused=False,
                  **kwargs):
         super().__init__(**kwargs)
         self.fout = int(fout)

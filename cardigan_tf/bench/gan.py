@@ -180,6 +180,13 @@ def _fwd_bwd(f, weights):
     return run
 
 
+def _modulate(normalized, gamma, beta):
+    from keras import ops
+
+    gamma, beta = ops.cast(gamma, normalized.dtype), ops.cast(beta, normalized.dtype)
+    return normalized * (1.0 + gamma) + beta
+
+
 def breakdown(gan, image, mask, reps=2) -> dict:
     """Seconds of the parts of one train step, each timed alone (forward + backward).
 
@@ -239,7 +246,7 @@ def breakdown(gan, image, mask, reps=2) -> dict:
             xin = tf.constant(rng.normal(size=(batch, h, w, ch)).astype("float32"))
             gb = tf.constant(rng.normal(size=(batch, h, w, ch)).astype("float32"))
             parts["spade_norm_modulate"] += _time(_fwd_bwd(
-                lambda t, gm, bt, sp=sp: sp.param_free_norm(t, training=True) * (1.0 + gm) + bt, []),
+                lambda t, gm, bt, sp=sp: _modulate(sp.param_free_norm(t, training=True), gm, bt), []),
                 (xin, gb, gb), reps)
         for conv, ch in convs:
             xin = tf.constant(rng.normal(size=(batch, xs[1], xs[2], ch)).astype("float32"))

@@ -56,6 +56,9 @@ class GeneratorConfig:
     spectral: bool = True
     hidden: int = 128
     init_gain: float = 0.02
+    #: SPADE gamma and beta as one convolution of 2C outputs (same mathematics and weights;
+    #: off: slower on the project's CPU, see docs/bench_gan.md).
+    fused_spade: bool = False
 
     def validate(self) -> None:
         if self.num_upsampling_layers not in UPSAMPLING:
@@ -101,7 +104,7 @@ def build_generator(cfg: GeneratorConfig | None = None, name: str = "generator")
 
     def block(fout, block_name):
         return SPADEResBlock(fout, norm=cfg.norm, spectral=cfg.spectral, hidden=cfg.hidden,
-                             init_gain=cfg.init_gain, name=block_name)
+                             init_gain=cfg.init_gain, fused=cfg.fused_spade, name=block_name)
 
     n_up = 0
 

@@ -96,6 +96,11 @@ class SPADE(layers.Layer):
         sync: synchronise batch statistics across replicas (ignored off TensorFlow).
         init_gain: xavier-normal gain of the conv kernels (0.02 as NVIDIA: gamma and beta
             start near 0, so SPADE starts close to the plain normalisation).
+        fused: compute gamma and beta with ONE 3x3 convolution of 2C outputs whose kernel
+            and bias are the concatenation of ``mlp_gamma``'s and ``mlp_beta``'s (same
+            mathematics, same weights and checkpoints). Off by default: on the 2-core
+            Sapphire Rapids CPU it made the cardigan step slower (11.5 vs 10.9 s), see
+            docs/bench_gan.md. False: two convs.
 
     Call: ``call(x, segmap, training=None)``; x (B, h, w, C), segmap (B, H, W, K) one-hot
     float -> (B, h, w, C).  Sub-layers: ``param_free_norm``, ``mlp_shared``, ``mlp_gamma``,
@@ -103,9 +108,10 @@ class SPADE(layers.Layer):
     """
 
     def __init__(self, norm="batch", hidden=128, kernel_size=3, epsilon=1e-5, momentum=0.9,
-                 sync=True, init_gain=0.02, **kwargs):
+                 sync=True, init_gain=0.02, fused=False, **kwargs):
         super().__init__(**kwargs)
         self.norm = _check_norm(norm)
+        self.fused = bool(fused)
         self.hidden = int(hidden)
         self.kernel_size = int(kernel_size)
         self.epsilon = float(epsilon)
@@ -146,10 +152,22 @@ class SPADE(layers.Layer):
         if tuple(segmap.shape[1:3]) != size:
             segmap = ops.image.resize(segmap, size, interpolation="nearest")
         actv = self.mlp_shared(segmap)
-        gamma = self.mlp_gamma(actv)
-        beta = self.mlp_beta(actv)
+        gamma, beta = self.gamma_beta(actv)
         normalized = ops.cast(normalized, gamma.dtype)
         return normalized * (1.0 + gamma) + beta
+
+    def gamma_beta(self, actv):
+        """(gamma, beta), each (B, h, w, C), from the shared activation (B, h, w, hidden)."""
+        if not self.fused:
+            return self.mlp_gamma(actv), self.mlp_beta(actv)
+        dtype = actv.dtype
+        kernel = ops.concatenate([ops.cast(self.mlp_gamma.kernel, dtype),
+                                  ops.cast(self.mlp_beta.kernel, dtype)], axis=-1)
+        bias = ops.concatenate([ops.cast(self.mlp_gamma.bias, dtype),
+                                ops.cast(self.mlp_beta.bias, dtype)], axis=-1)
+        both = ops.conv(actv, kernel, strides=1, padding="same") + bias
+        gamma, beta = ops.split(both, 2, axis=-1)  # gradient: one concat (slices cost more)
+        return gamma, beta
 
     def compute_output_shape(self, x_shape, segmap_shape):
         return tuple(x_shape)
@@ -157,7 +175,8 @@ class SPADE(layers.Layer):
     def get_config(self):
         return {**super().get_config(), "norm": self.norm, "hidden": self.hidden,
                 "kernel_size": self.kernel_size, "epsilon": self.epsilon,
-                "momentum": self.momentum, "sync": self.sync, "init_gain": self.init_gain}
+                "momentum": self.momentum, "sync": self.sync, "init_gain": self.init_gain,
+                "fused": self.fused}
 
 
 def sn_conv(filters, kernel_size, spectral, name, dtype=None, use_bias=True, strides=1,
@@ -188,14 +207,17 @@ class SPADEResBlock(layers.Layer):
         spectral: spectral normalisation on the convs.
         hidden: SPADE shared-conv channels (128).
         init_gain: xavier-normal gain of all conv kernels (0.02).
+        fused: SPADE's fused gamma/beta convolution (same mathematics; see :class:`SPADE`).
 
     Call: ``call(x, segmap, training=None)``; x (B, h, w, fin), segmap (B, H, W, K) ->
     (B, h, w, fout).  Sub-layers: ``norm_0, conv_0, norm_1, conv_1`` (+ ``norm_s, conv_s``).
     """
 
-    def __init__(self, fout, norm="batch", spectral=True, hidden=128, init_gain=0.02, **kwargs):
+    def __init__(self, fout, norm="batch", spectral=True, hidden=128, init_gain=0.02, fused=False,
+                 **kwargs):
         super().__init__(**kwargs)
         self.fout = int(fout)
+        self.fused = bool(fused)
         self.norm = _check_norm(norm)
         self.spectral = bool(spectral)
         self.hidden = int(hidden)
@@ -210,7 +232,8 @@ class SPADEResBlock(layers.Layer):
         dt, g = self.dtype_policy, self.init_gain
 
         def spade(name):
-            return SPADE(self.norm, self.hidden, init_gain=self.init_gain, dtype=dt, name=name)
+            return SPADE(self.norm, self.hidden, init_gain=self.init_gain, fused=self.fused,
+                         dtype=dt, name=name)
 
         self.norm_0 = spade("norm_0")
         self.norm_0.build(x_shape, segmap_shape)
@@ -249,4 +272,5 @@ class SPADEResBlock(layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "fout": self.fout, "norm": self.norm,
-                "spectral": self.spectral, "hidden": self.hidden, "init_gain": self.init_gain}
+                "spectral": self.spectral, "hidden": self.hidden, "init_gain": self.init_gain,
+                "fused": self.fused}

@@ -45,6 +45,7 @@ class GanModelConfig:
     spectral: bool = True
     hidden: int = 128
     num_classes: int = NUM_CLASSES
+    fused_spade: bool = False  # gamma and beta as one 2C-output conv (same maths; slower on CPU here)
 
     def validate(self) -> None:
         if self.style not in STYLES:
@@ -193,7 +194,7 @@ def network_configs(model: GanModelConfig | str, **overrides):
         m = dataclasses.replace(m, **overrides)
     g = GeneratorConfig(size=m.size, ngf=m.ngf, num_classes=m.num_classes,
                         num_upsampling_layers=m.num_upsampling_layers, style=m.style, z_dim=m.z_dim,
-                        norm=m.norm, spectral=m.spectral, hidden=m.hidden)
+                        norm=m.norm, spectral=m.spectral, hidden=m.hidden, fused_spade=m.fused_spade)
     d = DiscriminatorConfig(ndf=m.ndf, num_D=m.num_D, n_layers=m.n_layers, num_classes=m.num_classes,
                             spectral=m.spectral, norm=m.d_norm, size=m.size)
     e = EncoderConfig(size=m.size, nef=m.nef, z_dim=m.z_dim, spectral=m.spectral)

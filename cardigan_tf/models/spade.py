@@ -182,7 +182,16 @@ class SPADE(layers.Layer):
 def sn_conv(filters, kernel_size, spectral, name, dtype=None, use_bias=True, strides=1,
             init_gain=0.02):
     """Conv2D ("same" padding), wrapped in SpectralNormalization named ``name`` when
-    ``spectral`` (the inner conv is then ``name + "_conv"``)."""
+    ``spectral`` (the inner conv is then ``name + "_conv"``).
+
+    Note: ``keras.layers.SpectralNormalization`` does not differentiate through sigma. On each
+    training call it estimates sigma by one power iteration and *assigns* W / sigma to the inner
+    kernel variable; the convolution then uses that variable, so the gradient is taken with
+    respect to the normalised kernel as if sigma were a constant. PyTorch's
+    ``torch.nn.utils.spectral_norm`` (NVIDIA's SPADE) keeps the raw W as the parameter and
+    back-propagates through W / sigma(W) (u and v held fixed), which adds the term that comes
+    from sigma's dependence on W. Forward passes agree; gradients, and so training, differ.
+    """
     conv = layers.Conv2D(filters, kernel_size, strides=strides, padding="same",
                          use_bias=use_bias, kernel_initializer=xavier(init_gain), dtype=dtype,
                          name=name if not spectral else f"{name}_conv")

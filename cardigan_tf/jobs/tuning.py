@@ -378,11 +378,22 @@ def check_inputs(cfg: TuneConfig) -> None:
     from cardigan_tf.data.synthetic import check_synthetic_set
 
     cfg.validate()
+    check_tuner_available(cfg.tuner)
     check_data(cfg.seg.data.data, "--data")
     if cfg.seg.data.synthetic:
         data = cfg.seg.data.data
         ready = data and Path(data).is_file() and is_h5_layout(data)
         check_synthetic_set(cfg.seg.data.synthetic, data if ready else None, size=cfg.seg.data.size)
+
+
+def check_tuner_available(tuner: str) -> None:
+    """ConfigError when a tuner's optional dependency is missing (bayesian: scikit-learn)."""
+    if tuner == "bayesian":
+        import importlib.util
+
+        if importlib.util.find_spec("sklearn") is None:
+            raise ConfigError("tuner: bayesian needs scikit-learn (pip install scikit-learn, or "
+                              "keras-tuner[bayesian]); use --tuner hyperband or random without it")
 
 
 def _remove_tuning_folder(path: Path) -> None:

@@ -235,6 +235,12 @@ def test_synthetic_set_of_another_size_or_from_held_out_patients_is_refused(phan
         rc, err = _cli(["--data", phantom, "--synthetic", bad, "--dir", out, *[a for t in TINY for a in ("--set", t)]],
                        capsys)
         assert rc == 2 and expected in err and not out.exists(), err
+    # built-in phantom: its patients are known once it is written; still refused before training,
+    # and the new folder is removed again (the same seed, size and count give the fixture's patients)
+    out = tmp_path / "tune-phantom"
+    rc, err = _cli(["--synthetic", leaked, "--dir", out, "--set", "seg.data.n_phantom=10",
+                    *[a for t in TINY for a in ("--set", t)]], capsys)
+    assert rc == 2 and "held-out patients" in err and splits["valid"][0] in err and not out.exists(), err
 
 
 def test_existing_tuning_folder_needs_overwrite_or_resume(phantom, tmp_path, capsys):

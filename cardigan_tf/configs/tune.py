@@ -37,7 +37,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from cardigan_tf.config import ConfigError, load_config, load_yaml, parse_override, to_dict
+from cardigan_tf.config import ConfigError, load_config, load_yaml, parse_override
 from cardigan_tf.configs.seg import SegConfig, STRATEGIES
 from cardigan_tf.configs.seg import preset_config as seg_preset_config
 from cardigan_tf.data.augment import AugmentConfig
@@ -413,4 +413,4 @@ def space_table(cfg: TuneConfig) -> list[dict[str, Any]]:
 
 
 __all__ = ["TuneConfig", "ParamSpec", "Parameter", "PARAMETERS", "OBJECTIVES", "TUNERS", "default_space",
-           "apply_values", "scale_augment", "build_tune_config", "space_table", "to_dict"]
+           "apply_values", "scale_augment", "build_tune_config", "space_table"]

@@ -58,31 +58,22 @@ def resolve_run_data(cfg: SegConfig, run_dir: Path) -> Path:
 
 def check_inputs(cfg: SegConfig) -> None:
     """Everything that can be checked before a run folder is created (raises ConfigError /
-    DataError): the config, the data and the synthetic set."""
+    DataError): the config, the data and the synthetic set (its size, and, when the data is
+    already a prepared file, that it was not made from validation or test patients)."""
     from cardigan_tf.data.source import check_data
+    from cardigan_tf.data.synthetic import check_synthetic_set
 
     cfg.validate()
     check_data(cfg.data.data, "data.data")
     if cfg.data.synthetic:
-        syn = Path(cfg.data.synthetic)
-        from cardigan_tf.data.h5layout import is_h5_layout
-        from cardigan_tf.data.sample import DataError
-
-        if not syn.exists():
-            raise DataError(syn, "data.synthetic: does not exist (expected a synthetic seed-layout .h5)")
-        if syn.is_file() and not is_h5_layout(syn):
-            raise DataError(syn, "data.synthetic: not an HDF5 file in the seed layout")
+        data = cfg.data.data
+        prepared = data if data and Path(data).is_file() else None
+        check_synthetic_set(cfg.data.synthetic, prepared, size=cfg.data.size)
 
 
-def _schedule(cfg: SegTrainConfig, total_steps: int):
-    import keras
-
-    if cfg.schedule == "cosine":
-        return keras.optimizers.schedules.CosineDecay(cfg.lr, decay_steps=max(1, total_steps), alpha=0.01)
-    return cfg.lr
-
-
-def _compile(model, cfg: SegConfig, total_steps: int, jit: bool):
+def compile_unet(model, cfg: SegConfig, total_steps: int, jit: bool):
+    """Compile a U-Net for ``cfg``: AdamW with its schedule, Dice + CE loss (with deep
+    supervision weights), per-structure Dice metrics; build the optimizer."""
     import keras
 
     from cardigan_tf.losses.segmentation import DiceCELoss
@@ -130,7 +121,19 @@ def train_seg(cfg: SegConfig | None, run_dir: str | Path | None = None, resume: 
         if cfg is None:
             raise ValueError("train_seg: give a config or resume=RUN_DIR")
         check_inputs(cfg)
+        created = run_dir is None or not Path(run_dir).exists()
         run_dir = create_run("seg", cfg, runs_dir=runs_dir, run_dir=run_dir, name=name or cfg.name)
+        if cfg.data.synthetic:  # the patient check needs the resolved data (phantom, CAMUS folder)
+            from cardigan_tf.data.synthetic import check_synthetic_set
+
+            try:
+                check_synthetic_set(cfg.data.synthetic, resolve_run_data(cfg, run_dir), size=cfg.data.size)
+            except Exception:
+                if created:
+                    import shutil
+
+                    shutil.rmtree(run_dir, ignore_errors=True)
+                raise
 
     runtime.set_precision(cfg.train.precision)
     import keras
@@ -157,7 +160,7 @@ def train_seg(cfg: SegConfig | None, run_dir: str | Path | None = None, resume: 
 
     with strategy.scope():
         model = build_unet(cfg.model)
-        _compile(model, cfg, steps * t.epochs, jit)
+        compile_unet(model, cfg, steps * t.epochs, jit)
     n_out = len(model.outputs)
     if n_out > 1:
         train_ds = train_ds.map(lambda x, y: (x, (y,) * n_out))

@@ -197,7 +197,7 @@ class UNetHyperModel(_hypermodel_base()):
     def build(self, hp):
         import keras
 
-        from cardigan_tf.jobs.seg import _compile
+        from cardigan_tf.jobs.seg import compile_unet
         from cardigan_tf.models.unet import build_unet
 
         seg = self.seg_config(hp)
@@ -205,7 +205,7 @@ class UNetHyperModel(_hypermodel_base()):
         model = build_unet(seg.model)
         # the schedule spans the longest trial (Hyperband continues shorter ones), as train seg's
         # spans its run: a random/bayesian trial of max_epochs == seg.train.epochs matches a run exactly
-        _compile(model, seg, self.steps * self.cfg.max_epochs, self.jit)
+        compile_unet(model, seg, self.steps * self.cfg.max_epochs, self.jit)
         return model
 
     def fit(self, hp, model, *args, callbacks=None, epochs=None, initial_epoch=0, verbose=None, **kwargs):

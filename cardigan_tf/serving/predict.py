@@ -449,7 +449,7 @@ def predict_files(backend, inputs, out: str | Path, overwrite: bool = False, pro
                     record.update(mask=mask, spacing=image.spacing)
             except (DataError, ServingError) as exc:
                 msg = str(exc)
-                if isinstance(exc, ServingError) and str(item.path) not in msg:
+                if str(item.path) not in msg:
                     msg = f"{item.path}: {msg}"
                 row["error"] = msg
                 bar.write(f"skipped {msg}", file=stderr)

@@ -38,7 +38,7 @@ from typing import Any
 
 import numpy as np
 
-from cardigan_tf.serving.errors import ServingError, ServingRequestError, ServingUnavailableError
+from cardigan_tf.serving.errors import ServingRequestError, ServingUnavailableError
 
 __all__ = ["RestClient", "DTYPES", "encode_value", "decode_value", "signature_io"]
 

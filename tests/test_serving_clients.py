@@ -242,3 +242,31 @@ def test_rest_retries_503_then_succeeds(export):
         with pytest.raises(ServingUnavailableError) as err:
             client.predict({"image": x})
         assert err.value.status == "HTTP 503" and err.value.attempts == 2 and "not ready" in err.value.message
+
+
+@pytest.fixture
+def silent_port():
+    """A listening socket that accepts connections and never answers."""
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    s.listen(8)
+    yield s.getsockname()[1]
+    s.close()
+
+
+def test_timeouts_are_retried_then_reported(silent_port):
+    from cardigan_tf.serving.client_grpc import RETRY_CODES, GrpcClient
+    from cardigan_tf.serving.client_rest import RestClient
+    from cardigan_tf.serving.errors import ServingUnavailableError
+
+    rest = RestClient(f"http://127.0.0.1:{silent_port}", "seg", timeout=0.2, retries=1, backoff=0.01)
+    sleeps = []
+    rest._sleep = sleeps.append
+    with pytest.raises(ServingUnavailableError) as err:
+        rest.status()
+    assert err.value.attempts == 2 and sleeps == [0.01] and "timed out" in err.value.message
+    with GrpcClient(f"127.0.0.1:{silent_port}", "seg", timeout=0.3, retries=1, backoff=0.01) as client:
+        client._sleep = sleeps.append
+        with pytest.raises(ServingUnavailableError) as err:
+            client.status()
+    assert err.value.attempts == 2 and err.value.status in RETRY_CODES

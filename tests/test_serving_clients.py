@@ -82,6 +82,9 @@ def test_grpc_predict_equals_direct_savedmodel_call(export, servers, signature, 
     with GrpcClient(servers[0].target, "seg") as client:
         _assert_same(client.predict({"image": x}, signature), _direct(model, x, signature))
         _assert_same(client.predict(x[..., None], signature), _direct(model, x[..., None], signature))  # bare array
+        only = client.predict({"image": x}, signature, output_filter=["mask"])
+        assert list(only) == ["mask"]
+        np.testing.assert_array_equal(only["mask"], _direct(model, x, signature)["mask"])
         v1 = GrpcClient(servers[0].target, "seg", version=1)
         _assert_same(v1.predict({"image": x}, signature), _direct(model, x, signature))
         v1.close()

@@ -115,9 +115,11 @@ class GrpcClient:
         raise ServingUnavailableError(f"{self.where} ({what})", last[1], status=last[0], attempts=attempts)
 
     # ------------------------------------------------------------------ API
-    def predict(self, inputs, signature_name: str = "serving_default") -> dict[str, np.ndarray]:
+    def predict(self, inputs, signature_name: str = "serving_default",
+                output_filter: list[str] | None = None) -> dict[str, np.ndarray]:
         """Run a signature. ``inputs``: ``{name: array}``, or one array for a single-input
-        signature (its input name is read from the metadata). Returns ``{output: array}``."""
+        signature (its input name is read from the metadata). ``output_filter``: only these
+        outputs (default all). Returns ``{output: array}``."""
         import tensorflow as tf
         from tensorflow_serving.apis import predict_pb2
 
@@ -130,6 +132,7 @@ class GrpcClient:
         self._spec(request.model_spec, signature_name)
         for name, value in inputs.items():
             request.inputs[name].CopyFrom(tf.make_tensor_proto(np.asarray(value)))
+        request.output_filter.extend(output_filter or [])
         response = self._call(self._predict.Predict, request, "Predict")
         return {name: tf.make_ndarray(proto) for name, proto in response.outputs.items()}
 

@@ -122,8 +122,8 @@ class _Remote:
         return self.client.signature(signature_name)
 
     def predict(self, inputs, signature_name: str = "serving_default"):
-        if self.fmt is None:
-            return self.client.predict(inputs, signature_name)
+        if self.fmt is None:  # gRPC: fetch the mask only (the probabilities are 16 bytes a pixel)
+            return self.client.predict(inputs, signature_name, output_filter=["mask"])
         return self.client.predict(inputs, signature_name, fmt=self.fmt)
 
     def __repr__(self) -> str:

@@ -1,0 +1,462 @@
+"""Segment image files with a local or served model (library of ``python -m cardigan_tf.predict``).
+
+- :func:`open_backend`: ``EXPORT_DIR`` (``BASE/NAME`` or ``BASE/NAME/VERSION``), ``RUN_DIR`` (a
+  seg run folder), ``http://host:port/NAME[/versions/N]`` (REST) or
+  ``grpc://host:port/NAME[/versions/N]`` -> an object with ``predict({"image": x})``
+  (:mod:`cardigan_tf.serving.local`, :mod:`~cardigan_tf.serving.client_rest`,
+  :mod:`~cardigan_tf.serving.client_grpc`). Segmentation models only: a GAN export is refused.
+- :func:`collect_inputs`: image files (.mhd/.mha, .nii/.nii.gz, .png, .npy) and CAMUS patient
+  folders (``patientXXXX/patientXXXX_{2CH,4CH}_{ED,ES}.{mhd,nii.gz}``; ``*_gt`` and sequences
+  are skipped), or a folder of patient folders.
+- :func:`predict_files`: one mask per image in the input's format, size and geometry
+  (MetaImage / NIfTI keep ElementSpacing, origin and direction), ``<stem>_mask.<ext>`` plus
+  ``<stem>_overlay.png`` (patient folders mirrored under the output), ``predictions.csv`` (every
+  input: output, status, error) and ``clinical.csv`` (EDV, ESV, EF per patient whose four
+  2CH/4CH ED/ES frames were given; Simpson biplane on the LV cavity, label 1, with each frame's
+  spacing). A bad file is reported and skipped; the output folder appears only when complete.
+
+Images are sent to the model as float32 in [0, 1] (8-bit data divided by 255) through the
+``serving_default`` signature; the masks come back at the input's size.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import re
+import shutil
+import sys
+import tempfile
+import urllib.parse
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cardigan_tf.data.sample import DataError
+from cardigan_tf.files import atomic_path, atomic_write_text, refuse_overwrite
+from cardigan_tf.labels import LV, PHASES, VIEWS
+from cardigan_tf.serving.errors import ServingError
+
+__all__ = ["open_backend", "collect_inputs", "read_input", "write_mask", "predict_files", "InputFile",
+           "PredictResult", "FORMATS"]
+
+#: input extensions (lower case) -> output extension of the mask
+FORMATS = {".mhd": ".mhd", ".mha": ".mha", ".nii.gz": ".nii.gz", ".nii": ".nii", ".png": ".png", ".npy": ".npy"}
+FRAME_RE = re.compile(r"^(?P<patient>patient\d+)_(?P<view>2CH|4CH)_(?P<phase>ED|ES)$", re.IGNORECASE)
+PATIENT_EXTS = (".mhd", ".nii.gz", ".nii", ".mha")
+PREDICTION_FIELDS = ["input", "output", "overlay", "status", "error", "patient", "view", "phase", "rows", "cols",
+                     "spacing_row_mm", "spacing_col_mm"]
+CLINICAL_FIELDS = ["patient", "edv_ml", "esv_ml", "ef_percent", "reason"]
+
+
+# ============================================================================ backends
+def _remote_spec(spec: str) -> tuple[str, str, str, int | None]:
+    """``scheme://host:port/NAME[/versions/N]`` -> (scheme, host:port, name, version)."""
+    parsed = urllib.parse.urlparse(spec)
+    parts = [p for p in parsed.path.split("/") if p]
+    version = None
+    if len(parts) == 3 and parts[1] == "versions" and parts[2].isdigit():
+        version = int(parts[2])
+        parts = parts[:1]
+    if not parsed.netloc or len(parts) != 1 or parsed.port is None:
+        raise ValueError(f"--model {spec}: expected {parsed.scheme}://host:port/NAME[/versions/N]")
+    return parsed.scheme, parsed.netloc, parts[0], version
+
+
+def open_backend(spec: str, timeout: float = 10.0, retries: int = 3, fmt: str = "columns"):
+    """A segmentation backend for ``spec`` (see the module doc), checked to be one.
+
+    Raises ValueError (not a model / not a segmentation model), FileNotFoundError,
+    :class:`~cardigan_tf.runs.RunError` or :class:`~cardigan_tf.serving.errors.ServingError`
+    (a server unreachable or without the model)."""
+    if re.match(r"^[a-z]+://", spec):
+        scheme, netloc, name, version = _remote_spec(spec)
+        if scheme in ("http", "https"):
+            from cardigan_tf.serving.client_rest import RestClient
+
+            client = RestClient(f"{scheme}://{netloc}", name, version, timeout=timeout, retries=retries)
+            backend = _Remote(client, fmt, spec)
+        elif scheme == "grpc":
+            from cardigan_tf.serving.client_grpc import GrpcClient
+
+            backend = _Remote(GrpcClient(netloc, name, version, timeout=timeout, retries=retries), None, spec)
+        else:
+            raise ValueError(f"--model {spec}: unknown scheme {scheme!r} (expected http://, https:// or grpc://)")
+        _check_segmentation(backend.signature("serving_default")["inputs"], spec)
+        return backend
+    path = Path(spec)
+    if not path.exists():
+        raise FileNotFoundError(f"--model {spec}: no such export or run folder")
+    if (path / "config.yaml").is_file():
+        from cardigan_tf.serving.local import RunBackend
+
+        return RunBackend(path)
+    from cardigan_tf.serving.local import SavedModelBackend, export_metadata, resolve_export
+
+    version_dir = resolve_export(path)
+    kind = export_metadata(version_dir).get("kind")
+    if kind is not None and kind != "seg":
+        raise ValueError(f"--model {spec}: a {kind!r} export; predict segments images and needs a segmentation "
+                         "export (kind 'seg')")
+    backend = SavedModelBackend(version_dir)
+    _check_segmentation(backend.signature("serving_default")["inputs"], spec)
+    return backend
+
+
+def _check_segmentation(inputs: dict, spec: str) -> None:
+    if set(inputs) != {"image"}:
+        what = "a GAN (its input is a mask)" if "mask" in inputs else f"a model with inputs {sorted(inputs)}"
+        raise ValueError(f"--model {spec}: {what}; predict needs a segmentation model (input 'image')")
+
+
+class _Remote:
+    """A client with the backends' ``predict(inputs, signature_name)`` call."""
+
+    def __init__(self, client, fmt: str | None, where: str):
+        self.client, self.fmt, self.where = client, fmt, where
+
+    def signature(self, signature_name: str = "serving_default"):
+        return self.client.signature(signature_name)
+
+    def predict(self, inputs, signature_name: str = "serving_default"):
+        if self.fmt is None:  # gRPC: fetch the mask only (the probabilities are 16 bytes a pixel)
+            return self.client.predict(inputs, signature_name, output_filter=["mask"])
+        return self.client.predict(inputs, signature_name, fmt=self.fmt)
+
+    def __repr__(self) -> str:
+        return repr(self.client)
+
+
+# ============================================================================ inputs
+@dataclass
+class InputFile:
+    """One image to segment and where its outputs go (``subdir`` under the output folder)."""
+
+    path: Path
+    ext: str
+    stem: str
+    subdir: str = ""
+    patient: str | None = None
+    view: str | None = None
+    phase: str | None = None
+
+    @property
+    def mask_name(self) -> str:
+        return f"{self.stem}_mask{FORMATS[self.ext]}"
+
+    @property
+    def overlay_name(self) -> str:
+        return f"{self.stem}_overlay.png"
+
+
+def _ext(path: Path) -> str | None:
+    name = path.name.lower()
+    for ext in sorted(FORMATS, key=len, reverse=True):
+        if name.endswith(ext):
+            return ext
+    return None
+
+
+def _item(path: Path, subdir: str = "") -> InputFile:
+    ext = _ext(path)
+    if ext is None:
+        raise DataError(path, f"unsupported file type (expected one of {', '.join(FORMATS)}, or a CAMUS patient folder)")
+    stem = path.name[: -len(ext)]
+    m = FRAME_RE.match(stem)
+    frame = {} if m is None else {"patient": m["patient"].lower(), "view": m["view"].upper(), "phase": m["phase"].upper()}
+    return InputFile(path=path, ext=ext, stem=stem, subdir=subdir, **frame)
+
+
+def _patient_frames(folder: Path) -> list[Path]:
+    """The ED/ES frames of one CAMUS patient folder (one format per frame, MetaImage first)."""
+    out = []
+    for view in VIEWS:
+        for phase in PHASES:
+            for ext in PATIENT_EXTS:
+                f = folder / f"{folder.name}_{view}_{phase}{ext}"
+                if f.is_file():
+                    out.append(f)
+                    break
+    return out
+
+
+def collect_inputs(paths) -> list[InputFile]:
+    """Expand ``paths`` (files, patient folders, folders of patient folders) into inputs.
+
+    Raises FileNotFoundError for a missing path and DataError for an unsupported file or a
+    folder without CAMUS frames; nothing is read here."""
+    items: list[InputFile] = []
+    for p in map(Path, paths):
+        if not p.exists():
+            raise FileNotFoundError(f"{p}: no such file or folder")
+        if p.is_file():
+            items.append(_item(p))
+            continue
+        frames = _patient_frames(p)
+        if frames:
+            items.extend(_item(f, p.name) for f in frames)
+            continue
+        patients = [d for d in sorted(p.iterdir()) if d.is_dir() and _patient_frames(d)]
+        if not patients:
+            raise DataError(p, "a folder without CAMUS frames (expected patientXXXX_{2CH,4CH}_{ED,ES}.mhd or "
+                               ".nii.gz files, or patient folders holding them)")
+        for d in patients:
+            items.extend(_item(f, d.name) for f in _patient_frames(d))
+    if not items:
+        raise DataError("inputs", "no input given")
+    return items
+
+
+@dataclass
+class Image:
+    """A read input: float32 (H, W) in [0, 1], spacing (row, col) mm or None, and what a
+    MetaImage/NIfTI writer needs to reproduce the geometry."""
+
+    pixels: np.ndarray
+    spacing: tuple[float, float] | None = None
+    geometry: dict[str, Any] = field(default_factory=dict)
+
+
+def _sitk_geometry(path: Path) -> dict[str, Any]:
+    import SimpleITK as sitk
+
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    reader.ReadImageInformation()
+    return {"dimension": reader.GetDimension(), "size": reader.GetSize(), "spacing": reader.GetSpacing(),
+            "origin": reader.GetOrigin(), "direction": reader.GetDirection()}
+
+
+def read_input(item: InputFile) -> Image:
+    """Read one input (DataError naming the file when it cannot be used)."""
+    from cardigan_tf.data.camus_io import read_frames, to_unit
+
+    path = item.path
+    if item.ext in (".mhd", ".mha", ".nii", ".nii.gz"):
+        arr, spacing, _ = read_frames(path, single=True)
+        return Image(to_unit(arr, path), tuple(float(s) for s in spacing), _sitk_geometry(path))
+    if item.ext == ".png":
+        from PIL import Image as PILImage, UnidentifiedImageError
+
+        try:
+            with PILImage.open(path) as im:
+                im.load()
+                mode = im.mode
+                arr = np.asarray(im)
+        except (UnidentifiedImageError, OSError) as exc:
+            raise DataError(path, f"not a readable PNG ({exc})") from None
+        if arr.ndim == 3:
+            if mode in ("RGB", "RGBA") and np.array_equal(arr[..., 0], arr[..., 1]) and np.array_equal(arr[..., 1], arr[..., 2]):
+                arr = arr[..., 0]
+            elif mode == "LA":
+                arr = arr[..., 0]
+            else:
+                raise DataError(path, f"expected a grey-level PNG, got mode {mode} with different colour channels")
+        return Image(to_unit(np.ascontiguousarray(arr), path))
+    try:
+        arr = np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:
+        raise DataError(path, f"not a readable .npy array ({exc})") from None
+    shape = arr.shape
+    if arr.ndim == 3 and 1 in (arr.shape[0], arr.shape[-1]):
+        arr = arr[0] if arr.shape[0] == 1 else arr[..., 0]
+    if arr.ndim != 2 or 0 in arr.shape:
+        raise DataError(path, f"expected a 2-D image (H, W), (1, H, W) or (H, W, 1), got shape {shape}")
+    return Image(to_unit(arr, path))
+
+
+# ============================================================================ outputs
+def _write_sitk(path: Path, mask: np.ndarray, geometry: dict[str, Any]) -> None:
+    """Write a uint8 mask with the input's geometry, atomically (MetaImage: .raw, then .mhd)."""
+    import SimpleITK as sitk
+
+    arr = mask.astype(np.uint8)
+    if geometry["dimension"] > 2:
+        arr = arr.reshape((1,) * (geometry["dimension"] - 2) + arr.shape)
+    img = sitk.GetImageFromArray(arr)
+    img.SetSpacing(geometry["spacing"])
+    img.SetOrigin(geometry["origin"])
+    img.SetDirection(geometry["direction"])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    try:
+        sitk.WriteImage(img, str(tmp / path.name), False)
+        written = sorted(tmp.iterdir(), key=lambda f: f.name == path.name)  # data file(s) first, header last
+        for f in written:
+            f.replace(path.parent / f.name)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def write_mask(item: InputFile, mask: np.ndarray, image: Image, folder: Path) -> Path:
+    """Write ``mask`` (uint8 (H, W)) as ``folder/<stem>_mask.<ext>`` in the input's format."""
+    path = Path(folder) / item.mask_name
+    if item.ext in (".mhd", ".mha", ".nii", ".nii.gz"):
+        _write_sitk(path, mask, image.geometry)
+    elif item.ext == ".png":
+        from PIL import Image as PILImage
+
+        with atomic_path(path) as tmp:
+            PILImage.fromarray(mask.astype(np.uint8), mode="L").save(tmp, format="PNG")
+    else:
+        with atomic_path(path) as tmp:
+            with open(tmp, "wb") as f:
+                np.save(f, mask.astype(np.uint8))
+    return path
+
+
+def _csv_text(fields: list[str], rows: list[dict]) -> str:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
+    w.writeheader()
+    for r in rows:
+        w.writerow({k: _fmt(r.get(k)) for k in fields})
+    return buf.getvalue()
+
+
+def _fmt(v) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, float):
+        return "nan" if math.isnan(v) else f"{v:.4f}"
+    return str(v)
+
+
+# ============================================================================ clinical
+def _clinical_rows(frames: dict[str, dict[tuple[str, str], dict]]) -> list[dict]:
+    """One row per patient with any named frame: EDV/ESV/EF, or NaN and the reason."""
+    from cardigan_tf.metrics.clinical import patient_indices
+
+    rows = []
+    nan = float("nan")
+    for patient in sorted(frames):
+        got = frames[patient]
+        row = {"patient": patient, "edv_ml": nan, "esv_ml": nan, "ef_percent": nan, "reason": ""}
+        keys = [(v, p) for v in VIEWS for p in PHASES]
+        absent = [f"{v}/{p}" for v, p in keys if (v, p) not in got]
+        failed = [f"{v}/{p}" for v, p in keys if (v, p) in got and got[(v, p)].get("mask") is None]
+        no_spacing = [f"{v}/{p}" for v, p in keys if (v, p) in got and got[(v, p)].get("mask") is not None
+                      and got[(v, p)].get("spacing") is None]
+        if absent:
+            row["reason"] = f"not all four frames given (missing {', '.join(absent)})"
+        elif failed:
+            row["reason"] = f"prediction failed for {', '.join(failed)}"
+        elif no_spacing:
+            row["reason"] = f"no pixel spacing for {', '.join(no_spacing)} (PNG/NPY inputs carry none)"
+        else:
+            try:
+                res = patient_indices({k: got[k]["mask"] == LV for k in keys}, {k: got[k]["spacing"] for k in keys})
+            except ValueError as exc:
+                res = {"edv": nan, "esv": nan, "ef": nan, "reason": str(exc)}
+            row.update(edv_ml=float(res["edv"]), esv_ml=float(res["esv"]), ef_percent=float(res["ef"]))
+            if not math.isfinite(row["ef_percent"]):
+                reason = res.get("reason") or ""
+                if not reason and res.get("missing"):
+                    reason = f"no measurable LV cavity (label {LV}) in {', '.join(res['missing'])}"
+                row["reason"] = reason or "EF undefined (EDV is 0)"
+        rows.append(row)
+    return rows
+
+
+# ============================================================================ the run
+@dataclass
+class PredictResult:
+    out: Path
+    rows: list[dict]
+    clinical: list[dict]
+
+    @property
+    def n_ok(self) -> int:
+        return sum(r["status"] == "ok" for r in self.rows)
+
+    @property
+    def n_failed(self) -> int:
+        return len(self.rows) - self.n_ok
+
+
+def _is_within(child: Path, parent: Path) -> bool:
+    try:
+        child.resolve().relative_to(parent.resolve())
+        return True
+    except ValueError:
+        return False
+
+
+def check_output(out: str | Path, inputs, overwrite: bool) -> Path:
+    """Refuse an existing ``out`` without ``overwrite``, and an ``out`` holding an input."""
+    out = Path(out)
+    refuse_overwrite(out, overwrite, "output folder")
+    for p in map(Path, inputs):
+        if p.exists() and _is_within(p, out):
+            raise DataError(out, f"the output folder would contain or replace the input {p}; choose another --out")
+    return out
+
+
+def predict_files(backend, inputs, out: str | Path, overwrite: bool = False, progress: bool | None = None,
+                  stderr=None) -> PredictResult:
+    """Segment ``inputs`` (see :func:`collect_inputs`) with ``backend`` into the folder ``out``.
+
+    A file that cannot be read or predicted is reported on ``stderr`` (one line) and in
+    ``predictions.csv``, and skipped. The folder is written under a temporary name and
+    renamed when complete (replacing an old one only with ``overwrite``). Returns the rows of
+    both CSVs; the caller decides what no successful prediction means."""
+    from tqdm import tqdm
+
+    from cardigan_tf import viz
+
+    stderr = stderr or sys.stderr
+    out = check_output(out, inputs, overwrite)
+    items = collect_inputs(inputs)
+    seen: dict[Path, InputFile] = {}
+    rows: list[dict] = []
+    frames: dict[str, dict[tuple[str, str], dict]] = {}
+    with atomic_path(out) as tmp:
+        tmp.mkdir(parents=True)
+        bar = tqdm(items, desc="predict", unit="file", disable=(not progress) if progress is not None else None,
+                   file=stderr)
+        for item in bar:
+            rel = Path(item.subdir) / item.mask_name
+            row: dict[str, Any] = {"input": str(item.path), "output": "", "overlay": "", "status": "error", "error": "",
+                                   "patient": item.patient or "", "view": item.view or "", "phase": item.phase or ""}
+            record = None
+            if item.patient:
+                record = frames.setdefault(item.patient, {}).setdefault((item.view, item.phase), {"mask": None})
+            try:
+                if rel in seen:
+                    raise DataError(item.path, f"its output {rel} is already written for {seen[rel].path} "
+                                               "(two inputs with the same name)")
+                seen[rel] = item
+                image = read_input(item)
+                h, w = image.pixels.shape
+                row.update(rows=h, cols=w)
+                if image.spacing is not None:
+                    row.update(spacing_row_mm=image.spacing[0], spacing_col_mm=image.spacing[1])
+                out_map = backend.predict({"image": image.pixels[None].astype(np.float32)})
+                if "mask" not in out_map:
+                    raise DataError(item.path, f"the model returned no 'mask' output (got {sorted(out_map)})")
+                mask = np.asarray(out_map["mask"])
+                if mask.shape != (1, h, w):
+                    raise DataError(item.path, f"the model returned a mask of shape {mask.shape}, expected (1, {h}, {w})")
+                mask = mask[0].astype(np.uint8)
+                folder = tmp / item.subdir
+                write_mask(item, mask, image, folder)
+                viz.save_png(folder / item.overlay_name, viz.overlay(image.pixels, mask))
+                row.update(output=str(out / rel), overlay=str(out / item.subdir / item.overlay_name), status="ok")
+                if record is not None:
+                    record.update(mask=mask, spacing=image.spacing)
+            except (DataError, ServingError) as exc:
+                msg = str(exc)
+                if str(item.path) not in msg:
+                    msg = f"{item.path}: {msg}"
+                row["error"] = msg
+                bar.write(f"skipped {msg}", file=stderr)
+            rows.append(row)
+        bar.close()
+        atomic_write_text(tmp / "predictions.csv", _csv_text(PREDICTION_FIELDS, rows))
+        clinical = _clinical_rows(frames) if frames else []
+        if clinical:
+            atomic_write_text(tmp / "clinical.csv", _csv_text(CLINICAL_FIELDS, clinical))
+    return PredictResult(out=out, rows=rows, clinical=clinical)

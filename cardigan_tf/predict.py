@@ -50,6 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--retries", type=int, default=3, help="retries of a failed request to a server (default 3)")
     p.add_argument("--rest-format", choices=("columns", "rows"), default="columns",
                    help="REST request format: columns (inputs/outputs) or rows (instances/predictions)")
+    p.add_argument("--postprocess", action="store_true",
+                   help="largest component per label + hole filling before writing and measuring")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
 
@@ -69,7 +71,7 @@ def run(args: argparse.Namespace) -> str:
             raise
         raise cli.UsageError(str(exc)) from None
     result = predict_files(backend, args.inputs, args.out, args.overwrite,
-                           progress=False if args.no_progress else None)
+                           progress=False if args.no_progress else None, postprocess=args.postprocess)
     print(f"predicted {result.n_ok} of {len(result.rows)} files"
           + (f" ({result.n_failed} skipped, see predictions.csv)" if result.n_failed else "")
           + (f"; clinical indices of {len(result.clinical)} patients" if result.clinical else ""), file=sys.stderr)

@@ -37,9 +37,13 @@ def _tf():
     return tf
 
 
-def _hw(size) -> tuple[int, int]:
+def _hw(size):
+    """(h, w) from an int, a pair of ints, or (in TF functions) a pair / 1-D tensor of two
+    dynamic sizes, e.g. ``tf.shape(image)[1:3]``."""
     if isinstance(size, (int, np.integer)):
         return int(size), int(size)
+    if hasattr(size, "dtype") and not isinstance(size, np.ndarray):  # a tensor: dynamic size
+        return size[0], size[1]
     h, w = (int(s) for s in size)
     return h, w
 
@@ -53,26 +57,31 @@ def resize_image(image, size):
     image = tf.cast(image, tf.float32)
     shape = tf.shape(image)
     in_h, in_w = shape[-3], shape[-2]
+    if not isinstance(h, int):
+        h, w = tf.cast(h, tf.int32), tf.cast(w, tf.int32)
     same = tf.logical_and(tf.equal(in_h, h), tf.equal(in_w, w))
     shrink = tf.logical_and(in_h >= h, in_w >= w)
 
+    hw = tf.stack([h, w]) if not isinstance(h, int) else [h, w]
+
     def area():
-        return tf.image.resize(image, [h, w], method="area")
+        return tf.image.resize(image, hw, method="area")
 
     def bilinear():
-        return tf.image.resize(image, [h, w], method="bilinear")
+        return tf.image.resize(image, hw, method="bilinear")
 
     def keep():
-        return tf.image.resize(image, [h, w], method="nearest")  # identity at the same size; static shape
+        return tf.image.resize(image, hw, method="nearest")  # identity at the same size; static shape
 
     out = tf.cond(same, keep, lambda: tf.cond(shrink, area, bilinear))
     return tf.clip_by_value(out, 0.0, 1.0)
 
 
-def _nearest_index(n_in, n_out: int):
+def _nearest_index(n_in, n_out):
     tf = _tf()
     n_in64 = tf.cast(n_in, tf.float64)
-    idx = tf.cast(tf.floor((tf.range(n_out, dtype=tf.float64) + 0.5) * n_in64 / float(n_out)), tf.int32)
+    n_out64 = tf.cast(n_out, tf.float64)
+    idx = tf.cast(tf.floor((tf.range(tf.cast(n_out, tf.int32), dtype=tf.float64) + 0.5) * n_in64 / n_out64), tf.int32)
     return tf.minimum(idx, tf.cast(n_in, tf.int32) - 1)
 
 
@@ -93,7 +102,7 @@ def resize_probabilities(probs, size):
     tf = _tf()
     h, w = _hw(size)
     probs = tf.cast(tf.convert_to_tensor(probs), tf.float32)
-    return tf.image.resize(probs, [h, w], method="bilinear")
+    return tf.image.resize(probs, tf.stack([h, w]) if not isinstance(h, int) else [h, w], method="bilinear")
 
 
 def probs_to_mask(probs, size=None):

@@ -95,3 +95,20 @@ def test_probabilities_are_resized_before_argmax():
     assert mask.dtype == np.uint8 and mask.shape == (8, 8)
     assert mask[0, 0] == 1 and mask[7, 7] == 0
     assert 0 < mask.sum() != 16  # not the nearest-upsampled block
+
+
+def test_dynamic_target_size_in_a_graph(rng):
+    """Serving resizes back to the input's own size, known only at run time."""
+    import tensorflow as tf
+
+    @tf.function(input_signature=[tf.TensorSpec([None, None, None, 4], tf.float32),
+                                  tf.TensorSpec([None, None, None, 1], tf.float32)])
+    def back(probs, like):
+        size = tf.shape(like)[1:3]
+        return rz.probs_to_mask(probs, size), rz.resize_image(like, size), rz.resize_mask(tf.cast(like[..., 0] * 3, tf.uint8), size)
+
+    p = rng.random((1, 8, 8, 4)).astype(np.float32)
+    like = rng.random((1, 30, 20, 1)).astype(np.float32)
+    m, im, _ = back(p, like)
+    np.testing.assert_array_equal(m.numpy()[0], rz.probs_to_mask_np(p[0], (30, 20)))
+    np.testing.assert_allclose(im.numpy(), like, atol=1e-6)

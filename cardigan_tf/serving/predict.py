@@ -396,13 +396,15 @@ def check_output(out: str | Path, inputs, overwrite: bool) -> Path:
 
 
 def predict_files(backend, inputs, out: str | Path, overwrite: bool = False, progress: bool | None = None,
-                  stderr=None) -> PredictResult:
+                  stderr=None, postprocess: bool = False) -> PredictResult:
     """Segment ``inputs`` (see :func:`collect_inputs`) with ``backend`` into the folder ``out``.
 
     A file that cannot be read or predicted is reported on ``stderr`` (one line) and in
     ``predictions.csv``, and skipped. The folder is written under a temporary name and
-    renamed when complete (replacing an old one only with ``overwrite``). Returns the rows of
-    both CSVs; the caller decides what no successful prediction means."""
+    renamed when complete (replacing an old one only with ``overwrite``). ``postprocess``: keep
+    the largest component of each label and fill holes (as ``evaluate --postprocess``) before
+    writing and measuring. Returns the rows of both CSVs; the caller decides what no successful
+    prediction means."""
     from tqdm import tqdm
 
     from cardigan_tf import viz
@@ -441,6 +443,10 @@ def predict_files(backend, inputs, out: str | Path, overwrite: bool = False, pro
                 if mask.shape != (1, h, w):
                     raise DataError(item.path, f"the model returned a mask of shape {mask.shape}, expected (1, {h}, {w})")
                 mask = mask[0].astype(np.uint8)
+                if postprocess:
+                    from cardigan_tf.metrics.segmentation import postprocess as clean
+
+                    mask = clean(mask).astype(np.uint8)
                 folder = tmp / item.subdir
                 write_mask(item, mask, image, folder)
                 viz.save_png(folder / item.overlay_name, viz.overlay(image.pixels, mask))

@@ -105,10 +105,12 @@ def _view_params(rng: np.random.Generator, view: str, base: dict[str, float]) ->
     return v  # pragma: no cover - the deeper apex guarantees success long before
 
 
+_COS33, _SIN33 = np.cos(np.linspace(0, np.pi, 33)), np.sin(np.linspace(0, np.pi, 33))
+
+
 def _myo_inside(g: dict[str, float]) -> bool:
-    ang = np.linspace(0, np.pi, 33)
-    s = g["c"] - (g["c"] + g["t_apex"]) * np.cos(ang)
-    t = (g["W"] + g["T"]) * np.sin(ang)
+    s = g["c"] - (g["c"] + g["t_apex"]) * _COS33
+    t = (g["W"] + g["T"]) * _SIN33
     keep = s <= g["L"]
     s, t = np.concatenate([s[keep], s[keep]]), np.concatenate([t[keep], -t[keep]])
     px = g["ax"] + s * g["ux"] + t * g["nx"]

@@ -41,11 +41,13 @@ def time_ops(size: int, batch: int, reps: int = 10, seed: int = 0) -> dict[str, 
     import numpy as np
     import tensorflow as tf
 
+    try:  # one thread: per-op CPU time without thread-pool overheads
+        tf.config.threading.set_intra_op_parallelism_threads(1)
+        tf.config.threading.set_inter_op_parallelism_threads(1)
+    except RuntimeError:  # TF already initialised (another bench module made a tensor on import)
+        print("note: TensorFlow already initialised, thread pools not limited to one thread")
     from cardigan_tf.data import augment as A
     from cardigan_tf.data import phantom
-
-    tf.config.threading.set_intra_op_parallelism_threads(1)
-    tf.config.threading.set_inter_op_parallelism_threads(1)
     rng = np.random.default_rng(seed)
     pairs = [phantom.make_pair(rng, ("2CH", "4CH")[i % 2], ("ED", "ES")[(i // 2) % 2], size) for i in range(batch)]
     im = tf.constant(np.stack([p[0] for p in pairs])[..., None])
@@ -113,14 +115,14 @@ def time_phantom(pairs: int, size: int, seed: int = 0) -> float:
 
 
 def run(args: argparse.Namespace) -> dict:
-    from cardigan_tf.data import phantom
-    from cardigan_tf.data.pipeline import make_dataset
-
     if args.per_op:
         print(f"per-op timing, {args.size}x{args.size}, batch {args.batch_size}, one TF thread; "
               f"ONEDNN_MAX_CPU_ISA={os.environ.get('ONEDNN_MAX_CPU_ISA', '(unset)')}, "
               f"NPY_DISABLE_CPU_FEATURES={os.environ.get('NPY_DISABLE_CPU_FEATURES', '(unset)')}")
         return time_ops(args.size, args.batch_size, seed=args.seed)
+    from cardigan_tf.data import phantom
+    from cardigan_tf.data.pipeline import make_dataset
+
     ncpu = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     load = os.getloadavg() if hasattr(os, "getloadavg") else (float("nan"),) * 3
     print(f"machine: {ncpu} CPUs (nproc), load average before {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")

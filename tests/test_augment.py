@@ -9,8 +9,8 @@ from scipy import ndimage
 
 from cardigan_tf.config import ConfigError
 from cardigan_tf.data import phantom
-from cardigan_tf.data.augment import (AugmentConfig, affine_transforms, augment_batch, augment_pair, batch_noise,
-                                      blur, intensity, warp)
+from cardigan_tf.data.augment import (AugmentConfig, _pillow_warp, affine_transforms, augment_batch, augment_pair,
+                                      batch_noise, blur, intensity, warp)
 
 GEOMETRY_ONLY = AugmentConfig(rotation=25, scale=(0.8, 1.2), translation=0.1, p_geometric=1.0, brightness=0.0,
                               contrast=(1.0, 1.0), gamma=(1.0, 1.0), noise_std=0.0, blur_prob=0.0)
@@ -22,13 +22,14 @@ def _masks(n=6, size=64):
     return np.stack([p[0] for p in pairs])[..., None], np.stack([p[1] for p in pairs]).astype(np.int32)
 
 
-def test_image_and_mask_stay_aligned():
+@pytest.mark.parametrize("warp_impl", ["pillow", "tf"])
+def test_image_and_mask_stay_aligned(warp_impl):
     _, masks = _masks()
     seed = tf.constant([3, 4])
     for k in (1, 2, 3):
         # the image IS the indicator of label k: a misaligned warp shows up as disagreement
         image = (masks == k).astype(np.float32)[..., None]
-        out_i, out_m = augment_batch(tf.constant(image), tf.constant(masks), seed, GEOMETRY_ONLY)
+        out_i, out_m = augment_batch(tf.constant(image), tf.constant(masks), seed, GEOMETRY_ONLY, warp_impl)
         out_i, out_m = out_i.numpy()[..., 0], out_m.numpy()
         sel = out_m == k
         inner = ~(ndimage.binary_dilation(sel, iterations=2) & ~ndimage.binary_erosion(sel, iterations=2))
@@ -71,6 +72,29 @@ def test_deterministic_for_a_seed():
     np.testing.assert_array_equal(a[0].numpy(), b[0].numpy())
     np.testing.assert_array_equal(a[1].numpy(), b[1].numpy())
     assert not np.array_equal(a[0].numpy(), c[0].numpy())
+
+
+def test_pillow_warp_equals_the_tf_op():
+    # the default (Pillow) warp against ImageProjectiveTransformV3 on the same transforms:
+    # same values to float rounding, same labels except on half-pixel ties
+    images, masks = _masks(n=8)
+    images = images + np.random.default_rng(3).random(images.shape, dtype=np.float32)  # texture to the edge
+    cfg = dataclasses.replace(GEOMETRY_ONLY, hflip=True, p_geometric=0.7)
+    t = affine_transforms(8, 64, 64, tf.constant([2, 4], tf.int64), cfg)  # 6 of 8 moved, 4 flipped
+    moved = np.abs(t.numpy() - np.array([1, 0, 0, 0, 1, 0, 0, 0])).max(1) > 1e-6
+    assert moved.any() and not moved.all()
+    got_i, got_m = _pillow_warp(images, masks.astype(np.uint8), t.numpy(), moved)
+    want_i = np.where(moved[:, None, None, None], warp(tf.constant(images), t, "BILINEAR").numpy(), images)
+    want_m = np.where(moved[:, None, None], warp(tf.constant(masks[..., None].astype(np.uint8)), t,
+                                                 "NEAREST").numpy()[..., 0], masks)
+    np.testing.assert_allclose(got_i, want_i, atol=1e-4)
+    assert (got_m == want_m).mean() > 0.999 and got_m.dtype == np.uint8
+    a = augment_batch(tf.constant(images), tf.constant(masks), tf.constant([4, 5]), AugmentConfig(), "pillow")
+    b = augment_batch(tf.constant(images), tf.constant(masks), tf.constant([4, 5]), AugmentConfig(), "tf")
+    np.testing.assert_allclose(a[0].numpy(), b[0].numpy(), atol=1e-4)
+    assert (a[1].numpy() == b[1].numpy()).mean() > 0.999
+    with pytest.raises(ValueError, match="warp_impl"):
+        augment_batch(tf.constant(images), tf.constant(masks), tf.constant([4, 5]), AugmentConfig(), "cv2")
 
 
 def test_parameters_differ_per_sample():

@@ -1,6 +1,7 @@
 """Data pipeline throughput: phantom generation and decoded (augmented) pairs per second.
 
-``python -m cardigan_tf.bench pipeline [--size 256] [--batch-size 64] [--batches 40]``
+``python -m cardigan_tf.bench pipeline [--size 256] [--batch-size 64] [--batches 40] [--warp-impl pillow|tf]``
+``python -m cardigan_tf.bench pipeline --per-op``: each augmentation op alone, one thread.
 
 Builds a phantom seed-layout .h5 in a temporary folder (or uses ``--data``), then times
 ``make_dataset`` batches (after a warm-up) with and without augmentation, and the phantom
@@ -28,6 +29,60 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--p-geometric", type=float, default=None,
                         help="AugmentConfig.p_geometric (share of samples warped; default: the config's)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--per-op", action="store_true",
+                        help="only time each augmentation op alone on one batch (one thread, CPU ms per batch)")
+    parser.add_argument("--warp-impl", default="pillow", choices=("pillow", "tf"), help="augment_batch warp_impl")
+
+
+def time_ops(size: int, batch: int, reps: int = 10, seed: int = 0) -> dict[str, float]:
+    """CPU ms per batch of ``batch`` phantom pairs for each augmentation op alone, one TF thread."""
+    import dataclasses
+
+    import numpy as np
+    import tensorflow as tf
+
+    try:  # one thread: per-op CPU time without thread-pool overheads
+        tf.config.threading.set_intra_op_parallelism_threads(1)
+        tf.config.threading.set_inter_op_parallelism_threads(1)
+    except RuntimeError:  # TF already initialised (another bench module made a tensor on import)
+        print("note: TensorFlow already initialised, thread pools not limited to one thread")
+    from cardigan_tf.data import augment as A
+    from cardigan_tf.data import phantom
+    rng = np.random.default_rng(seed)
+    pairs = [phantom.make_pair(rng, ("2CH", "4CH")[i % 2], ("ED", "ES")[(i // 2) % 2], size) for i in range(batch)]
+    im = tf.constant(np.stack([p[0] for p in pairs])[..., None])
+    m = tf.constant(np.stack([p[1] for p in pairs]).astype(np.int32))
+    cfg = A.AugmentConfig()
+    off = dict(rotation=0, scale=(1.0, 1.0), translation=0, brightness=0.0, contrast=(1.0, 1.0), gamma=(1.0, 1.0),
+               noise_std=0.0, blur_prob=0.0)
+    geo = A.AugmentConfig(**off, p_geometric=cfg.p_geometric)
+    geo = dataclasses.replace(geo, rotation=cfg.rotation, scale=cfg.scale, translation=cfg.translation)
+    t_all = A.affine_transforms(batch, size, size, tf.constant([1, 2], tf.int64), dataclasses.replace(cfg, p_geometric=1.0))
+    only = lambda **kw: A.AugmentConfig(**{**off, "p_intensity": cfg.p_intensity, **kw})  # noqa: E731
+    ops = {
+        "augment_batch, default (pillow warp)": lambda s: A.augment_batch(im, m, s, cfg, "pillow"),
+        "augment_batch, default (tf warp)": lambda s: A.augment_batch(im, m, s, cfg, "tf"),
+        "geometry only, p 0.5 (pillow warp)": lambda s: A.augment_batch(im, m, s, geo, "pillow"),
+        "geometry only, p 0.5 (tf warp)": lambda s: A.augment_batch(im, m, s, geo, "tf"),
+        "tf op: bilinear warp, every sample": lambda s: A.warp(im, t_all, "BILINEAR"),
+        "tf op: nearest uint8 warp, every sample": lambda s: A.warp(tf.cast(m[..., None], tf.uint8), t_all, "NEAREST"),
+        "intensity, default": lambda s: A.intensity(im, s, cfg),
+        "blur only (p 0.2)": lambda s: A.intensity(im, s, only(blur_prob=cfg.blur_prob, blur_sigma=cfg.blur_sigma)),
+        "blur, every sample": lambda s: A.blur(im, cfg.blur_sigma),
+        "brightness + contrast only": lambda s: A.intensity(im, s, only(brightness=cfg.brightness, contrast=cfg.contrast)),
+        "gamma only": lambda s: A.intensity(im, s, only(gamma=cfg.gamma)),
+        "noise only": lambda s: A.intensity(im, s, only(noise_std=cfg.noise_std)),
+    }
+    out = {}
+    for name, fn in ops.items():
+        f = tf.function(fn)
+        f(tf.constant([0, 0], tf.int64))
+        start = time.process_time()
+        for i in range(reps):
+            f(tf.constant([i + 1, 1], tf.int64))
+        out[name] = 1e3 * (time.process_time() - start) / reps
+        print(f"{name}: {out[name]:.1f} ms CPU per batch of {batch} ({out[name] / batch:.3f} ms per pair)", flush=True)
+    return out
 
 
 def time_dataset(ds, batches: int, warmup: int) -> tuple[float, float, int]:
@@ -60,6 +115,11 @@ def time_phantom(pairs: int, size: int, seed: int = 0) -> float:
 
 
 def run(args: argparse.Namespace) -> dict:
+    if args.per_op:
+        print(f"per-op timing, {args.size}x{args.size}, batch {args.batch_size}, one TF thread; "
+              f"ONEDNN_MAX_CPU_ISA={os.environ.get('ONEDNN_MAX_CPU_ISA', '(unset)')}, "
+              f"NPY_DISABLE_CPU_FEATURES={os.environ.get('NPY_DISABLE_CPU_FEATURES', '(unset)')}")
+        return time_ops(args.size, args.batch_size, seed=args.seed)
     from cardigan_tf.data import phantom
     from cardigan_tf.data.pipeline import make_dataset
 
@@ -82,6 +142,17 @@ def run(args: argparse.Namespace) -> dict:
         for label, aug in (("no augmentation", False), (f"augmentation (p_geometric {cfg.p_geometric})", cfg)):
             ds = make_dataset(str(data), "train", size=args.size, batch_size=args.batch_size, training=True,
                               augment=aug, one_hot=args.one_hot, seed=args.seed)
+            if aug is not False and args.warp_impl != "pillow":
+                from cardigan_tf.data import pipeline as _pl  # the pipeline calls augment_batch's default
+
+                ds = None
+                _orig = _pl.augment_batch
+                _pl.augment_batch = lambda *a: _orig(*a, warp_impl=args.warp_impl)
+                try:
+                    ds = make_dataset(str(data), "train", size=args.size, batch_size=args.batch_size, training=True,
+                                      augment=aug, one_hot=args.one_hot, seed=args.seed)
+                finally:
+                    _pl.augment_batch = _orig
             rate, cpu, n = time_dataset(ds, args.batches, args.warmup)
             key = "plain" if aug is False else "augmented"
             results[f"pairs_per_s_{key}"] = rate

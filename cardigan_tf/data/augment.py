@@ -22,6 +22,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import tensorflow as tf
 
 from cardigan_tf.config import ConfigError
@@ -213,10 +214,57 @@ def intensity(images: tf.Tensor, seed: tf.Tensor, cfg: AugmentConfig) -> tf.Tens
     return x  # every op above keeps [0, 1] (blur is a convex blend of values in [0, 1])
 
 
-def augment_batch(images: tf.Tensor, masks: tf.Tensor, seed: tf.Tensor, cfg: AugmentConfig) -> tuple[tf.Tensor, tf.Tensor]:
+def _pillow_warp(images: np.ndarray, masks: np.ndarray, transforms: np.ndarray, moved: np.ndarray):
+    """numpy/Pillow form of :func:`warp` for the selected samples: bilinear for ``images``
+    (B, H, W, C) float32, nearest for ``masks`` (B, H, W) uint8; the others are copied.
+
+    Same map and zero fill as ``ImageProjectiveTransformV3`` (``warp``): Pillow samples output
+    pixel (x, y) at ``A (x + 1/2, y + 1/2) + c`` in continuous coordinates (pixel index + 1/2),
+    so ``c = t + 1/2 - A (1/2, 1/2)`` gives TF's index map ``A (x, y) + t``. The image gets a
+    one-pixel zero border first: Pillow's bilinear clamps neighbours at the edge and returns 0
+    outside, TF's reads zeros outside; on the padded image both give the same values (to float
+    rounding, < 3e-5). Pillow's nearest rounds halves up where TF rounds them away from zero:
+    the masks differ only where a coordinate falls on a half pixel to float precision
+    (~1e-5 of the pixels). Pillow's affine transform is C code that releases the GIL:
+    ~0.5 ms (bilinear float32) and ~0.07 ms (nearest uint8) per 256x256 sample against
+    ~0.75 and ~0.43 ms for the TF op."""
+    from PIL import Image
+
+    b, h, w, c = images.shape
+    out_i, out_m = np.empty_like(images), np.empty_like(masks)
+    padded = np.zeros((h + 2, w + 2), np.float32)  # one buffer, its border stays zero
+    affine, bilinear, nearest = Image.Transform.AFFINE, Image.Resampling.BILINEAR, Image.Resampling.NEAREST
+    for k in range(b):  # sample by sample: the copies stay in the cache
+        if not moved[k]:
+            out_i[k], out_m[k] = images[k], masks[k]
+            continue
+        a0, a1, a2, b0, b1, b2 = (float(v) for v in transforms[k, :6])
+        cx, cy = a2 + 0.5 - 0.5 * (a0 + a1), b2 + 0.5 - 0.5 * (b0 + b1)
+        for ch in range(c):
+            padded[1:-1, 1:-1] = images[k, :, :, ch]
+            out_i[k, :, :, ch] = Image.fromarray(padded).transform(
+                (w, h), affine, (a0, a1, cx + 1.0, b0, b1, cy + 1.0), resample=bilinear)
+        out_m[k] = Image.fromarray(masks[k]).transform((w, h), affine, (a0, a1, cx, b0, b1, cy), resample=nearest)
+    return out_i, out_m
+
+
+WARP_IMPLS = ("pillow", "tf")
+
+
+def augment_batch(images: tf.Tensor, masks: tf.Tensor, seed: tf.Tensor, cfg: AugmentConfig,
+                  warp_impl: str = "pillow") -> tuple[tf.Tensor, tf.Tensor]:
     """Augment a batch: images float32 (B, H, W, 1) in [0, 1], masks integer (B, H, W) or
     one-hot float (B, H, W, K). Same geometric transform for both; intensity on images only.
-    ``seed``: int tensor of shape (2,); the same seed gives the same output."""
+    ``seed``: int tensor of shape (2,); the same seed gives the same output.
+
+    warp_impl: "pillow" (default) warps label masks and their images with Pillow inside a
+        ``tf.numpy_function`` (:func:`_pillow_warp`: same map, same zero fill, ~1.6x less CPU
+        than the TF op; needs Python, so not for graphs that must run without it, e.g. a
+        tf.data service); "tf" uses ``ImageProjectiveTransformV3`` (:func:`warp`). One-hot
+        masks always take the "tf" path.
+    """
+    if warp_impl not in WARP_IMPLS:
+        raise ValueError(f"warp_impl: expected one of {WARP_IMPLS}, got {warp_impl!r}")
     seed = tf.cast(seed, tf.int64)
     geo_seed, int_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
     shape = tf.shape(images)
@@ -224,6 +272,12 @@ def augment_batch(images: tf.Tensor, masks: tf.Tensor, seed: tf.Tensor, cfg: Aug
     t = tf.cast(t, tf.float32)
     # warp only the samples that drew a transform (the warp is the pipeline's main CPU cost)
     moved = tf.reduce_any(tf.abs(t - _IDENTITY) > 1e-6, axis=1)
+    if warp_impl == "pillow" and not masks.dtype.is_floating:
+        out_images, m = tf.numpy_function(_pillow_warp, [images, tf.cast(masks, tf.uint8), t, moved],
+                                          [tf.float32, tf.uint8], stateful=False)
+        out_images = tf.ensure_shape(out_images, images.shape)
+        out_masks = tf.cast(tf.ensure_shape(m, masks.shape), masks.dtype)
+        return intensity(out_images, int_seed, cfg), out_masks
     out_images = _on_subset(images, moved, lambda s, i: warp(s, tf.gather(t, i), "BILINEAR"))
     if masks.dtype.is_floating:  # one-hot: warp every channel with nearest neighbour
         def warp_onehot(s, i):
@@ -238,7 +292,8 @@ def augment_batch(images: tf.Tensor, masks: tf.Tensor, seed: tf.Tensor, cfg: Aug
     return intensity(out_images, int_seed, cfg), out_masks
 
 
-def augment_pair(image: tf.Tensor, mask: tf.Tensor, seed: tf.Tensor, cfg: AugmentConfig) -> tuple[tf.Tensor, tf.Tensor]:
+def augment_pair(image: tf.Tensor, mask: tf.Tensor, seed: tf.Tensor, cfg: AugmentConfig,
+                 warp_impl: str = "pillow") -> tuple[tf.Tensor, tf.Tensor]:
     """Augment one (H, W, 1) image and its (H, W) mask (per-element form of augment_batch)."""
-    im, m = augment_batch(image[None], mask[None], seed, cfg)
+    im, m = augment_batch(image[None], mask[None], seed, cfg, warp_impl)
     return im[0], m[0]

@@ -105,10 +105,12 @@ def _view_params(rng: np.random.Generator, view: str, base: dict[str, float]) ->
     return v  # pragma: no cover - the deeper apex guarantees success long before
 
 
+_COS33, _SIN33 = np.cos(np.linspace(0, np.pi, 33)), np.sin(np.linspace(0, np.pi, 33))
+
+
 def _myo_inside(g: dict[str, float]) -> bool:
-    ang = np.linspace(0, np.pi, 33)
-    s = g["c"] - (g["c"] + g["t_apex"]) * np.cos(ang)
-    t = (g["W"] + g["T"]) * np.sin(ang)
+    s = g["c"] - (g["c"] + g["t_apex"]) * _COS33
+    t = (g["W"] + g["T"]) * _SIN33
     keep = s <= g["L"]
     s, t = np.concatenate([s[keep], s[keep]]), np.concatenate([t[keep], -t[keep]])
     px = g["ax"] + s * g["ux"] + t * g["nx"]
@@ -190,7 +192,9 @@ def _labels(g: dict[str, float], size: int, view: str, v: dict[str, float]) -> t
     """Exact label mask and a tissue-class map (0 tissue, 1 thin walls, 2 pericardium, 3 myo, 4 blood)."""
     G = _grid(size)
     u8 = np.uint8
-    dx, dy = G["X"] - g["ax"], G["Y"] - g["ay"]
+    rows, cols = _heart_box(g, size, view, v)  # every labelled or class > 0 pixel lies inside
+    full_mask, full_cls = np.zeros((size, size), u8), np.zeros((size, size), u8)
+    dx, dy = G["X"][rows, cols] - g["ax"], G["Y"][rows, cols] - g["ay"]
     s = dx * g["ux"] + dy * g["uy"]
     t = dx * g["nx"] + dy * g["ny"]
     c, W, T, L = g["c"], g["W"], g["T"], g["L"]
@@ -205,9 +209,10 @@ def _labels(g: dict[str, float], size: int, view: str, v: dict[str, float]) -> t
     tl = t - g["la_e"] - g["la_k"] * (s - L)
     q_la = ((s - (L + LA_CENTRE * la_a)) * (1.0 / la_a)) ** 2 + (tl * (1.0 / la_b)) ** 2
     la = below & (q_la <= 1.0)
-    sector = G["sector"]
+    sector = G["sector"][rows, cols]
     mask = (cavity & sector).view(u8) * u8(LV) + (myo & sector).view(u8) * u8(MYO) + (la & sector).view(u8) * u8(LA)
-    _keep_largest(mask)
+    full_mask[rows, cols] = mask
+    _keep_largest(full_mask)
     blood = cavity | la
     walls = below & (q_la <= (1.0 + 2.5 / la_b) ** 2)
     if view == "4CH":
@@ -225,16 +230,55 @@ def _labels(g: dict[str, float], size: int, view: str, v: dict[str, float]) -> t
     np.maximum(cls, (above & (q_out <= (1.0 + 3.0 / (W + T)) ** 2)).view(u8) * u8(2), out=cls)
     np.maximum(cls, myo.view(u8) * u8(3), out=cls)
     np.maximum(cls, blood.view(u8) * u8(4), out=cls)
-    return mask, cls
+    full_cls[rows, cols] = cls
+    return full_mask, full_cls
+
+
+def _heart_box(g: dict[str, float], size: int, view: str, v: dict[str, float]) -> tuple[slice, slice]:
+    """Pixel rows and columns of a box that holds every structure of :func:`_labels` (cavity,
+    myocardium and pericardium band, LA and its wall, in 4CH the RV and RA with their walls):
+    a rectangle in the (s along the axis, t across) frame around all their ellipses, mapped to
+    the image, plus 2 pixels. Rendering the labels there only is ~2x cheaper than on the grid."""
+    c, W, T, L, ta = g["c"], g["W"], g["T"], g["L"], g["t_apex"]
+    wall = 1.0 + 3.0 / (W + T)
+    s_lo, s_hi = c - (c + ta) * wall, L
+    t_half = W + T + 3.0
+    la_a, la_b = g["la_a"], g["la_b"]
+    s_hi = max(s_hi, L + LA_CENTRE * la_a + la_a * (1.0 + 2.5 / la_b))
+    t_lo, t_hi = -t_half, t_half
+    la_t = la_b + 2.5
+    if view == "4CH":
+        wr = v["rv_width"]
+        tc = -(W + T) - 0.35 * wr
+        s_lo = min(s_lo, L - (L - v["rv_start"] * L) * (1.0 + 4.0 / wr))
+        t_lo = min(t_lo, tc - wr - 4.0)
+        ra_a, ra_b = v["ra_a"], v["ra_b"]
+        s_hi = max(s_hi, L + LA_CENTRE * ra_a + ra_a * (1.0 + 2.5 / ra_b))
+        la_t = max(la_t, la_b + 2.0 * ra_b + 5.5)  # the RA centre sits la_b + ra_b + 3 off the LA's
+    shift = abs(g["la_k"]) * (s_hi - L) + abs(g["la_e"])  # sheared atrial frame: t = tl + e + k (s - L)
+    t_lo, t_hi = min(t_lo, -la_t - shift), max(t_hi, la_t + shift)
+    ss = np.array([s_lo, s_lo, s_hi, s_hi])
+    tt = np.array([t_lo, t_hi, t_lo, t_hi])
+    x = g["ax"] + ss * g["ux"] + tt * g["nx"]
+    y = g["ay"] + ss * g["uy"] + tt * g["ny"]
+    sr, sc = spacing_for(size)
+    c0, c1 = x.min() / sc + size / 2 - 0.5, x.max() / sc + size / 2 - 0.5
+    r0, r1 = y.min() / sr - 0.5, y.max() / sr - 0.5
+    clip = lambda a: int(min(max(a, 0), size))  # noqa: E731
+    return slice(clip(np.floor(r0) - 2), clip(np.ceil(r1) + 3)), slice(clip(np.floor(c0) - 2), clip(np.ceil(c1) + 3))
 
 
 def _keep_largest(mask: np.ndarray) -> None:
     """Drop stray pixels (diagonal-only corners of the rasterised shapes): one component per label."""
+    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    if not len(rows):
+        return
+    box = mask[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]  # a view: labelling the box is enough
     for lab in (LV, MYO, LA):
-        comp, n = ndimage.label(mask == lab)
+        comp, n = ndimage.label(box == lab)
         if n > 1:
             sizes = np.bincount(comp.ravel())[1:]
-            mask[(comp > 0) & (comp != 1 + int(np.argmax(sizes)))] = 0
+            box[(comp > 0) & (comp != 1 + int(np.argmax(sizes)))] = 0
 
 
 @lru_cache(maxsize=8)
@@ -267,21 +311,21 @@ def _render(rng: np.random.Generator, p: dict[str, Any], cls: np.ndarray, size: 
     level = np.array([p["tissue_level"], 0.5, 0.9, p["myo_level"], 0.02], f32)
     texture = np.array([0.35, 0.2, 0.1, 0.15, 0.0], f32)
     clutter = np.array([0.0, 0.0, 0.0, 0.0, 0.05 + 0.08 * poor], f32)
-    E = level[cls] * (1.0 + texture[cls] * low) + clutter[cls] * np.maximum(low, 0.0)
+    # np.take: ~3x cheaper than fancy indexing; level * (1 + texture * low) = level + (level * texture) * low
+    E = np.take(level, cls) + np.take(level * texture, cls) * low + np.take(clutter, cls) * np.maximum(low, 0.0)
     np.maximum(E, 0.0, out=E)
     # blurred borders
     sig = 1.2 + 0.6 * poor
     E = _blur(E, sig / sr, axis=0)
     E = _blur(E, sig / sc, axis=1)
     # multiplicative Rayleigh-like speckle (inverse-CDF draws), grains elongated laterally
-    u = rng.random((size, size + 1), dtype=f32)
-    ray = np.sqrt(-2.0 * np.log(u + f32(1e-12)))
+    ray = _draw(rng, _rayleigh_table(), (size, size + 1))
     speck = (ray[:, 1:] + ray[:, :-1]) * f32(0.5 / 1.2533)
     r = G["r"]
     haze = f32(0.25 + 0.2 * poor) * _haze(size)
     I = E * speck * np.exp(-f32(p["atten"]) * r) + haze
     if poor > 0:
-        I += f32(0.04 * poor) * np.abs(rng.standard_normal((size, size), dtype=f32))
+        I += f32(0.04 * poor) * _draw(rng, _half_normal_table(), (size, size))
     comp = f32(5.0 * p["gain"])
     img = np.log1p(comp * I) * f32(1.0 / np.log1p(5.0))
     np.clip(img, 0.0, 1.0, out=img)
@@ -290,22 +334,60 @@ def _render(rng: np.random.Generator, p: dict[str, Any], cls: np.ndarray, size: 
 
 
 def _blur(x: np.ndarray, sigma: float, axis: int) -> np.ndarray:
-    """Approximate Gaussian blur along ``axis``: two passes of a box of ~sigma*sqrt(6) taps."""
+    """Approximate Gaussian blur along ``axis``: two passes of a box of ~sigma*sqrt(6) taps
+    (edge-replicated borders). Each box sum is built from pairwise sums of doubling width
+    (~log2(taps) + 1 adds instead of taps - 1)."""
     k = max(1, int(round(sigma * 1.2)))  # box half-width; two boxes of 2k+1 taps ~ sigma
     for _ in range(2):
         pad = [(0, 0), (0, 0)]
         pad[axis] = (k, k)
-        xp = np.pad(x, pad, mode="edge")
-        n = x.shape[axis]
-        acc = _slice(xp, 0, n, axis).copy()
-        for j in range(1, 2 * k + 1):
-            acc += _slice(xp, j, j + n, axis)
-        x = acc * np.float32(1.0 / (2 * k + 1))
+        x = _box_sum(np.pad(x, pad, mode="edge"), 2 * k + 1, axis) * np.float32(1.0 / (2 * k + 1))
     return x
+
+
+def _box_sum(xp: np.ndarray, taps: int, axis: int) -> np.ndarray:
+    """Sums of ``taps`` consecutive values along ``axis`` (output shorter by taps - 1)."""
+    n_out = xp.shape[axis] - taps + 1
+    acc, off, part, width, left = None, 0, xp, 1, taps
+    while left:
+        if left & 1:  # add the sums of `width` values starting at `off`
+            term = _slice(part, off, off + n_out, axis)
+            acc = term.copy() if acc is None else acc + term
+            off += width
+        left >>= 1
+        if left:  # pairwise: sums of 2 * width values
+            m = part.shape[axis] - width
+            part = _slice(part, 0, m, axis) + _slice(part, width, width + m, axis)
+            width *= 2
+    return acc
 
 
 def _slice(x: np.ndarray, a: int, b: int, axis: int) -> np.ndarray:
     return x[a:b] if axis == 0 else x[:, a:b]
+
+
+@lru_cache(maxsize=1)
+def _rayleigh_table() -> np.ndarray:
+    """sqrt(-2 ln u) at the 65,536 midpoints u = (i + 1/2) / 65536: inverse-CDF Rayleigh(1)."""
+    u = (np.arange(65536) + 0.5) / 65536.0
+    return np.sqrt(-2.0 * np.log(u)).astype(np.float32)
+
+
+@lru_cache(maxsize=1)
+def _half_normal_table() -> np.ndarray:
+    """|N(0, 1)| by its inverse CDF at the 65,536 midpoints: Phi^-1((1 + u) / 2)."""
+    from scipy.special import ndtri
+
+    u = (np.arange(65536) + 0.5) / 65536.0
+    return ndtri(0.5 + 0.5 * u).astype(np.float32)
+
+
+def _draw(rng: np.random.Generator, table: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """``shape`` draws of the distribution tabulated by ``table`` (inverse CDF on a 16-bit grid:
+    the same distribution up to the grid, tails cut beyond probability 2^-17) from 16 random
+    bits each, ~3x cheaper than drawing floats and transforming them."""
+    bits = np.frombuffer(rng.bytes(2 * shape[0] * shape[1]), np.uint16).reshape(shape)
+    return np.take(table, bits)
 
 
 @lru_cache(maxsize=8)

@@ -71,6 +71,14 @@ def check_inputs(cfg: SegConfig) -> None:
         check_synthetic_set(cfg.data.synthetic, prepared, size=cfg.data.size)
 
 
+def _schedule(cfg, total_steps: int):
+    import keras
+
+    if cfg.schedule == "cosine":
+        return keras.optimizers.schedules.CosineDecay(cfg.lr, decay_steps=max(1, total_steps), alpha=0.01)
+    return cfg.lr
+
+
 def compile_unet(model, cfg: SegConfig, total_steps: int, jit: bool):
     """Compile a U-Net for ``cfg``: AdamW with its schedule, Dice + CE loss (with deep
     supervision weights), per-structure Dice metrics; build the optimizer."""

@@ -192,3 +192,32 @@ def test_cli_new_version_and_overwrite(exported, runs):
     assert names == {"seg", "gan", "gan2"}
     shutil.rmtree(exported / "gan2")
     (exported / "models.config").write_text(ex.models_config_text(exported))
+
+
+def test_deployment_kit_files():
+    import re
+    from pathlib import Path
+
+    import yaml
+
+    kit = Path(__file__).resolve().parent.parent / "export"
+    cfg = ex.parse_models_config(kit / "models.config.example")
+    assert [c.name for c in cfg.model_config_list.config] == ["seg", "gan"]
+    try:
+        from google.protobuf import text_format
+        from tensorflow_serving.servables.tensorflow import session_bundle_config_pb2 as sb
+
+        text_format.Parse((kit / "batching_parameters.txt").read_text(), sb.BatchingParameters())
+    except ImportError:  # the pip tensorflow-serving-api lacks this proto: check the fields by hand
+        known = {"max_batch_size", "batch_timeout_micros", "max_enqueued_batches", "num_batch_threads",
+                 "thread_pool_name", "allowed_batch_sizes", "pad_variable_length_inputs",
+                 "enable_large_batch_splitting", "max_execution_batch_size"}
+        for line in (kit / "batching_parameters.txt").read_text().splitlines():
+            m = re.fullmatch(r"(\w+) \{ value: \d+ \}|(\w+): (true|false)", line.strip())
+            assert m and (m.group(1) or m.group(2)) in known, line
+    compose = yaml.safe_load((kit / "docker-compose.yml").read_text())
+    svc = compose["services"]["tfserving"]
+    assert svc["image"].startswith("tensorflow/serving") and {"8500:8500", "8501:8501"} <= set(svc["ports"])
+    flags = " ".join(svc["command"])
+    for flag in ("--model_config_file=/models/models.config", "--enable_batching=true", "--batching_parameters_file="):
+        assert flag in flags

@@ -4,7 +4,6 @@ run and one tiny GAN run (style z) are trained and exported once for the module.
 import json
 import shutil
 import subprocess
-import sys
 
 import numpy as np
 import pytest

@@ -28,7 +28,6 @@ import json
 import logging
 import os
 import re
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -526,7 +525,3 @@ def compare_with_source(src: Path, meta: dict, requests: dict, outputs: dict) ->
         got = {k.split("/", 1)[1]: v for k, v in outputs.items() if k.startswith(key + "/")}
         worst = max(worst, compare_outputs(kind, ref, got, f"{meta.get('name')} {key}"))
     return worst
-
-
-def remove_version(folder: Path) -> None:  # pragma: no cover - convenience for callers
-    shutil.rmtree(folder)

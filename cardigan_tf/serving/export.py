@@ -1,0 +1,527 @@
+"""Export of a run for TensorFlow Serving (and ONNX), and the check of an export.
+
+Layout (``BASE`` = ``--out``, default ``export/models``)::
+
+    BASE/models.config                      ModelServerConfig (text format), every model under BASE
+    BASE/NAME/VERSION/saved_model.pb        SavedModel (signatures: cardigan_tf.serving.signatures)
+    BASE/NAME/VERSION/variables/
+    BASE/NAME/VERSION/assets.extra/tf_serving_warmup_requests   PredictionLog TFRecords
+    BASE/NAME/VERSION/metadata.json         source run, labels, sizes, interpolation, signatures, ...
+    BASE/NAME/VERSION/model.onnx            with --onnx (seg: serving_default, rank-3 input)
+
+A version folder is written beside its target under a temporary name and renamed when complete
+(TF-Serving ignores non-integer folder names); an existing version is replaced only with
+``overwrite=True``.
+
+ONNX: tf2onnx converts ``ResizeArea`` to a nearest resize, so the ONNX model is converted
+from the same serving graph built with matrix-product resizes (area/bilinear weights computed
+in the graph; equal to :func:`cardigan_tf.resize.resize_image` within 1e-5) and without the
+input assertions (ONNX Runtime checks dtype and rank only). Its parity with the SavedModel is
+checked on sample inputs at export time (max abs difference of probabilities <= 1e-4).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import logging
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+import cardigan_tf.runtime  # noqa: F401  (KERAS_BACKEND before keras)
+from cardigan_tf import resize
+from cardigan_tf.files import OverwriteError, atomic_path, atomic_write_text, write_json
+from cardigan_tf.labels import LABEL_NAMES
+from cardigan_tf.runs import RunError, code_revision, library_versions, open_run
+
+log = logging.getLogger(__name__)
+
+DEFAULT_NAMES = {"seg": "seg", "gan": "gan"}
+WARMUP_FILE = "tf_serving_warmup_requests"
+ONNX_FILE = "model.onnx"
+ONNX_OPSET = 17
+PROB_TOLERANCE = 1e-4
+TIE_MARGIN = 1e-3
+LABEL_DESCRIPTIONS = {0: "background", 1: "LV cavity (endocardium)", 2: "myocardium", 3: "left atrium"}
+
+
+class ExportError(RunError):
+    """An export that cannot be written or does not pass its check."""
+
+
+# ----------------------------------------------------------------------------- sources
+def load_source(run_dir):
+    """(kind, keras model, Run, model path, extra) of a seg or GAN run (GAN: the EMA generator)."""
+    import keras
+
+    run = open_run(run_dir)
+    if run.kind == "seg":
+        from cardigan_tf.jobs.evaluation import preprocessing, run_data_path
+        from cardigan_tf.models.unet import inference_model
+
+        path = run.model_path("best")
+        model = inference_model(keras.saving.load_model(path, compile=False))
+        pre = preprocessing(run.config, run_data_path(run))
+        return "seg", model, run, path, {"pre": pre}
+    if run.kind == "gan":
+        import cardigan_tf.models.generator  # noqa: F401  (registers the SPADE layers)
+
+        path = run.model_path("ema")
+        return "gan", keras.saving.load_model(path, compile=False), run, path, {}
+    raise ExportError(f"{run.path}: a {run.kind} run cannot be exported (expected a seg or gan run)")
+
+
+def build_module(kind: str, model, extra: dict, resize_impl: str = "tf", onnx: bool = False):
+    from cardigan_tf.serving.signatures import GanServing, SegServing
+
+    if kind == "seg":
+        return SegServing.build(model, extra["pre"].sizes, resize_impl=resize_impl, checks=not onnx,
+                                rank=3 if onnx else None)
+    return GanServing.build(model, resize_impl=resize_impl, checks=not onnx)
+
+
+# ----------------------------------------------------------------------------- sample inputs
+def sample_inputs(kind: str, working_size: int, seed: int = 0) -> list[dict[str, np.ndarray]]:
+    """Deterministic sample requests: several sizes (square, non-square, larger and smaller than
+    the working size). Seg: smooth float images in [0, 1]; GAN: blocky label masks."""
+    rng = np.random.default_rng(seed)
+    s = int(working_size)
+    sizes = [(s, s), (2 * s + 3, s + 5), (max(s // 2 + 1, 3), max(s // 2 - 3, 3))]
+    out = []
+    for i, (h, w) in enumerate(sizes):
+        if kind == "seg":
+            coarse = rng.random((2, 5, 7, 1)).astype(np.float32)
+            import tensorflow as tf
+
+            img = tf.image.resize(coarse, [h, w], method="bicubic").numpy()[..., 0]
+            img = np.clip(img + 0.05 * rng.standard_normal(img.shape), 0, 1).astype(np.float32)
+            out.append({"image": img})
+        else:
+            yy, xx = np.mgrid[0:h, 0:w]
+            m = ((yy * 4 // h) + (xx * 3 // w) + i) % 4
+            out.append({"mask": np.stack([m, (m + 1) % 4]).astype(np.uint8)})
+    return out
+
+
+# ----------------------------------------------------------------------------- layout
+def version_dirs(model_dir: Path) -> list[int]:
+    if not model_dir.is_dir():
+        return []
+    return sorted(int(p.name) for p in model_dir.iterdir() if p.is_dir() and re.fullmatch(r"\d+", p.name))
+
+
+def next_version(model_dir: Path) -> int:
+    versions = version_dirs(model_dir)
+    return (versions[-1] + 1) if versions else 1
+
+
+def model_folders(base: Path) -> list[str]:
+    """Names of the model folders under ``base`` (folders holding an integer version folder)."""
+    if not base.is_dir():
+        return []
+    return sorted(p.name for p in base.iterdir() if p.is_dir() and not p.name.startswith(".") and version_dirs(p))
+
+
+def models_config_text(base: Path, absolute: bool = False) -> str:
+    from google.protobuf import text_format
+    from tensorflow_serving.config import model_server_config_pb2
+
+    cfg = model_server_config_pb2.ModelServerConfig()
+    for name in model_folders(base):
+        c = cfg.model_config_list.config.add()
+        c.name = name
+        c.base_path = str((base / name).resolve()) if absolute else f"/models/{name}"
+        c.model_platform = "tensorflow"
+    return text_format.MessageToString(cfg)
+
+
+def parse_models_config(path: Path):
+    from google.protobuf import text_format
+    from tensorflow_serving.config import model_server_config_pb2
+
+    try:
+        return text_format.Parse(Path(path).read_text(), model_server_config_pb2.ModelServerConfig())
+    except text_format.ParseError as exc:
+        raise ExportError(f"{path}: not a ModelServerConfig in text format: {exc}") from None
+
+
+def write_warmup(path: Path, model_name: str, requests: list[tuple[str, dict[str, np.ndarray]]]) -> None:
+    """PredictionLog records (TFRecord) that TF-Serving replays at load time."""
+    import tensorflow as tf
+    from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tf.io.TFRecordWriter(str(path)) as writer:
+        for signature, inputs in requests:
+            req = predict_pb2.PredictRequest(model_spec=model_pb2.ModelSpec(name=model_name, signature_name=signature))
+            for key, value in inputs.items():
+                req.inputs[key].CopyFrom(tf.make_tensor_proto(value))
+            log_ = prediction_log_pb2.PredictionLog(predict_log=prediction_log_pb2.PredictLog(request=req))
+            writer.write(log_.SerializeToString())
+
+
+def read_warmup(path: Path) -> list[tuple[str, dict[str, np.ndarray]]]:
+    import tensorflow as tf
+    from tensorflow_serving.apis import prediction_log_pb2
+
+    if not path.is_file():
+        raise ExportError(f"{path}: warm-up file missing")
+    out = []
+    try:
+        for raw in tf.data.TFRecordDataset(str(path)).as_numpy_iterator():
+            rec = prediction_log_pb2.PredictionLog.FromString(raw)
+            req = rec.predict_log.request
+            out.append((req.model_spec.signature_name or "serving_default",
+                        {k: tf.make_ndarray(v) for k, v in req.inputs.items()}))
+    except Exception as exc:  # noqa: BLE001 (corrupt record / bad proto)
+        raise ExportError(f"{path}: not PredictionLog TFRecords: {exc}") from None
+    if not out:
+        raise ExportError(f"{path}: no warm-up records")
+    return out
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def signature_info(saved_dir: Path) -> dict[str, Any]:
+    """{signature: {inputs: [{name, dtype, shape}], outputs: [...]}} of a SavedModel."""
+    import tensorflow as tf
+
+    loaded = tf.saved_model.load(str(saved_dir))
+    info = {}
+    for name, fn in loaded.signatures.items():
+        def spec(d):
+            return [{"name": k, "dtype": v.dtype.name,
+                     "shape": None if v.shape.rank is None else [d if d is not None else -1 for d in v.shape.as_list()]}
+                    for k, v in sorted(d.items())]
+        info[name] = {"inputs": spec(fn.structured_input_signature[1]), "outputs": spec(fn.structured_outputs)}
+    return info
+
+
+# ----------------------------------------------------------------------------- export
+def export_run(run_dir, out="export/models", name: str | None = None, version: int | None = None,
+               onnx: bool = False, overwrite: bool = False, absolute_paths: bool = False) -> Path:
+    """Export a seg or GAN run to ``out/NAME/VERSION`` and rewrite ``out/models.config``."""
+    if version is not None and version < 1:
+        raise ExportError(f"--version: expected an integer >= 1, got {version}")
+    if name is not None and not re.fullmatch(r"[A-Za-z0-9_.-]+", name or ""):
+        raise ExportError(f"--name: expected letters, digits, '_', '-' or '.', got {name!r}")
+    run = open_run(run_dir)  # validate before writing anything
+    if run.kind not in DEFAULT_NAMES:
+        raise ExportError(f"{run.path}: a {run.kind} run cannot be exported (expected a seg or gan run)")
+    base = Path(out)
+    name = name or DEFAULT_NAMES[run.kind]
+    version = version or next_version(base / name)
+    target = base / name / str(version)
+    if target.exists() and not overwrite:
+        raise OverwriteError(f"{target}: version {version} of model {name!r} already exists; "
+                             "pass --overwrite to replace it (or omit --version for the next free one)")
+    kind, model, run, model_path, extra = load_source(run_dir)
+    with atomic_path(target, overwrite=True) as tmp:
+        write_version(tmp, kind, model, extra, name, source={"run": str(Path(run.path).resolve()),
+                      "kind": kind, "model": str(Path(model_path).resolve()), "config": _config_dict(run)},
+                      onnx=onnx)
+    atomic_write_text(base / "models.config", models_config_text(base, absolute_paths))
+    return target
+
+
+def _config_dict(run) -> dict:
+    from cardigan_tf.config import to_dict
+
+    return to_dict(run.config)
+
+
+def write_version(folder: Path, kind: str, model, extra: dict, name: str, source: dict, onnx: bool = False) -> dict:
+    """Write one complete version folder (SavedModel, warm-up, metadata, optional ONNX)."""
+    import tensorflow as tf
+
+    module = build_module(kind, model, extra)
+    tf.saved_model.save(module, str(folder), signatures=module.signatures())
+    working = int(extra["pre"].working_size) if kind == "seg" else int(model.inputs[0].shape[1])
+    samples = sample_inputs(kind, working)
+    requests = [("serving_default", samples[0]), ("serving_default", samples[1])]
+    if kind == "seg":
+        requests.append(("serving_uint8", {"image": np.round(samples[2]["image"] * 255).astype(np.uint8)}))
+    elif getattr(module, "z_dim", None):
+        requests.append(("serving_seeded", {**samples[2], "seed": np.arange(len(samples[2]["mask"]), dtype=np.int64)}))
+    write_warmup(folder / "assets.extra" / WARMUP_FILE, name, requests)
+    sigs = signature_info(folder)
+    meta: dict[str, Any] = {
+        "format": "cardigan_tf export 1",
+        "name": name,
+        "kind": kind,
+        "source": source,
+        "labels": [{"id": k, "name": LABEL_NAMES[k], "description": LABEL_DESCRIPTIONS[k]} for k in sorted(LABEL_NAMES)],
+        "working_size": working,
+        "prepared_size": extra["pre"].prepared_size if kind == "seg" else None,
+        "resize_chain": list(extra["pre"].sizes) if kind == "seg" else [working],
+        "interpolation": {"image": resize.IMAGE_INTERPOLATION, "mask": resize.MASK_INTERPOLATION,
+                          "probabilities": resize.PROBABILITY_INTERPOLATION},
+        "signatures": sigs,
+        "input_rules": _input_rules(kind, getattr(module, "z_dim", None)),
+        "versions": library_versions(),
+        "code": code_revision(),
+        "exported": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "saved_model_sha256": _sha256(folder / "saved_model.pb"),
+        "onnx": None,
+    }
+    if onnx:
+        meta["onnx"] = export_onnx(folder, kind, model, extra, samples)
+    write_json(folder / "metadata.json", meta)
+    return meta
+
+
+def _input_rules(kind: str, z_dim) -> dict:
+    from cardigan_tf.serving.signatures import MAX_SIDE, RANGE_TOLERANCE
+
+    if kind == "seg":
+        return {"serving_default": f"image float32 in [0, 1] (tolerance {RANGE_TOLERANCE}), (B, H, W) or (B, H, W, 1)",
+                "serving_uint8": "image uint8 in [0, 255], (B, H, W) or (B, H, W, 1)",
+                "max_side": MAX_SIDE}
+    rules = {"serving_default": "mask uint8 (B, H, W), labels 0..3" + (
+        "; z = stateless_normal([z_dim], seed=[0, 0]) for every row (== serving_seeded with seed 0)" if z_dim else ""),
+        "max_side": MAX_SIDE, "z_dim": z_dim}
+    if z_dim:
+        rules["serving_seeded"] = "mask uint8 (B, H, W) + seed int64 (B,): z_i = stateless_normal([z_dim], seed=[seed_i, 0])"
+    return rules
+
+
+# ----------------------------------------------------------------------------- ONNX
+def export_onnx(folder: Path, kind: str, model, extra: dict, samples) -> dict:
+    """Convert the matrix-resize variant of the serving graph with tf2onnx and check ONNX Runtime
+    against the SavedModel in ``folder`` on ``samples`` (ExportError above 1e-4)."""
+    import tensorflow as tf
+
+    module = build_module(kind, model, extra, resize_impl="matrix", onnx=True)
+    with tempfile.TemporaryDirectory(prefix=".onnx-", dir=folder.parent) as tmp:
+        tf.saved_model.save(module, tmp, signatures={"serving_default": module.serving_default})
+        cmd = [sys.executable, "-m", "tf2onnx.convert", "--saved-model", tmp, "--signature_def", "serving_default",
+               "--opset", str(ONNX_OPSET), "--output", str(folder / ONNX_FILE)]
+        res = subprocess.run(cmd, capture_output=True, text=True)
+        if res.returncode != 0:
+            tail = res.stderr.strip().splitlines()[-3:]
+            raise ExportError(f"tf2onnx failed on the {kind} model: {' | '.join(tail)}")
+    diff = onnx_parity(folder, samples)
+    if diff > PROB_TOLERANCE if kind == "seg" else diff > 1:
+        raise ExportError(f"{folder / ONNX_FILE}: ONNX Runtime differs from TensorFlow by {diff:.3g} "
+                          f"(tolerance {PROB_TOLERANCE if kind == 'seg' else '1 grey level'})")
+    return {"file": ONNX_FILE, "opset": ONNX_OPSET, "signature": "serving_default",
+            "input": "rank 3 only ((B, H, W)); no in-graph input checks (ONNX Runtime checks dtype and rank)",
+            "resize": "matrix products equal to cardigan_tf.resize within 1e-5 (ONNX has no area resize)",
+            "max_abs_diff_vs_tensorflow": diff}
+
+
+def onnx_parity(folder: Path, samples) -> float:
+    """Max abs difference between ONNX Runtime and the SavedModel's serving_default
+    (probabilities for seg, image grey levels for GAN) on ``samples``."""
+    import onnxruntime as ort
+    import tensorflow as tf
+
+    sess = ort.InferenceSession(str(folder / ONNX_FILE), providers=["CPUExecutionProvider"])
+    fn = tf.saved_model.load(str(folder)).signatures["serving_default"]
+    out_names = [o.name for o in sess.get_outputs()]
+    worst = 0.0
+    for inputs in samples:
+        ref = {k: v.numpy() for k, v in fn(**{k: tf.constant(v) for k, v in inputs.items()}).items()}
+        got = dict(zip(out_names, sess.run(None, {i.name: inputs[i.name.split(":")[0]] for i in sess.get_inputs()})))
+        key = "probabilities" if "probabilities" in ref else "image"
+        g = got[key] if key in got else got[[n for n in got if key in n][0]]
+        worst = max(worst, float(np.abs(g.astype(np.float64) - ref[key].astype(np.float64)).max()))
+    return worst
+
+
+# ----------------------------------------------------------------------------- check
+FRESH_SCRIPT = r"""
+import json, sys
+import numpy as np
+import tensorflow as tf
+folder, inputs_file, out_file = sys.argv[1:4]
+loaded = tf.saved_model.load(folder)
+data = np.load(inputs_file)
+out = {}
+for key in sorted({k.split("/")[0] for k in data.files}):
+    sig = key.split("@")[0]
+    args = {k.split("/", 1)[1]: tf.constant(data[k]) for k in data.files if k.startswith(key + "/")}
+    for name, value in loaded.signatures[sig](**args).items():
+        out[key + "/" + name] = value.numpy()
+np.savez(out_file, **out)
+bad = sorted(m for m in sys.modules if m.split(".")[0] == "cardigan_tf")
+print(json.dumps({"project_modules": bad}))
+"""
+
+
+def fresh_process_outputs(folder: Path, requests: dict[str, dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """Run ``requests`` ({"SIG@k": inputs}) through the SavedModel in a fresh Python process that
+    imports only tensorflow and numpy (no cardigan_tf); returns {"SIG@k/output": array}."""
+    with tempfile.TemporaryDirectory(prefix="cardigan-check-") as tmp:
+        inp, outp = Path(tmp) / "in.npz", Path(tmp) / "out.npz"
+        np.savez(inp, **{f"{key}/{k}": v for key, inputs in requests.items() for k, v in inputs.items()})
+        env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+        env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        res = subprocess.run([sys.executable, "-c", FRESH_SCRIPT, str(folder.resolve()), str(inp), str(outp)],
+                             capture_output=True, text=True, cwd=tmp, env=env)
+        if res.returncode != 0:
+            tail = " | ".join(res.stderr.strip().splitlines()[-2:])
+            raise ExportError(f"{folder}: the SavedModel does not load/run in a fresh process: {tail}")
+        report = json.loads(res.stdout.strip().splitlines()[-1])
+        if report["project_modules"]:
+            raise ExportError(f"{folder}: loading imported project modules {report['project_modules']}")
+        with np.load(outp) as z:
+            return {k: z[k] for k in z.files}
+
+
+def _resolve_check_target(path: Path) -> tuple[Path, list[Path]]:
+    """(BASE, version folders to check) for BASE, BASE/NAME or BASE/NAME/VERSION."""
+    if not path.is_dir():
+        raise ExportError(f"{path}: no such folder")
+    if (path / "saved_model.pb").is_file() or re.fullmatch(r"\d+", path.name):
+        return path.parent.parent, [path]
+    if (path / "models.config").is_file() or not version_dirs(path):
+        names = model_folders(path)
+        if not names:
+            raise ExportError(f"{path}: no exported model (expected NAME/VERSION/saved_model.pb)")
+        return path, [path / n / str(v) for n in names for v in version_dirs(path / n)]
+    return path.parent, [path / str(v) for v in version_dirs(path)]
+
+
+def check_export(path, compare_source: bool = True) -> list[str]:
+    """Verify an export (see module doc); return one line per checked item; ExportError on a fault."""
+    import tensorflow as tf
+
+    base, versions = _resolve_check_target(Path(path))
+    lines = []
+    cfg_file = base / "models.config"
+    if not cfg_file.is_file():
+        raise ExportError(f"{cfg_file}: missing")
+    cfg = parse_models_config(cfg_file)
+    listed = {c.name: c for c in cfg.model_config_list.config}
+    for name in model_folders(base):
+        if name not in listed:
+            raise ExportError(f"{cfg_file}: model {name!r} (folder {base / name}) is not listed")
+        bp = listed[name].base_path
+        if bp != f"/models/{name}" and Path(bp).resolve() != (base / name).resolve():
+            raise ExportError(f"{cfg_file}: model {name!r} has base_path {bp!r}, expected /models/{name} or {base / name}")
+    lines.append(f"ok {cfg_file}: {len(listed)} model(s) {sorted(listed)}")
+    for folder in versions:
+        for rel in ("saved_model.pb", "variables", "metadata.json", f"assets.extra/{WARMUP_FILE}"):
+            if not (folder / rel).exists():
+                raise ExportError(f"{folder / rel}: missing (a complete version has saved_model.pb, variables/, "
+                                  f"metadata.json and the warm-up requests assets.extra/{WARMUP_FILE})")
+        try:
+            meta = json.loads((folder / "metadata.json").read_text())
+        except json.JSONDecodeError as exc:
+            raise ExportError(f"{folder / 'metadata.json'}: not JSON: {exc}") from None
+        if meta.get("saved_model_sha256") != _sha256(folder / "saved_model.pb"):
+            raise ExportError(f"{folder / 'saved_model.pb'}: SHA-256 differs from metadata.json")
+        sigs = signature_info(folder)
+        if sigs != meta.get("signatures"):
+            raise ExportError(f"{folder}: signatures {sorted(sigs)} differ from metadata.json")
+        expected = {"seg": {"serving_default", "serving_uint8"}, "gan": {"serving_default"}}[meta["kind"]]
+        if not expected <= set(sigs):
+            raise ExportError(f"{folder}: missing signatures {sorted(expected - set(sigs))}")
+        loaded = tf.saved_model.load(str(folder))
+        warm = read_warmup(folder / "assets.extra" / WARMUP_FILE)
+        for sig, inputs in warm:
+            if sig not in loaded.signatures:
+                raise ExportError(f"{folder}: warm-up record for unknown signature {sig!r}")
+            loaded.signatures[sig](**{k: tf.constant(v) for k, v in inputs.items()})
+        samples = sample_inputs(meta["kind"], meta["working_size"], seed=1)
+        requests = {f"serving_default@{i}": s for i, s in enumerate(samples)}
+        if meta["kind"] == "seg":
+            requests.update({f"serving_uint8@{i}": {"image": np.round(s["image"] * 255).astype(np.uint8)}
+                             for i, s in enumerate(samples)})
+        fresh = fresh_process_outputs(folder, requests)
+        for key, inputs in requests.items():
+            sig = key.split("@")[0]
+            here = loaded.signatures[sig](**{k: tf.constant(v) for k, v in inputs.items()})
+            for out_name, v in here.items():
+                if not np.allclose(v.numpy(), fresh[f"{key}/{out_name}"], atol=1e-6):
+                    raise ExportError(f"{folder}: fresh-process output {key}/{out_name} differs")
+        lines.append(f"ok {folder}: layout, sha256, {len(sigs)} signature(s), {len(warm)} warm-up record(s), "
+                     "fresh-process load")
+        if compare_source:
+            src = Path(meta["source"]["run"])
+            if not src.is_dir():
+                lines.append(f"skipped {folder}: source run {src} not found, no comparison with Keras")
+            else:
+                diff = compare_with_source(src, meta, requests, fresh)
+                lines.append(f"ok {folder}: matches the Keras model of {src} (max diff {diff:.2g})")
+        if (folder / ONNX_FILE).is_file():
+            diff = onnx_parity(folder, samples)
+            tol = PROB_TOLERANCE if meta["kind"] == "seg" else 1
+            if diff > tol:
+                raise ExportError(f"{folder / ONNX_FILE}: ONNX Runtime differs from TensorFlow by {diff:.3g}")
+            lines.append(f"ok {folder / ONNX_FILE}: ONNX Runtime matches TensorFlow (max diff {diff:.2g})")
+    return lines
+
+
+def reference_outputs(kind: str, model, extra: dict, inputs: dict[str, np.ndarray], signature: str = "serving_default",
+                      z_dim: int | None = None) -> dict[str, np.ndarray]:
+    """What the Keras model gives through :mod:`cardigan_tf.inference` for one request."""
+    from cardigan_tf import inference
+
+    if kind == "seg":
+        images = inputs["image"]
+        x = inference.model_input(images, extra["pre"])
+        probs = inference.predict_probabilities(model, x)
+        probs = resize.resize_probabilities(probs, images.shape[1:3]).numpy()
+        return {"probabilities": probs, "mask": np.argmax(probs, -1).astype(np.uint8)}
+    from cardigan_tf.serving.signatures import default_z, seeded_z
+
+    masks = inputs["mask"]
+    z = None
+    if z_dim:
+        z = seeded_z(inputs["seed"], z_dim).numpy() if "seed" in inputs else np.tile(default_z(z_dim), (len(masks), 1))
+    img = inference.synthesize(model, masks, z=z)
+    img = resize.resize_image(img[..., None], masks.shape[1:3]).numpy()[..., 0]
+    return {"image": np.round(img * 255).astype(np.uint8)}
+
+
+def compare_outputs(kind: str, ref: dict, got: dict, where: str) -> float:
+    """Max difference (probabilities, or grey levels); ExportError when outside tolerance."""
+    if kind == "seg":
+        p, q = ref["probabilities"], got["probabilities"]
+        if p.shape != q.shape:
+            raise ExportError(f"{where}: probabilities shape {q.shape}, expected {p.shape}")
+        diff = float(np.abs(p - q).max())
+        if diff > PROB_TOLERANCE:
+            raise ExportError(f"{where}: probabilities differ from the Keras model by {diff:.3g} (> {PROB_TOLERANCE})")
+        top2 = np.sort(p, -1)[..., -2:]
+        clear = (top2[..., 1] - top2[..., 0]) > TIE_MARGIN
+        if got["mask"].shape != p.shape[:-1] or np.any((got["mask"] != ref["mask"]) & clear):
+            raise ExportError(f"{where}: mask differs from the Keras model away from near-ties")
+        return diff
+    a, b = ref["image"].astype(int), got["image"].astype(int)
+    if a.shape != b.shape:
+        raise ExportError(f"{where}: image shape {b.shape}, expected {a.shape}")
+    diff = float(np.abs(a - b).max())
+    if diff > 1:
+        raise ExportError(f"{where}: image differs from the Keras generator by {diff} grey levels (> 1)")
+    return diff
+
+
+def compare_with_source(src: Path, meta: dict, requests: dict, outputs: dict) -> float:
+    kind, model, _run, _path, extra = load_source(src)
+    z_dim = meta.get("input_rules", {}).get("z_dim")
+    worst = 0.0
+    for key, inputs in requests.items():
+        sig = key.split("@")[0]
+        if kind == "seg" and sig == "serving_uint8":
+            inputs = {"image": inputs["image"]}  # uint8: inference divides by 255 as the signature does
+        ref = reference_outputs(kind, model, extra, inputs, sig, z_dim)
+        got = {k.split("/", 1)[1]: v for k, v in outputs.items() if k.startswith(key + "/")}
+        worst = max(worst, compare_outputs(kind, ref, got, f"{meta.get('name')} {key}"))
+    return worst

@@ -1,0 +1,222 @@
+"""Export for TF-Serving and ONNX (cardigan_tf.export, cardigan_tf.serving.export): one tiny seg
+run and one tiny GAN run (style z) are trained and exported once for the module."""
+
+import json
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from cardigan_tf.serving import export as ex
+from cardigan_tf.serving import signatures as sg
+
+SEG_SET = ["model.size=32", "data.size=32", "model.base_filters=4", "train.epochs=1", "train.steps_per_epoch=2",
+           "train.batch_size=4", "data.n_phantom=6", "train.n_overlays=0", "train.patience=0"]
+GAN_SET = ["model.size=32", "model.ngf=8", "model.ndf=8", "model.num_D=1", "model.style=z", "model.z_dim=8",
+           "train.batch_size=2", "data.n_phantom=6", "train.steps=2", "train.run_eagerly=true",
+           "train.checkpoint_every=2", "train.sample_every=2", "train.verbose=0", "train.n_samples=2"]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    from cardigan_tf.config import load_config
+    from cardigan_tf.configs.gan import GanConfig
+    from cardigan_tf.jobs.gan import train_gan
+    from cardigan_tf.jobs.seg import SegConfig, train_seg
+
+    root = tmp_path_factory.mktemp("runs")
+    seg = train_seg(load_config(SegConfig, None, SEG_SET), runs_dir=root)
+    gan = train_gan(load_config(GanConfig, None, GAN_SET), runs_dir=root)
+    return {"seg": seg, "gan": gan}
+
+
+@pytest.fixture(scope="module")
+def exported(runs, tmp_path_factory):
+    from cardigan_tf.export import main
+
+    base = tmp_path_factory.mktemp("export") / "models"
+    assert main([str(runs["seg"]), "--out", str(base), "--onnx"]) == 0
+    assert main([str(runs["gan"]), "--out", str(base)]) == 0
+    return base
+
+
+def _load(folder):
+    return tf.saved_model.load(str(folder))
+
+
+def test_matrix_resize_equals_project_resize():
+    from cardigan_tf import resize
+
+    rng = np.random.default_rng(0)
+    for hw in [(64, 64), (100, 77), (37, 50), (13, 9), (300, 40)]:
+        x = rng.random((2, *hw, 1)).astype(np.float32)
+        for size in [(32, 32), (64, 64), (31, 45)]:
+            ref = resize.resize_image(x, size).numpy()
+            assert np.abs(sg.matrix_resize(x, size).numpy() - ref).max() < 1e-5
+            got = tf.function(sg.resize_image_to)(x, (tf.constant(size[0]), tf.constant(size[1]))).numpy()
+            assert np.array_equal(got, ref)
+        p = rng.random((1, 9, 11, 4)).astype(np.float32)
+        assert np.abs(sg.matrix_resize_bilinear(p, hw).numpy() - resize.resize_probabilities(p, hw).numpy()).max() < 1e-5
+
+
+def test_layout_metadata_and_models_config(exported, runs):
+    seg, gan = exported / "seg" / "1", exported / "gan" / "1"
+    for folder in (seg, gan):
+        assert (folder / "saved_model.pb").is_file() and (folder / "assets.extra" / ex.WARMUP_FILE).is_file()
+    meta = json.loads((seg / "metadata.json").read_text())
+    assert meta["kind"] == "seg" and meta["source"]["run"] == str(runs["seg"].resolve())
+    assert [lab["id"] for lab in meta["labels"]] == [0, 1, 2, 3] and meta["working_size"] == 32
+    assert set(meta["signatures"]) == {"serving_default", "serving_uint8"}
+    assert {o["name"] for o in meta["signatures"]["serving_default"]["outputs"]} == {"probabilities", "mask"}
+    assert meta["saved_model_sha256"] == ex._sha256(seg / "saved_model.pb") and meta["versions"]["tensorflow"]
+    gmeta = json.loads((gan / "metadata.json").read_text())
+    assert set(gmeta["signatures"]) == {"serving_default", "serving_seeded"}
+    cfg = ex.parse_models_config(exported / "models.config")
+    assert {(c.name, c.base_path) for c in cfg.model_config_list.config} == {("seg", "/models/seg"), ("gan", "/models/gan")}
+    shown = subprocess.run(["saved_model_cli", "show", "--dir", str(seg), "--all"], capture_output=True, text=True)
+    assert "serving_uint8" in shown.stdout and "probabilities" in shown.stdout
+
+
+def test_seg_matches_keras_through_inference_at_any_size(exported, runs):
+    kind, model, _run, _path, extra = ex.load_source(runs["seg"])
+    fn = _load(exported / "seg" / "1").signatures
+    rng = np.random.default_rng(5)
+    for h, w in [(32, 32), (67, 45), (20, 13), (100, 100)]:
+        img = rng.random((2, h, w)).astype(np.float32)
+        ref = ex.reference_outputs("seg", model, extra, {"image": img})
+        out = {k: v.numpy() for k, v in fn["serving_default"](image=tf.constant(img)).items()}
+        assert out["probabilities"].shape == (2, h, w, 4) and out["mask"].shape == (2, h, w)
+        assert out["mask"].dtype == np.uint8
+        assert ex.compare_outputs("seg", ref, out, "test") <= 1e-4
+        u8 = np.round(img * 255).astype(np.uint8)
+        out8 = {k: v.numpy() for k, v in fn["serving_uint8"](image=tf.constant(u8[..., None])).items()}
+        ex.compare_outputs("seg", ex.reference_outputs("seg", model, extra, {"image": u8}), out8, "test uint8")
+
+
+def test_gan_matches_keras_and_seeds(exported, runs):
+    kind, gen, _run, _path, extra = ex.load_source(runs["gan"])
+    fn = _load(exported / "gan" / "1").signatures
+    mask = ex.sample_inputs("gan", 32)[1]["mask"]
+    out = fn["serving_default"](mask=tf.constant(mask))["image"].numpy()
+    assert out.shape == mask.shape and out.dtype == np.uint8
+    ex.compare_outputs("gan", ex.reference_outputs("gan", gen, extra, {"mask": mask}, z_dim=8), {"image": out}, "t")
+    zero = fn["serving_seeded"](mask=tf.constant(mask), seed=tf.constant([0, 0], tf.int64))["image"].numpy()
+    assert np.array_equal(zero, out)
+    seeded = fn["serving_seeded"](mask=tf.constant(mask), seed=tf.constant([3, 4], tf.int64))["image"].numpy()
+    ex.compare_outputs("gan", ex.reference_outputs("gan", gen, extra, {"mask": mask, "seed": np.array([3, 4])}, z_dim=8),
+                       {"image": seeded}, "t")
+
+
+@pytest.mark.parametrize("sig,value,message", [
+    ("serving_default", np.zeros((2, 8), np.float32), "must have rank 3"),
+    ("serving_default", np.zeros((1, 8, 8, 3), np.float32), "last dimension of 1"),
+    ("serving_default", np.zeros((0, 8, 8), np.float32), "empty batch"),
+    ("serving_default", np.zeros((1, 0, 8), np.float32), "between 1 and 4096"),
+    ("serving_default", np.zeros((1, 4097, 2), np.float32), "between 1 and 4096"),
+    ("serving_default", np.full((1, 8, 8), 255.0, np.float32), "serving_uint8"),
+    ("serving_default", np.full((1, 8, 8), np.nan, np.float32), "finite"),
+    ("serving_uint8", np.zeros((1, 8, 8, 2), np.uint8), "last dimension of 1"),
+])
+def test_seg_bad_input_raises_invalid_argument(exported, sig, value, message):
+    fn = _load(exported / "seg" / "1").signatures[sig]
+    with pytest.raises(tf.errors.InvalidArgumentError, match=message):
+        fn(image=tf.constant(value))
+
+
+def test_gan_bad_input_raises_invalid_argument(exported):
+    fn = _load(exported / "gan" / "1").signatures
+    with pytest.raises(tf.errors.InvalidArgumentError, match="labels must be in 0..3"):
+        fn["serving_default"](mask=tf.constant(np.full((1, 8, 8), 4, np.uint8)))
+    with pytest.raises(tf.errors.InvalidArgumentError, match="must have rank 3"):
+        fn["serving_default"](mask=tf.constant(np.zeros((8, 8), np.uint8)))
+    with pytest.raises(tf.errors.InvalidArgumentError, match="one seed per mask"):
+        fn["serving_seeded"](mask=tf.constant(np.zeros((2, 8, 8), np.uint8)), seed=tf.constant([1], tf.int64))
+
+
+def test_warmup_records_parse_and_run(exported):
+    for name in ("seg", "gan"):
+        folder = exported / name / "1"
+        records = ex.read_warmup(folder / "assets.extra" / ex.WARMUP_FILE)
+        assert len(records) == 3
+        sigs = _load(folder).signatures
+        for sig, inputs in records:
+            sigs[sig](**{k: tf.constant(v) for k, v in inputs.items()})
+
+
+def test_onnx_parity(exported):
+    meta = json.loads((exported / "seg" / "1" / "metadata.json").read_text())
+    assert meta["onnx"]["max_abs_diff_vs_tensorflow"] <= 1e-4
+    assert ex.onnx_parity(exported / "seg" / "1", ex.sample_inputs("seg", 32, seed=7)) <= 1e-4
+
+
+def test_fresh_process_imports_nothing_of_the_project(exported):
+    img = np.random.default_rng(0).random((1, 40, 30)).astype(np.float32)
+    out = ex.fresh_process_outputs(exported / "seg" / "1", {"serving_default@0": {"image": img}})
+    ref = _load(exported / "seg" / "1").signatures["serving_default"](image=tf.constant(img))
+    assert np.allclose(out["serving_default@0/probabilities"], ref["probabilities"].numpy(), atol=1e-6)
+
+
+def test_refuses_overwrite_and_check(exported, runs, tmp_path, capsys):
+    from cardigan_tf.export import main
+
+    assert main([str(runs["seg"]), "--out", str(exported), "--version", "1"]) == 2
+    assert "already exists" in capsys.readouterr().err
+    assert main(["--check", str(exported)]) == 0
+    out = capsys.readouterr().out
+    assert "matches the Keras model" in out and "ONNX Runtime matches" in out
+    broken = tmp_path / "models"
+    shutil.copytree(exported, broken)
+    (broken / "gan" / "1" / "assets.extra" / ex.WARMUP_FILE).unlink()
+    assert main(["--check", str(broken), "--no-source"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "warm-up" in err and len(err.splitlines()) == 1
+    shutil.rmtree(broken)
+    shutil.copytree(exported, broken)
+    (broken / "models.config").write_text("model_config_list { config { nam: 'seg' } }")
+    assert main(["--check", str(broken / "seg"), "--no-source"]) == 2
+    assert "ModelServerConfig" in capsys.readouterr().err
+
+
+def test_cli_new_version_and_overwrite(exported, runs):
+    from cardigan_tf.export import main
+
+    assert main([str(runs["gan"]), "--out", str(exported), "--name", "gan2"]) == 0
+    assert main([str(runs["gan"]), "--out", str(exported), "--name", "gan2", "--version", "1", "--overwrite"]) == 0
+    assert main([str(runs["gan"]), "--out", str(exported), "--name", "gan2"]) == 0
+    assert ex.version_dirs(exported / "gan2") == [1, 2]
+    assert not [p for p in (exported / "gan2").iterdir() if p.name.startswith(".")]
+    names = {c.name for c in ex.parse_models_config(exported / "models.config").model_config_list.config}
+    assert names == {"seg", "gan", "gan2"}
+    shutil.rmtree(exported / "gan2")
+    (exported / "models.config").write_text(ex.models_config_text(exported))
+
+
+def test_deployment_kit_files():
+    import re
+    from pathlib import Path
+
+    import yaml
+
+    kit = Path(__file__).resolve().parent.parent / "export"
+    cfg = ex.parse_models_config(kit / "models.config.example")
+    assert [c.name for c in cfg.model_config_list.config] == ["seg", "gan"]
+    try:
+        from google.protobuf import text_format
+        from tensorflow_serving.servables.tensorflow import session_bundle_config_pb2 as sb
+
+        text_format.Parse((kit / "batching_parameters.txt").read_text(), sb.BatchingParameters())
+    except ImportError:  # the pip tensorflow-serving-api lacks this proto: check the fields by hand
+        known = {"max_batch_size", "batch_timeout_micros", "max_enqueued_batches", "num_batch_threads",
+                 "thread_pool_name", "allowed_batch_sizes", "pad_variable_length_inputs",
+                 "enable_large_batch_splitting", "max_execution_batch_size"}
+        for line in (kit / "batching_parameters.txt").read_text().splitlines():
+            m = re.fullmatch(r"(\w+) \{ value: \d+ \}|(\w+): (true|false)", line.strip())
+            assert m and (m.group(1) or m.group(2)) in known, line
+    compose = yaml.safe_load((kit / "docker-compose.yml").read_text())
+    svc = compose["services"]["tfserving"]
+    assert svc["image"].startswith("tensorflow/serving") and {"8500:8500", "8501:8501"} <= set(svc["ports"])
+    flags = " ".join(svc["command"])
+    for flag in ("--model_config_file=/models/models.config", "--enable_batching=true", "--batching_parameters_file="):
+        assert flag in flags

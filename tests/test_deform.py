@@ -143,4 +143,7 @@ def test_deform_set_counts(rng):
     impossible = MaskRules(la_area=(0.9, 1.0))
     out, source, stats = deform_set(masks, 2, rng, DeformConfig(), max_tries=2, rules=impossible)
     assert len(out) == 0 and len(source) == 0
-    assert stats == {"drawn": 12, "accepted": 0, "rejected": 12, "failed": 6, "by_rule": {"area": 12}}
+    # every draw fails the impossible area rule (a draw may fail another rule as well)
+    assert {k: stats[k] for k in ("drawn", "accepted", "rejected", "failed")} == {
+        "drawn": 12, "accepted": 0, "rejected": 12, "failed": 6}
+    assert stats["by_rule"]["area"] == 12

@@ -140,7 +140,9 @@ def test_original_resolution_reference_uses_original_spacing(trained_run, evalua
     for s in ("lv_endo", "lv_epi"):
         a = summary_work["by_phase"]["all"][s]
         b = summary_ref["by_phase"]["all"][s]
-        assert b["dice"]["mean"] == pytest.approx(a["dice"]["mean"], abs=0.01)
+        # the original-grid prediction is the smooth (bilinear) upsampling of the probabilities,
+        # the reference the nearest-upsampled working mask: about one percent of Dice apart
+        assert b["dice"]["mean"] == pytest.approx(a["dice"]["mean"], abs=0.02)
         # same physical contours: mean distances in mm agree within about one working pixel (~2.3 mm);
         # the original-grid prediction is the bilinear upsampling of the probabilities (smoother than
         # the working grid's blocks), so the maximum distance may move by up to ~2 working pixels

@@ -117,20 +117,30 @@ def train_seg(cfg: SegConfig | None, run_dir: str | Path | None = None, resume: 
     ``train.epochs``); ``callbacks``: extra Keras callbacks, run after the built-in ones.
     Inputs are checked before any folder is created.
     """
-    from cardigan_tf.jobs.seg_callbacks import BestAndEarlyStop, OverlayLogger
     from cardigan_tf.runs import save_run_config
 
     if resume is not None:
-        run = open_run(resume, "seg")
-        cfg = run.config if cfg is None else cfg
-        check_inputs(cfg)
-        run_dir = ensure_run_subdirs(run.path)
-        save_run_config(run_dir, "seg", cfg)
-    else:
-        if cfg is None:
-            raise ValueError("train_seg: give a config or resume=RUN_DIR")
-        check_inputs(cfg)
-        run_dir = create_run("seg", cfg, runs_dir=runs_dir, run_dir=run_dir, name=name or cfg.name)
+        cfg = open_run(resume, "seg").config if cfg is None else cfg
+    elif cfg is None:
+        raise ValueError("train_seg: give a config or resume=RUN_DIR")
+    check_inputs(cfg)
+    multiworker = cfg.train.strategy == "multiworker"
+    if multiworker:  # first: it configures the TF runtime and waits (bounded) for the cluster
+        runtime.get_strategy("multiworker")
+    # Multi-worker: the chief writes the run folder; other workers write a temporary copy.
+    shared = resume if resume is not None else run_dir
+    with runtime.worker_run_dir(shared, multiworker, resume=resume) as (where, chief):
+        if resume is not None:
+            run_dir = ensure_run_subdirs(where)
+            save_run_config(run_dir, "seg", cfg)
+        else:
+            run_dir = create_run("seg", cfg, runs_dir=runs_dir, run_dir=where, name=name or cfg.name)
+        out = _train(cfg, Path(run_dir), callbacks)
+    return out if chief or shared is None else Path(shared)  # a worker names the chief's folder
+
+
+def _train(cfg: SegConfig, run_dir: Path, callbacks: list | None) -> Path:
+    from cardigan_tf.jobs.seg_callbacks import BestAndEarlyStop, OverlayLogger
 
     runtime.set_precision(cfg.train.precision)
     import keras
@@ -164,6 +174,7 @@ def train_seg(cfg: SegConfig | None, run_dir: str | Path | None = None, resume: 
         val_ds_fit = val_ds.map(lambda x, y: (x, (y,) * n_out))
     else:
         val_ds_fit = val_ds
+    runtime.fix_keras_fit(model, strategy, train_ds.element_spec)  # Keras 3 fit under MWMS
 
     monitor = monitor_key(model)
     callbacks = [

@@ -134,8 +134,37 @@ def multiworker_strategy(timeout_s: int | None = None):
             heartbeat_timeout_in_ms=min(timeout, 30) * 1000,
             shutdown_barrier_timeout_in_ms=timeout * 1000, coordinated_jobs=jobs)
     options = tf.distribute.experimental.CommunicationOptions(timeout_seconds=timeout)
-    _MULTIWORKER = tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
+    try:
+        _MULTIWORKER = tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
+    except RuntimeError as exc:
+        if "program startup" not in str(exc):
+            raise
+        raise RuntimeError("multi-worker training: the strategy must be created before any TensorFlow op "
+                           "runs; call cardigan_tf.runtime.multiworker_strategy() first thing in the program "
+                           "(python -m cardigan_tf.train does so for --strategy multiworker)") from None
     return _MULTIWORKER
+
+
+def wants_multiworker(strategy: str | None = None, overrides=(), resume=None) -> bool:
+    """Whether a train command asks for multi-worker training: ``--strategy multiworker``, a
+    ``train.strategy=multiworker`` override, or a resumed run whose config.yaml says so (read
+    without TensorFlow, so that the strategy can be created before anything else)."""
+    if strategy is not None:
+        return strategy == "multiworker"
+    if any(str(o).replace(" ", "") == "train.strategy=multiworker" for o in overrides or ()):
+        return True
+    if resume is not None:
+        from pathlib import Path
+
+        import yaml
+
+        path = Path(resume) / "config.yaml"
+        try:
+            data = yaml.safe_load(path.read_text()) if path.is_file() else None
+        except yaml.YAMLError:
+            return False
+        return isinstance(data, dict) and (data.get("train") or {}).get("strategy") == "multiworker"
+    return False
 
 
 def is_multiworker(strategy) -> bool:
@@ -151,6 +180,7 @@ class worker_run_dir:
     copies first, so that every worker continues from the chief's checkpoint.
 
     Usage: ``with worker_run_dir(run_dir, multiworker) as (path, chief): ...``
+    (``CARDIGAN_KEEP_WORKER_DIR=1`` keeps the temporary copy, for debugging and tests).
     """
 
     def __init__(self, run_dir, multiworker: bool, resume=None):
@@ -180,8 +210,39 @@ class worker_run_dir:
     def __exit__(self, *exc):
         import shutil
 
-        if self.tmp is not None:
+        if self.tmp is not None and not os.environ.get("CARDIGAN_KEEP_WORKER_DIR"):
             shutil.rmtree(self.tmp, ignore_errors=True)
+        return False
+
+
+class WorkerLostError(RuntimeError):
+    """Multi-worker training stopped: a peer died or did not answer within the timeout."""
+
+
+class lost_worker_errors:
+    """Turn TensorFlow's errors about a lost peer (Unavailable, DeadlineExceeded, Aborted,
+    Cancelled, Internal from collective ops / the coordination service) into one
+    :class:`WorkerLostError` that says what happened. No-op without multi-worker training."""
+
+    def __init__(self, multiworker: bool):
+        self.multiworker = bool(multiworker)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, typ, exc, tb):
+        if not self.multiworker or exc is None:
+            return False
+        tf = _tf()
+        lost = (tf.errors.UnavailableError, tf.errors.DeadlineExceededError, tf.errors.AbortedError,
+                tf.errors.CancelledError, tf.errors.InternalError)
+        if isinstance(exc, lost):
+            info = worker_info()
+            first = (str(getattr(exc, "message", exc)).strip().splitlines() or [""])[0][:400]
+            raise WorkerLostError(
+                f"multi-worker training failed on {info.task_type} {info.task_id} of {info.num_workers}: "
+                f"a worker died or did not answer within {worker_timeout()} s "
+                f"(CARDIGAN_WORKER_TIMEOUT); TensorFlow said: {type(exc).__name__}: {first}") from exc
         return False
 
 

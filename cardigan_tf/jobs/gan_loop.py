@@ -134,8 +134,9 @@ def fit_gan(cfg, run_dir: Path, resuming: bool = False) -> Path:
     samples = _sample_batch(make_dataset, path, common, t.n_samples)
     cb = GanCallback(run_dir, manager, total, samples, t, start)
     if start < total:
-        gan.fit(train_ds, epochs=math.ceil(total / spe), steps_per_epoch=spe,
-                initial_epoch=start // spe, callbacks=[cb], verbose=t.verbose)
+        with runtime.lost_worker_errors(runtime.is_multiworker(strategy)):
+            gan.fit(train_ds, epochs=math.ceil(total / spe), steps_per_epoch=spe,
+                    initial_epoch=start // spe, callbacks=[cb], verbose=t.verbose)
     metrics = dict(cb.summary(), precision=precision, jit=bool(gan.jit_compile),
                    strategy=t.strategy, replicas=strategy.num_replicas_in_sync,
                    total_steps=total, steps_per_epoch=spe, vgg_on=gan.vgg is not None,

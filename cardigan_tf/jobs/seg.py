@@ -189,8 +189,9 @@ def _train(cfg: SegConfig, run_dir: Path, callbacks: list | None) -> Path:
         callbacks.append(keras.callbacks.ReduceLROnPlateau(monitor=monitor, mode="max", factor=0.5,
                                                            patience=max(1, t.patience // 3), min_lr=t.lr * 1e-3))
     start = time.time()
-    history = model.fit(train_ds, validation_data=val_ds_fit, epochs=t.epochs, steps_per_epoch=steps,
-                        callbacks=callbacks, shuffle=False, verbose=1 if _interactive() else 2)
+    with runtime.lost_worker_errors(runtime.is_multiworker(strategy)):
+        history = model.fit(train_ds, validation_data=val_ds_fit, epochs=t.epochs, steps_per_epoch=steps,
+                            callbacks=callbacks, shuffle=False, verbose=1 if _interactive() else 2)
     seconds = time.time() - start
     model.save(run_dir / "final.keras")
     return _finish(run_dir, cfg, history.history, monitor, steps, seconds, n_train, data_path, initial_epoch)

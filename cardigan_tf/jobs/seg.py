@@ -145,6 +145,8 @@ def _train(cfg: SegConfig, run_dir: Path, callbacks: list | None) -> Path:
     runtime.set_precision(cfg.train.precision)
     import keras
 
+    keras.utils.set_random_seed(cfg.train.seed)  # the same initial weights for the same seed
+
     from cardigan_tf.data.pipeline import make_dataset
     from cardigan_tf.models.unet import build_unet
 

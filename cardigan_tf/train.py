@@ -141,16 +141,25 @@ def _study_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resume", metavar="STUDY_DIR", help="continue a study folder (finished cells are kept)")
     p.add_argument("--runs-dir", default="runs", help="parent folder of run folders")
     p.add_argument("--name", help="study name")
+    p.add_argument("--study-dir", help="create the study in this folder (instead of a new one under --runs-dir)")
+    p.add_argument("--worker", action="store_true",
+                   help="with --resume: join a study other processes/machines are running (cells are claimed)")
+    p.add_argument("--report-only", action="store_true", help="with --resume: only write the report of the "
+                                                                "cells finished so far")
+    p.add_argument("--wait", type=float, default=6 * 3600, metavar="SECONDS",
+                   help="how long to wait for cells or GANs other processes hold (default 6 h)")
 
 
 def _run_study(args: argparse.Namespace):
     from cardigan_tf.configs.study import build_study_config
     from cardigan_tf.jobs.study import run_study
 
+    if (args.worker or args.report_only) and not args.resume:
+        raise cli.UsageError("--worker and --report-only need --resume STUDY_DIR")
     if args.resume:
-        return run_study(None, resume=args.resume)
+        return run_study(None, resume=args.resume, report_only=args.report_only, wait_s=args.wait)
     cfg = build_study_config(args.config, args.overrides, data=args.data, name=args.name)
-    return run_study(cfg, runs_dir=args.runs_dir)
+    return run_study(cfg, runs_dir=args.runs_dir, study_dir=args.study_dir, wait_s=args.wait)
 
 
 JOBS = {

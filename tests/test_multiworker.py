@@ -245,3 +245,30 @@ def test_worker_info_follows_tensorflow_chief_rule(monkeypatch):
         runtime.worker_info()
     assert runtime.wants_multiworker("multiworker") and not runtime.wants_multiworker("default")
     assert runtime.wants_multiworker(None, ["train.strategy=multiworker"])
+
+
+# ----------------------------------------------------------------------------- sharding
+def test_tfrecord_shards_by_file_when_every_worker_gets_one(tmp_path, monkeypatch):
+    import tensorflow as tf
+
+    from cardigan_tf.data.phantom import write_h5
+    from cardigan_tf.data.pipeline import make_dataset
+    from cardigan_tf.data.tfrecord import write_tfrecords
+
+    h5 = tmp_path / "p.h5"
+    write_h5(h5, n_patients=6, seed=0, size=32, preview=False)
+    write_tfrecords(h5, tmp_path / "two", shards=2, progress=False)
+    write_tfrecords(h5, tmp_path / "one", shards=1, progress=False)
+    policy = tf.data.experimental.AutoShardPolicy
+    strategy = tf.distribute.get_strategy()
+    monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": {"worker": ["a:1", "b:2"]},
+                                                "task": {"type": "worker", "index": 0}}))
+
+    def shard_policy(source):
+        ds = make_dataset(str(source), "train", size=32, batch_size=2, training=True, augment=False,
+                          strategy=strategy)
+        return ds.options().experimental_distribute.auto_shard_policy
+
+    assert shard_policy(tmp_path / "two") == policy.FILE  # 2 files for 2 workers
+    assert shard_policy(tmp_path / "one") == policy.DATA  # fewer files than workers
+    assert shard_policy(h5) == policy.DATA  # in-memory HDF5

@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-import cardigan_tf.runtime  # noqa: F401  (sets KERAS_BACKEND before keras is imported)
+import cardigan_tf.runtime as runtime  # sets KERAS_BACKEND before keras is imported
 from cardigan_tf import cli
 
 STRATEGIES = ("default", "mirrored", "multiworker")
@@ -58,6 +58,8 @@ def _gan_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--runs-dir", default="runs", help="parent folder of run folders")
     p.add_argument("--name", help="run name (default: the preset)")
     p.add_argument("--strategy", choices=STRATEGIES, help="tf.distribute strategy")
+    p.add_argument("--run-dir", help="write into this run folder (multi-worker: the same path on every "
+                                     "worker; only the chief writes there)")
 
 
 def _run_gan(args: argparse.Namespace):
@@ -78,7 +80,7 @@ def _run_gan(args: argparse.Namespace):
         overrides.append(f"train.strategy={args.strategy}")
     gpu = bool(runtime.gpu_devices()) if args.preset is None else False
     cfg = build_config(args.preset, args.config, overrides, gpu=gpu)
-    return train_gan(cfg, runs_dir=args.runs_dir, name=args.name)
+    return train_gan(cfg, runs_dir=args.runs_dir, name=args.name, run_dir=args.run_dir)
 
 
 # ----------------------------------------------------------------------------- seg
@@ -95,6 +97,8 @@ def _seg_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--runs-dir", default="runs", help="where run folders are created")
     p.add_argument("--name", help="run name (default: the preset)")
     p.add_argument("--strategy", choices=STRATEGIES, help="tf.distribute strategy")
+    p.add_argument("--run-dir", help="write into this run folder (multi-worker: the same path on every "
+                                     "worker; only the chief writes there)")
 
 
 def seg_config_from_args(args: argparse.Namespace):
@@ -127,7 +131,7 @@ def _run_seg(args: argparse.Namespace):
         if args.epochs is not None:
             cfg.train.epochs = args.epochs
         return train_seg(cfg, resume=args.resume)
-    return train_seg(seg_config_from_args(args), runs_dir=args.runs_dir)
+    return train_seg(seg_config_from_args(args), runs_dir=args.runs_dir, run_dir=args.run_dir)
 
 
 # ----------------------------------------------------------------------------- study
@@ -137,16 +141,25 @@ def _study_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resume", metavar="STUDY_DIR", help="continue a study folder (finished cells are kept)")
     p.add_argument("--runs-dir", default="runs", help="parent folder of run folders")
     p.add_argument("--name", help="study name")
+    p.add_argument("--study-dir", help="create the study in this folder (instead of a new one under --runs-dir)")
+    p.add_argument("--worker", action="store_true",
+                   help="with --resume: join a study other processes/machines are running (cells are claimed)")
+    p.add_argument("--report-only", action="store_true", help="with --resume: only write the report of the "
+                                                                "cells finished so far")
+    p.add_argument("--wait", type=float, default=6 * 3600, metavar="SECONDS",
+                   help="how long to wait for cells or GANs other processes hold (default 6 h)")
 
 
 def _run_study(args: argparse.Namespace):
     from cardigan_tf.configs.study import build_study_config
     from cardigan_tf.jobs.study import run_study
 
+    if (args.worker or args.report_only) and not args.resume:
+        raise cli.UsageError("--worker and --report-only need --resume STUDY_DIR")
     if args.resume:
-        return run_study(None, resume=args.resume)
+        return run_study(None, resume=args.resume, report_only=args.report_only, wait_s=args.wait)
     cfg = build_study_config(args.config, args.overrides, data=args.data, name=args.name)
-    return run_study(cfg, runs_dir=args.runs_dir)
+    return run_study(cfg, runs_dir=args.runs_dir, study_dir=args.study_dir, wait_s=args.wait)
 
 
 JOBS = {
@@ -175,10 +188,25 @@ def run(args: argparse.Namespace):
     return JOBS[args.job][1](args)
 
 
+def _start_multiworker(argv: list[str]) -> None:
+    """Create the multi-worker strategy before anything else (importing the configs already runs
+    TensorFlow ops, after which TF refuses to configure collective ops)."""
+    if not argv or argv[0] not in ("gan", "seg"):
+        return
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--strategy")
+    pre.add_argument("--set", dest="overrides", action="append", default=[])
+    pre.add_argument("--resume")
+    known, _ = pre.parse_known_args(argv[1:])
+    if runtime.wants_multiworker(known.strategy, known.overrides, known.resume):
+        runtime.multiworker_strategy()
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or (argv[0].startswith("-") and argv[0] not in ("-h", "--help")):
         argv = ["main", *argv]
+    _start_multiworker(argv)
     return cli.run_main(build_parser, run, argv)
 
 

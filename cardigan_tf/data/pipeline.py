@@ -12,8 +12,10 @@ parameters and a stateless seed derived from ``(seed, batch index)``: the stream
 the same seed (``skip_batches`` resumes it cheaply). Validation/test: in order, one pass, never
 mixed nor augmented.
 
-Batch size is the GLOBAL batch size. With a ``strategy`` the dataset is returned undistributed
-(sharded by data): Keras ``fit`` distributes it; a custom loop calls
+Batch size is the GLOBAL batch size. With a ``strategy`` the dataset is returned undistributed,
+with its sharding policy set: by file for a TFRecord split with at least one shard per
+``TF_CONFIG`` worker, else by data (each worker keeps its part of every global batch). Keras
+``fit`` distributes it; a custom loop calls
 ``strategy.experimental_distribute_dataset(ds)``.
 
 Example::
@@ -193,7 +195,8 @@ def make_dataset(
         ds = ds.batch(batch_size, drop_remainder=drop_remainder)
         if skip_batches:
             ds = ds.skip(int(skip_batches))
-        return _finish(ds, cfg, one_hot, seed, training, repeat, strategy, deterministic, skip_batches)
+        return _finish(ds, cfg, one_hot, seed, training, repeat, strategy, deterministic, skip_batches,
+                       shard_by_file=(f == 0 or _is_tfrecord_dir(synthetic)) and _enough_files(source, split, strategy))
 
     arrays = load_source(source, split, **filters)
     image, mask = resize_arrays(*_check_arrays(arrays, str(source) if not isinstance(source, dict) else "dict source"), size)
@@ -228,7 +231,19 @@ def make_dataset(
     return _finish(ds, cfg, one_hot, seed, training, None, strategy, deterministic, skip_batches)
 
 
-def _finish(ds, cfg, one_hot, seed, training, repeat, strategy, deterministic, start) -> tf.data.Dataset:
+def _enough_files(directory, split, strategy) -> bool:
+    """Shard a TFRecord split by file across workers when every worker gets a file."""
+    if strategy is None:
+        return False
+    from cardigan_tf.data import tfrecord
+    from cardigan_tf.runtime import worker_info
+
+    workers = worker_info().num_workers
+    return workers > 1 and len(tfrecord.list_shards(directory, split)) >= workers
+
+
+def _finish(ds, cfg, one_hot, seed, training, repeat, strategy, deterministic, start,
+            shard_by_file=False) -> tf.data.Dataset:
     if cfg is not None:
         ds = ds.enumerate(start=int(start)).map(
             lambda b, pair: augment_batch(pair[0], pair[1], tf.stack([tf.constant(seed, tf.int64), b]), cfg),
@@ -243,8 +258,9 @@ def _finish(ds, cfg, one_hot, seed, training, repeat, strategy, deterministic, s
     ds = ds.map(fmt, num_parallel_calls=AUTOTUNE, deterministic=deterministic)
     options = tf.data.Options()
     options.deterministic = bool(deterministic)
-    if strategy is not None:
-        options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    if strategy is not None:  # multi-worker: TFRecord shards by file when each worker gets one, else by data
+        policy = tf.data.experimental.AutoShardPolicy
+        options.experimental_distribute.auto_shard_policy = policy.FILE if shard_by_file else policy.DATA
     return ds.with_options(options).prefetch(AUTOTUNE)
 
 

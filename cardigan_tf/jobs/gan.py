@@ -33,18 +33,26 @@ def train_gan(cfg: GanConfig | None, run_dir: str | Path | None = None,
     Raises:
         NonFiniteLossError: a loss became NaN/inf (the last good checkpoint is kept).
     """
+    from cardigan_tf import runtime
     from cardigan_tf.jobs.gan_loop import fit_gan
     from cardigan_tf.runs import create_run, ensure_run_subdirs, open_run
 
     if resume is not None:
         run = open_run(resume, kind="gan")
         cfg = run.config
-        check_inputs(cfg)
-        run_dir = ensure_run_subdirs(run.path)
-    else:
-        if cfg is None:
-            raise ValueError("train_gan: give a config or resume=RUN_DIR")
-        check_inputs(cfg)
-        cfg.train.vgg_on = cfg.train.vgg_weights is not None
-        run_dir = create_run("gan", cfg, runs_dir=runs_dir, run_dir=run_dir, name=name or cfg.preset)
-    return fit_gan(cfg, Path(run_dir), resuming=resume is not None)
+    elif cfg is None:
+        raise ValueError("train_gan: give a config or resume=RUN_DIR")
+    check_inputs(cfg)
+    multiworker = cfg.train.strategy == "multiworker"
+    if multiworker:  # first: it configures the TF runtime and waits (bounded) for the cluster
+        runtime.get_strategy("multiworker")
+    # Multi-worker: the chief writes the run folder; other workers write a temporary copy.
+    shared = resume if resume is not None else run_dir
+    with runtime.worker_run_dir(shared, multiworker, resume=resume) as (where, chief):
+        if resume is not None:
+            run_dir = ensure_run_subdirs(where)
+        else:
+            cfg.train.vgg_on = cfg.train.vgg_weights is not None
+            run_dir = create_run("gan", cfg, runs_dir=runs_dir, run_dir=where, name=name or cfg.preset)
+        out = fit_gan(cfg, Path(run_dir), resuming=resume is not None)
+    return out if chief or shared is None else Path(shared)  # a worker names the chief's folder

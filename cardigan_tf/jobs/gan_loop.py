@@ -1,5 +1,9 @@
 """The GAN job's training loop: data, model building, ``fit`` with one callback, outputs.
 
+Multi-worker (``train.strategy=multiworker``, cluster from ``TF_CONFIG``): every worker runs
+this same loop on its shard of each global batch; the chief writes into the run folder, the
+others into a temporary copy that :func:`cardigan_tf.jobs.gan.train_gan` deletes at the end.
+
 Exact resume: a ``tf.train.Checkpoint`` holds G, D, E, the EMA generator, both optimizers'
 states, the step counter and the noise seed state; the training dataset is deterministic for
 its seed and a resumed run skips the batches already consumed. The noise of every step is a
@@ -126,11 +130,13 @@ def fit_gan(cfg, run_dir: Path, resuming: bool = False) -> Path:
                             patients=cfg.data.train_patients,
                             strategy=strategy if strategy.num_replicas_in_sync > 1 else None,
                             **common)
+    runtime.fix_keras_fit(gan, strategy, train_ds.element_spec)  # Keras 3 fit under MWMS
     samples = _sample_batch(make_dataset, path, common, t.n_samples)
     cb = GanCallback(run_dir, manager, total, samples, t, start)
     if start < total:
-        gan.fit(train_ds, epochs=math.ceil(total / spe), steps_per_epoch=spe,
-                initial_epoch=start // spe, callbacks=[cb], verbose=t.verbose)
+        with runtime.lost_worker_errors(runtime.is_multiworker(strategy)):
+            gan.fit(train_ds, epochs=math.ceil(total / spe), steps_per_epoch=spe,
+                    initial_epoch=start // spe, callbacks=[cb], verbose=t.verbose)
     metrics = dict(cb.summary(), precision=precision, jit=bool(gan.jit_compile),
                    strategy=t.strategy, replicas=strategy.num_replicas_in_sync,
                    total_steps=total, steps_per_epoch=spe, vgg_on=gan.vgg is not None,

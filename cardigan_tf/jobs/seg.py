@@ -116,35 +116,47 @@ def train_seg(cfg: SegConfig | None, run_dir: str | Path | None = None, resume: 
     ``train.epochs``); ``callbacks``: extra Keras callbacks, run after the built-in ones.
     Inputs are checked before any folder is created.
     """
-    from cardigan_tf.jobs.seg_callbacks import BestAndEarlyStop, OverlayLogger
     from cardigan_tf.runs import save_run_config
 
     if resume is not None:
-        run = open_run(resume, "seg")
-        cfg = run.config if cfg is None else cfg
-        check_inputs(cfg)
-        run_dir = ensure_run_subdirs(run.path)
-        save_run_config(run_dir, "seg", cfg)
-    else:
-        if cfg is None:
-            raise ValueError("train_seg: give a config or resume=RUN_DIR")
-        check_inputs(cfg)
-        created = run_dir is None or not Path(run_dir).exists()
-        run_dir = create_run("seg", cfg, runs_dir=runs_dir, run_dir=run_dir, name=name or cfg.name)
-        if cfg.data.synthetic:  # the patient check needs the resolved data (phantom, CAMUS folder)
-            from cardigan_tf.data.synthetic import check_synthetic_set
+        cfg = open_run(resume, "seg").config if cfg is None else cfg
+    elif cfg is None:
+        raise ValueError("train_seg: give a config or resume=RUN_DIR")
+    check_inputs(cfg)
+    multiworker = cfg.train.strategy == "multiworker"
+    if multiworker:  # first: it configures the TF runtime and waits (bounded) for the cluster
+        runtime.get_strategy("multiworker")
+    # Multi-worker: the chief writes the run folder; other workers write a temporary copy.
+    shared = resume if resume is not None else run_dir
+    with runtime.worker_run_dir(shared, multiworker, resume=resume) as (where, chief):
+        if resume is not None:
+            run_dir = ensure_run_subdirs(where)
+            save_run_config(run_dir, "seg", cfg)
+        else:
+            created = where is None or not Path(where).exists()
+            run_dir = create_run("seg", cfg, runs_dir=runs_dir, run_dir=where, name=name or cfg.name)
+            if cfg.data.synthetic:  # the patient check needs the resolved data (phantom, CAMUS folder)
+                from cardigan_tf.data.synthetic import check_synthetic_set
 
-            try:
-                check_synthetic_set(cfg.data.synthetic, resolve_run_data(cfg, run_dir), size=cfg.data.size)
-            except Exception:
-                if created:
-                    import shutil
+                try:
+                    check_synthetic_set(cfg.data.synthetic, resolve_run_data(cfg, run_dir), size=cfg.data.size)
+                except Exception:
+                    if created:
+                        import shutil
 
-                    shutil.rmtree(run_dir, ignore_errors=True)
-                raise
+                        shutil.rmtree(run_dir, ignore_errors=True)
+                    raise
+        out = _train(cfg, Path(run_dir), callbacks)
+    return out if chief or shared is None else Path(shared)  # a worker names the chief's folder
+
+
+def _train(cfg: SegConfig, run_dir: Path, callbacks: list | None) -> Path:
+    from cardigan_tf.jobs.seg_callbacks import BestAndEarlyStop, OverlayLogger
 
     runtime.set_precision(cfg.train.precision)
     import keras
+
+    keras.utils.set_random_seed(cfg.train.seed)  # the same initial weights for the same seed
 
     from cardigan_tf.data.pipeline import make_dataset
     from cardigan_tf.models.unet import build_unet
@@ -175,6 +187,7 @@ def train_seg(cfg: SegConfig | None, run_dir: str | Path | None = None, resume: 
         val_ds_fit = val_ds.map(lambda x, y: (x, (y,) * n_out))
     else:
         val_ds_fit = val_ds
+    runtime.fix_keras_fit(model, strategy, train_ds.element_spec)  # Keras 3 fit under MWMS
 
     monitor = monitor_key(model)
     callbacks = [
@@ -189,8 +202,9 @@ def train_seg(cfg: SegConfig | None, run_dir: str | Path | None = None, resume: 
         callbacks.append(keras.callbacks.ReduceLROnPlateau(monitor=monitor, mode="max", factor=0.5,
                                                            patience=max(1, t.patience // 3), min_lr=t.lr * 1e-3))
     start = time.time()
-    history = model.fit(train_ds, validation_data=val_ds_fit, epochs=t.epochs, steps_per_epoch=steps,
-                        callbacks=callbacks, shuffle=False, verbose=1 if _interactive() else 2)
+    with runtime.lost_worker_errors(runtime.is_multiworker(strategy)):
+        history = model.fit(train_ds, validation_data=val_ds_fit, epochs=t.epochs, steps_per_epoch=steps,
+                            callbacks=callbacks, shuffle=False, verbose=1 if _interactive() else 2)
     seconds = time.time() - start
     model.save(run_dir / "final.keras")
     return _finish(run_dir, cfg, history.history, monitor, steps, seconds, n_train, data_path, initial_epoch)

@@ -18,6 +18,17 @@ seed's difference, signed-rank p-values Holm-corrected; see study_report), ``dic
 same (training fraction, seed) U-Net trained without synthetic images, FID/KID; see
 cardigan_tf.gan_quality). Resumable: ``--resume STUDY_DIR`` skips finished cells, GANs,
 synthetic sets and quality reports.
+
+Several processes (or machines sharing the folder) can work on one study: each GAN (training
+fraction, seed) and each cell is claimed atomically before it is worked on
+(``claims/<unit>.claim``, created with O_CREAT|O_EXCL, holding host, pid and time; removed when
+the unit is done). A claim of a dead process on the same host is taken over; a claim of another
+host is honoured (delete the file by hand if that host died). A process that needs a GAN another
+process is training takes other cells first, then waits for it (bounded by ``wait_s``).
+Whichever process finds every cell finished writes the quality reports and the report;
+``report_only`` writes the report of the cells finished so far. ``claims/work.log`` records
+who worked on what (one JSON line per unit). Join a study with
+``python -m cardigan_tf.train study --resume STUDY_DIR --worker``.
 """
 
 from __future__ import annotations
@@ -113,9 +124,112 @@ def _cell_result(cell_dir: Path, split: str) -> dict[str, Any]:
     return out
 
 
+# ----------------------------------------------------------------------------- claims
+def _claims(root: Path) -> Path:
+    path = root / "claims"
+    path.mkdir(exist_ok=True)
+    return path
+
+
+def _pid_alive(pid: int) -> bool:
+    import os
+
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def claim(root: Path, unit: str) -> bool:
+    """Claim ``unit`` for this process (True) or see it held by a live process (False).
+    A claim left by a dead process of this host is taken over."""
+    import json
+    import os
+    import socket
+
+    path = _claims(root) / f"{unit}.claim"
+    me = {"host": socket.gethostname(), "pid": os.getpid(), "time": time.time()}
+    for _ in range(2):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            try:
+                held = json.loads(path.read_text() or "{}")
+            except (OSError, ValueError):
+                return False  # being written right now
+            if held.get("host") == me["host"] and held.get("pid") and not _pid_alive(int(held["pid"])):
+                log.info("claim %s of dead pid %s taken over", unit, held["pid"])
+                path.unlink(missing_ok=True)
+                continue
+            if held.get("host") == me["host"] and held.get("pid") == me["pid"]:
+                return True
+            return False
+        with os.fdopen(fd, "w") as fh:
+            fh.write(json.dumps(me))
+        _work_log(root, unit, "claimed")
+        return True
+    return False
+
+
+def release(root: Path, unit: str) -> None:
+    (_claims(root) / f"{unit}.claim").unlink(missing_ok=True)
+
+
+def _work_log(root: Path, unit: str, event: str) -> None:
+    import json
+    import os
+    import socket
+
+    line = json.dumps({"unit": unit, "event": event, "host": socket.gethostname(), "pid": os.getpid(),
+                       "time": time.time()}) + "\n"
+    fd = os.open(_claims(root) / "work.log", os.O_CREAT | os.O_APPEND | os.O_WRONLY, 0o644)
+    try:
+        os.write(fd, line.encode())
+    finally:
+        os.close(fd)
+
+
+class _data_lock:
+    """An exclusive fcntl lock on ``claims/data.lock`` while the study data is resolved."""
+
+    def __init__(self, root: Path):
+        self.path = _claims(root) / "data.lock"
+
+    def __enter__(self):
+        import fcntl
+
+        self.fh = open(self.path, "a")
+        fcntl.flock(self.fh, fcntl.LOCK_EX)
+        return self
+
+    def __exit__(self, *exc):
+        import fcntl
+
+        fcntl.flock(self.fh, fcntl.LOCK_UN)
+        self.fh.close()
+        return False
+
+
+def _gan_unit(frac: float, seed: int) -> str:
+    return f"gan-f{_tag(frac)}-seed{seed}"
+
+
+def _cell_unit(frac: float, synth: float, seed: int) -> str:
+    return f"seg-f{_tag(frac)}-s{_tag(synth)}-seed{seed}"
+
+
 def run_study(cfg: StudyConfig | None, resume: str | Path | None = None, runs_dir: str | Path = "runs",
-              study_dir: str | Path | None = None) -> Path:
-    """Run (or resume) the study; return its folder."""
+              study_dir: str | Path | None = None, report_only: bool = False, wait_s: float = 6 * 3600,
+              poll_s: float = 5.0) -> Path:
+    """Run (or resume, or join) the study; return its folder.
+
+    Several processes may run this on one study folder at once (``resume=STUDY_DIR``): units
+    are claimed (see the module docstring). ``report_only``: only write the report of the cells
+    finished so far. ``wait_s``: how long to wait for units other processes hold before
+    giving up (RuntimeError naming them)."""
     from cardigan_tf.data.h5layout import list_patients
     from cardigan_tf.data.source import resolve_data
     from cardigan_tf.data.splits import subset_patients
@@ -141,56 +255,113 @@ def run_study(cfg: StudyConfig | None, resume: str | Path | None = None, runs_di
     for sub in ("gans", "synthetic", "cells"):
         (root / sub).mkdir(exist_ok=True)
 
-    data = resolve_data(cfg.data, root / "data", size=cfg.seg.model.size, seed=cfg.data_seed, n_phantom=cfg.n_phantom)
+    with _data_lock(root):
+        data = resolve_data(cfg.data, root / "data", size=cfg.seg.model.size, seed=cfg.data_seed,
+                            n_phantom=cfg.n_phantom)
     train_patients = list_patients(data).get("train", [])
     if not train_patients:
         raise ConfigError(f"{data}: no patient in the train split")
     cells = [(f, s, seed) for seed in cfg.seeds for f in cfg.train_fractions for s in cfg.synthetic_fractions]
-    log.info("study %s: %d cells on %s (%d training patients)", root.name, len(cells), data, len(train_patients))
-    t0 = time.time()
-    for i, (frac, synth, seed) in enumerate(cells, 1):
-        cell_dir = _cell_dir(root, frac, synth, seed)
-        if _done(cell_dir):
-            continue
-        log.info("[%d/%d] train fraction %g, synthetic fraction %g, seed %d (%.0f s so far)",
-                 i, len(cells), frac, synth, seed, time.time() - t0)
-        patients = subset_patients(train_patients, frac, seed=seed)
-        synth_path = None
-        if synth > 0:
-            gan_dir = _gan_dir(root, frac, seed)
-            if not _gan_done(gan_dir):
-                if (gan_dir / "config.yaml").is_file():
-                    train_gan(None, resume=gan_dir)
-                else:
-                    train_gan(_gan_config(cfg, data, patients, seed), run_dir=gan_dir)
-            synth_path = _synth_path(root, frac, seed)
-            if not synth_path.is_file():
-                frames = len(cfg.gan.data.views or ("2CH", "4CH")) * len(cfg.gan.data.phases or ("ED", "ES"))
-                n_images = cfg.synthetic_multiplier * frames * len(patients)
-                generate_set(gan_dir, synth_path, masks=cfg.masks, per_mask=cfg.per_mask, n=n_images, seed=seed)
-        if _seg_finished(cell_dir):
-            pass
-        elif (cell_dir / "config.yaml").is_file():
-            train_seg(None, resume=cell_dir)
-        else:
-            scfg = copy.deepcopy(cfg.seg)
-            scfg.data.data = str(data)
-            scfg.data.seed = cfg.data_seed
-            scfg.data.n_phantom = cfg.n_phantom
-            scfg.data.train_patients = patients
-            scfg.data.synthetic = str(synth_path) if synth_path else None
-            scfg.data.synthetic_fraction = synth
-            scfg.train.seed = seed
-            train_seg(scfg, run_dir=cell_dir)
-        if not (cell_dir / f"eval-{cfg.split}").is_dir():
-            evaluate_run(cell_dir, split=cfg.split, simpson=cfg.simpson)
-        result = _cell_result(cell_dir, cfg.split)
-        result.update(train_fraction=frac, synthetic_fraction=synth, seed=seed, n_train_patients=len(patients))
-        write_json(cell_dir / "result.json", result)
-    write_quality_reports(root, cfg, data)
     from cardigan_tf.jobs.study_report import write_study_report
 
-    return write_study_report(root, cfg)
+    if report_only:
+        return write_study_report(root, cfg)
+    log.info("study %s: %d cells on %s (%d training patients)", root.name, len(cells), data, len(train_patients))
+    t0 = time.time()
+    waited_since = None
+    while True:
+        pending = [c for c in cells if not _done(_cell_dir(root, *c))]
+        if not pending:
+            break
+        progressed = False
+        for frac, synth, seed in pending:
+            if _done(_cell_dir(root, frac, synth, seed)):
+                continue
+            patients = subset_patients(train_patients, frac, seed=seed)
+            if synth > 0 and not _gan_ready(root, frac, seed):
+                if not claim(root, _gan_unit(frac, seed)):
+                    continue  # another process trains this GAN: take another cell first
+                try:
+                    if not _gan_ready(root, frac, seed):
+                        _make_gan(root, cfg, data, patients, frac, seed, train_gan, generate_set)
+                        _work_log(root, _gan_unit(frac, seed), "done")
+                finally:
+                    release(root, _gan_unit(frac, seed))
+                progressed = True
+            unit = _cell_unit(frac, synth, seed)
+            if not claim(root, unit):
+                continue
+            try:
+                if not _done(_cell_dir(root, frac, synth, seed)):
+                    log.info("[%d/%d left] train fraction %g, synthetic fraction %g, seed %d (%.0f s so far)",
+                             len(pending), len(cells), frac, synth, seed, time.time() - t0)
+                    _run_cell(root, cfg, data, patients, frac, synth, seed, train_seg, evaluate_run)
+                    _work_log(root, unit, "done")
+            finally:
+                release(root, unit)
+            progressed = True
+        if progressed:
+            waited_since = None
+            continue
+        waited_since = waited_since or time.time()
+        if time.time() - waited_since > wait_s:
+            held = sorted(p.name for p in _claims(root).glob("*.claim"))
+            raise RuntimeError(f"study {root}: waited {wait_s:.0f} s for units held by other processes: "
+                               f"{', '.join(held) or 'none'} (delete a claim file whose process died on "
+                               "another host)")
+        time.sleep(poll_s)
+    if not claim(root, "report"):
+        log.info("another process is writing the report of %s", root)
+        return root
+    try:
+        write_quality_reports(root, cfg, data)
+        return write_study_report(root, cfg)
+    finally:
+        release(root, "report")
+
+
+def _gan_ready(root: Path, frac: float, seed: int) -> bool:
+    return _gan_done(_gan_dir(root, frac, seed)) and _synth_path(root, frac, seed).is_file()
+
+
+def _make_gan(root, cfg, data, patients, frac, seed, train_gan, generate_set) -> None:
+    """Train (or resume) the GAN of (training fraction, seed) and generate its synthetic set."""
+    gan_dir = _gan_dir(root, frac, seed)
+    if not _gan_done(gan_dir):
+        if (gan_dir / "config.yaml").is_file():
+            train_gan(None, resume=gan_dir)
+        else:
+            train_gan(_gan_config(cfg, data, patients, seed), run_dir=gan_dir)
+    synth_path = _synth_path(root, frac, seed)
+    if not synth_path.is_file():
+        frames = len(cfg.gan.data.views or ("2CH", "4CH")) * len(cfg.gan.data.phases or ("ED", "ES"))
+        n_images = cfg.synthetic_multiplier * frames * len(patients)
+        generate_set(gan_dir, synth_path, masks=cfg.masks, per_mask=cfg.per_mask, n=n_images, seed=seed)
+
+
+def _run_cell(root, cfg, data, patients, frac, synth, seed, train_seg, evaluate_run) -> None:
+    """Train (or resume) and evaluate one cell's U-Net; write its result.json."""
+    cell_dir = _cell_dir(root, frac, synth, seed)
+    synth_path = _synth_path(root, frac, seed) if synth > 0 else None
+    if _seg_finished(cell_dir):
+        pass
+    elif (cell_dir / "config.yaml").is_file():
+        train_seg(None, resume=cell_dir)
+    else:
+        scfg = copy.deepcopy(cfg.seg)
+        scfg.data.data = str(data)
+        scfg.data.seed = cfg.data_seed
+        scfg.data.n_phantom = cfg.n_phantom
+        scfg.data.train_patients = patients
+        scfg.data.synthetic = str(synth_path) if synth_path else None
+        scfg.data.synthetic_fraction = synth
+        scfg.train.seed = seed
+        train_seg(scfg, run_dir=cell_dir)
+    if not (cell_dir / f"eval-{cfg.split}").is_dir():
+        evaluate_run(cell_dir, split=cfg.split, simpson=cfg.simpson)
+    result = _cell_result(cell_dir, cfg.split)
+    result.update(train_fraction=frac, synthetic_fraction=synth, seed=seed, n_train_patients=len(patients))
+    write_json(cell_dir / "result.json", result)
 
 
 def write_quality_reports(root: Path, cfg: StudyConfig, data: Path) -> None:

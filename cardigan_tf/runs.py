@@ -154,6 +154,22 @@ def record_data(run_dir: str | Path, data_path: str | Path, requested: Any = Non
     return record
 
 
+def run_dataset(run_dir: str | Path, data: Any, size: int, seed: int, n_phantom: int) -> Path:
+    """The prepared dataset of a run: the one recorded in ``run_dir/data.json`` when it still
+    exists, else ``data`` resolved (phantom, .h5, TFRecord folder or CAMUS folder; split with
+    ``seed``) into ``run_dir/data`` and recorded with its fingerprint."""
+    from cardigan_tf.data.source import resolve_data
+
+    record = Path(run_dir) / "data.json"
+    if record.is_file():
+        path = Path(json.loads(record.read_text())["path"])
+        if path.exists():
+            return path
+    path = Path(resolve_data(data, Path(run_dir) / "data", size=int(size), seed=int(seed), n_phantom=int(n_phantom)))
+    record_data(run_dir, path, data)
+    return path
+
+
 # ----------------------------------------------------------------------------- create / open
 def save_run_config(run_dir: str | Path, kind: str, cfg: Any) -> None:
     """Write ``config.yaml`` with the run's kind first, atomically."""

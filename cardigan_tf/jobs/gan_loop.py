@@ -159,22 +159,10 @@ def fit_gan(cfg, run_dir: Path, resuming: bool = False) -> Path:
 
 
 def _run_data(cfg, run_dir: Path) -> Path:
-    """The run's dataset: resolved once (split with ``data.seed``, the U-Net's key), recorded
-    with its fingerprint in ``data.json`` and reused from there on resume."""
-    import json
+    """The run's dataset (split with ``data.seed``, the U-Net's key), resolved once and recorded."""
+    from cardigan_tf.runs import run_dataset
 
-    from cardigan_tf.data.source import resolve_data
-    from cardigan_tf.runs import record_data
-
-    record = run_dir / "data.json"
-    if record.is_file():
-        path = Path(json.loads(record.read_text())["path"])
-        if path.exists():
-            return path
-    path = Path(resolve_data(cfg.data.data, run_dir / "data", size=cfg.model.size, seed=cfg.data.seed,
-                             n_phantom=cfg.data.n_phantom))
-    record_data(run_dir, path, cfg.data.data)
-    return path
+    return run_dataset(run_dir, cfg.data.data, cfg.model.size, cfg.data.seed, cfg.data.n_phantom)
 
 
 def _save_model(model, path: Path) -> None:

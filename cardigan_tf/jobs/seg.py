@@ -29,7 +29,7 @@ from pathlib import Path
 import cardigan_tf.runtime as runtime
 from cardigan_tf.configs.seg import SegConfig, preset_config  # noqa: F401  (re-exported)
 from cardigan_tf.files import atomic_write_text, write_json
-from cardigan_tf.runs import create_run, ensure_run_subdirs, open_run, record_data
+from cardigan_tf.runs import create_run, ensure_run_subdirs, open_run
 
 
 def count_train_frames(data_path, cfg: SegConfig) -> int:
@@ -43,17 +43,9 @@ def count_train_frames(data_path, cfg: SegConfig) -> int:
 def resolve_run_data(cfg: SegConfig, run_dir: Path) -> Path:
     """The seed-layout .h5 (or TFRecord folder) of this run: resolved once, recorded with its
     fingerprint in run_dir/data.json, and reused from there."""
-    record = run_dir / "data.json"
-    if record.is_file():
-        path = Path(json.loads(record.read_text())["path"])
-        if path.exists():
-            return path
-    from cardigan_tf.data.source import resolve_data
+    from cardigan_tf.runs import run_dataset
 
-    path = Path(resolve_data(cfg.data.data, run_dir / "data", size=cfg.data.size, seed=cfg.data.seed,
-                             n_phantom=cfg.data.n_phantom))
-    record_data(run_dir, path, cfg.data.data)
-    return path
+    return run_dataset(run_dir, cfg.data.data, cfg.data.size, cfg.data.seed, cfg.data.n_phantom)
 
 
 def check_inputs(cfg: SegConfig) -> None:

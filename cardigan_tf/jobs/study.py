@@ -54,6 +54,37 @@ STRUCTS = ("lv_endo", "lv_epi", "la")
 METRICS = ("dice", "hd", "mad")
 
 
+class _Eta:
+    """Estimated time left per stage (GANs with their synthetic sets; U-Net cells with their
+    evaluation) from the mean duration of the units this process has finished."""
+
+    def __init__(self):
+        self.seconds: dict[str, list[float]] = {"gan": [], "cell": []}
+
+    def add(self, stage: str, seconds: float) -> None:
+        self.seconds[stage].append(seconds)
+
+    def report(self, root: Path, cfg, cells) -> None:
+        gans = {(f, seed) for f, s, seed in cells if s > 0}
+        left = {"gan": sum(1 for f, seed in gans if not _gan_ready(root, f, seed)),
+                "cell": sum(1 for c in cells if not _done(_cell_dir(root, *c)))}
+        parts, total, known = [], 0.0, True
+        for stage, name in (("gan", "GANs"), ("cell", "U-Net cells")):
+            done = self.seconds[stage]
+            if not left[stage]:
+                continue
+            if done:
+                mean = sum(done) / len(done)
+                total += mean * left[stage]
+                parts.append(f"{left[stage]} {name} x ~{mean / 60:.1f} min")
+            else:
+                known = False
+                parts.append(f"{left[stage]} {name} (no estimate yet)")
+        if parts:
+            log.info("remaining: %s -> about %.0f min%s", ", ".join(parts), total / 60,
+                     "" if known else " + the stages not yet timed")
+
+
 def _tag(x: float) -> str:
     return f"{x:g}"
 
@@ -269,6 +300,7 @@ def run_study(cfg: StudyConfig | None, resume: str | Path | None = None, runs_di
     log.info("study %s: %d cells on %s (%d training patients)", root.name, len(cells), data, len(train_patients))
     t0 = time.time()
     waited_since = None
+    eta = _Eta()
     while True:
         pending = [c for c in cells if not _done(_cell_dir(root, *c))]
         if not pending:
@@ -283,8 +315,11 @@ def run_study(cfg: StudyConfig | None, resume: str | Path | None = None, runs_di
                     continue  # another process trains this GAN: take another cell first
                 try:
                     if not _gan_ready(root, frac, seed):
+                        t_gan = time.time()
                         _make_gan(root, cfg, data, patients, frac, seed, train_gan, generate_set)
                         _work_log(root, _gan_unit(frac, seed), "done")
+                        eta.add("gan", time.time() - t_gan)
+                        eta.report(root, cfg, cells)
                 finally:
                     release(root, _gan_unit(frac, seed))
                 progressed = True
@@ -293,10 +328,14 @@ def run_study(cfg: StudyConfig | None, resume: str | Path | None = None, runs_di
                 continue
             try:
                 if not _done(_cell_dir(root, frac, synth, seed)):
-                    log.info("[%d/%d left] train fraction %g, synthetic fraction %g, seed %d (%.0f s so far)",
-                             len(pending), len(cells), frac, synth, seed, time.time() - t0)
+                    left = sum(1 for c in cells if not _done(_cell_dir(root, *c)))
+                    log.info("[%d/%d cells left] train fraction %g, synthetic fraction %g, seed %d (%.0f s so far)",
+                             left, len(cells), frac, synth, seed, time.time() - t0)
+                    t_cell = time.time()
                     _run_cell(root, cfg, data, patients, frac, synth, seed, train_seg, evaluate_run)
                     _work_log(root, unit, "done")
+                    eta.add("cell", time.time() - t_cell)
+                    eta.report(root, cfg, cells)
             finally:
                 release(root, unit)
             progressed = True

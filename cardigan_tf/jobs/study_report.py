@@ -215,7 +215,7 @@ def test_table_lines(tests: list[dict]) -> list[str]:
         "patients with a 95 % percentile bootstrap interval over patients, each seed's mean difference, and the "
         "two-sided Wilcoxon signed-rank test of the per-patient differences. Higher Dice and lower HD/MAD are "
         "better. Images whose HD/MAD is undefined under either setting (an empty prediction) are left out of "
-        "those comparisons (wilcoxon.csv: n_image_pairs). p-values are corrected for the {n_tests} tests of this table together (Holm); \"significant\" "
+        f"those comparisons (wilcoxon.csv: n_image_pairs). p-values are corrected for the {n_tests} tests of this table together (Holm); \"significant\" "
         f"means Holm-corrected p <= {ALPHA:g}.",
         "",
         f"| train fraction | synthetic fraction | structure | metric | patients | mean diff [95% CI] | per seed | "

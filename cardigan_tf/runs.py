@@ -26,7 +26,6 @@ Example::
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 import platform
@@ -43,6 +42,7 @@ from cardigan_tf.files import (  # noqa: F401  (re-exported: the historical home
     atomic_write_bytes,
     atomic_write_text,
     refuse_overwrite,
+    sha256_file,
     write_json,
 )
 
@@ -129,21 +129,13 @@ def provenance(command: list[str] | None = None) -> dict[str, Any]:
     }
 
 
-def _sha256(path: Path, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
 def data_fingerprint(path: str | Path) -> dict[str, Any]:
     """SHA-256 of a prepared dataset: the .h5 file, or every file of a TFRecord folder."""
     path = Path(path)
     if path.is_file():
-        return {"path": str(path.resolve()), "bytes": path.stat().st_size, "sha256": _sha256(path)}
+        return {"path": str(path.resolve()), "bytes": path.stat().st_size, "sha256": sha256_file(path)}
     files = sorted(p for p in path.rglob("*") if p.is_file())
-    return {"path": str(path.resolve()), "files": {str(p.relative_to(path)): _sha256(p) for p in files}}
+    return {"path": str(path.resolve()), "files": {str(p.relative_to(path)): sha256_file(p) for p in files}}
 
 
 def record_data(run_dir: str | Path, data_path: str | Path, requested: Any = None) -> dict:

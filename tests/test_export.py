@@ -70,7 +70,7 @@ def test_layout_metadata_and_models_config(exported, runs):
     assert [lab["id"] for lab in meta["labels"]] == [0, 1, 2, 3] and meta["working_size"] == 32
     assert set(meta["signatures"]) == {"serving_default", "serving_uint8"}
     assert {o["name"] for o in meta["signatures"]["serving_default"]["outputs"]} == {"probabilities", "mask"}
-    assert meta["saved_model_sha256"] == ex._sha256(seg / "saved_model.pb") and meta["versions"]["tensorflow"]
+    assert meta["saved_model_sha256"] == ex.sha256_file(seg / "saved_model.pb") and meta["versions"]["tensorflow"]
     gmeta = json.loads((gan / "metadata.json").read_text())
     assert set(gmeta["signatures"]) == {"serving_default", "serving_seeded"}
     cfg = ex.parse_models_config(exported / "models.config")

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import platform
-import statistics
 import subprocess
 import tempfile
 import time
@@ -22,23 +21,14 @@ from pathlib import Path
 
 import numpy as np
 
+from cardigan_tf.bench import median_time
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--preset", default="camus", help="seg preset of the U-Net")
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--steps", type=int, default=5, help="timed calls per figure (median)")
     parser.add_argument("--warmup", type=int, default=2)
-
-
-def _median(fn, steps, warmup):
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(steps):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
 
 
 def conv_flops(model, size: int) -> int:
@@ -78,7 +68,7 @@ def matmul_gflops(n: int = 4096, steps: int = 5) -> float:
     a = tf.random.normal([n, n])
     b = tf.random.normal([n, n])
     f = tf.function(lambda: tf.matmul(a, b))
-    sec = _median(lambda: f().numpy(), steps, 2)
+    sec = median_time(lambda: f().numpy(), steps, 2)
     return 2 * n ** 3 / sec / 1e9
 
 
@@ -111,8 +101,8 @@ def run(args: argparse.Namespace) -> None:
         for b in args.batches:
             x = rng.random((b, s, s)).astype(np.float32)
             xt = tf.constant(x)
-            t_tf = _median(lambda: fn(image=xt)["probabilities"].numpy(), args.steps, args.warmup) / b
-            t_ox = _median(lambda: sess.run(["probabilities"] if "probabilities" in [o.name for o in sess.get_outputs()]
+            t_tf = median_time(lambda: fn(image=xt)["probabilities"].numpy(), args.steps, args.warmup) / b
+            t_ox = median_time(lambda: sess.run(["probabilities"] if "probabilities" in [o.name for o in sess.get_outputs()]
                                             else None, {in_name: x}), args.steps, args.warmup) / b
             rows.append((b, t_tf * 1e3, t_ox * 1e3, flops / t_tf / 1e9, flops / t_ox / 1e9))
     mm = matmul_gflops()

@@ -15,11 +15,12 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import statistics
 import time
 from pathlib import Path
 
 import numpy as np
+
+from cardigan_tf.bench import median_time
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -30,17 +31,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--infer-batches", type=int, nargs="+", default=[1, 32], help="inference batch sizes")
     parser.add_argument("--threads", type=int, default=0, help="TF intra/inter-op threads (0 = default)")
     parser.add_argument("--markdown", help="also write the table to this file")
-
-
-def _median_time(fn, steps: int, warmup: int) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(steps):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
 
 
 def bench_preset(preset: str, steps: int = 10, warmup: int = 3, train_batch: int = 8,
@@ -65,12 +55,12 @@ def bench_preset(preset: str, steps: int = 10, warmup: int = 3, train_batch: int
     s = cfg.size
     x = rng.random((train_batch, s, s, 1), dtype=np.float32)
     y = rng.integers(0, cfg.num_classes, size=(train_batch, s, s)).astype(np.int32)
-    t_train = _median_time(lambda: model.train_on_batch(x, y), steps, warmup)
+    t_train = median_time(lambda: model.train_on_batch(x, y), steps, warmup)
     out = {"preset": preset, "size": s, "params": int(model.count_params()), "jit": str(jit),
            "train_batch": train_batch, "train_img_s": train_batch / t_train, "infer_ms_per_image": {}}
     for b in infer_batches:
         xb = rng.random((b, s, s, 1), dtype=np.float32)
-        t = _median_time(lambda: model.predict_on_batch(xb), steps, warmup)
+        t = median_time(lambda: model.predict_on_batch(xb), steps, warmup)
         out["infer_ms_per_image"][int(b)] = 1000.0 * t / b
     return out
 

@@ -14,7 +14,6 @@ everything returned here is (rows=y, cols=x), spacing (row, col) in mm.
 
 from __future__ import annotations
 
-import hashlib
 import re
 import zlib
 from pathlib import Path
@@ -23,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from cardigan_tf.data.sample import DataError
+from cardigan_tf.files import sha256_file  # noqa: F401  (re-exported: the readers hash their sources)
 from cardigan_tf.labels import LABEL_VALUES, QUALITIES
 
 MET_BYTES = {
@@ -34,14 +34,6 @@ IMAGE_EXTS = (".mhd", ".mha", ".nii.gz", ".nii")
 _INT_RE = re.compile(r"^[+-]?\d+$")
 #: cfg keys (lower case, no separators) whose value must be a number when given
 NUMERIC_CFG_KEYS = {"ed", "es", "nbframe", "nbframes", "age", "lvedv", "lvesv", "lvef", "ef", "framerate"}
-
-
-def sha256_file(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def parse_mhd_header(path: Path) -> dict[str, str]:

@@ -23,7 +23,6 @@ checked on sample inputs at export time (max abs difference of probabilities <= 
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 import json
 import logging
 import os
@@ -38,7 +37,7 @@ import numpy as np
 
 import cardigan_tf.runtime  # noqa: F401  (KERAS_BACKEND before keras)
 from cardigan_tf import resize
-from cardigan_tf.files import OverwriteError, atomic_path, atomic_write_text, write_json
+from cardigan_tf.files import OverwriteError, atomic_path, atomic_write_text, sha256_file, write_json
 from cardigan_tf.labels import LABEL_NAMES
 from cardigan_tf.runs import RunError, code_revision, library_versions, open_run
 
@@ -188,14 +187,6 @@ def read_warmup(path: Path) -> list[tuple[str, dict[str, np.ndarray]]]:
     return out
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def signature_info(saved_dir: Path) -> dict[str, Any]:
     """{signature: {inputs: [{name, dtype, shape}], outputs: [...]}} of a SavedModel."""
     import tensorflow as tf
@@ -275,7 +266,7 @@ def write_version(folder: Path, kind: str, model, extra: dict, name: str, source
         "versions": library_versions(),
         "code": code_revision(),
         "exported": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "saved_model_sha256": _sha256(folder / "saved_model.pb"),
+        "saved_model_sha256": sha256_file(folder / "saved_model.pb"),
         "onnx": None,
     }
     if onnx:
@@ -424,7 +415,7 @@ def check_export(path, compare_source: bool = True) -> list[str]:
             meta = json.loads((folder / "metadata.json").read_text())
         except json.JSONDecodeError as exc:
             raise ExportError(f"{folder / 'metadata.json'}: not JSON: {exc}") from None
-        if meta.get("saved_model_sha256") != _sha256(folder / "saved_model.pb"):
+        if meta.get("saved_model_sha256") != sha256_file(folder / "saved_model.pb"):
             raise ExportError(f"{folder / 'saved_model.pb'}: SHA-256 differs from metadata.json")
         sigs = signature_info(folder)
         if sigs != meta.get("signatures"):

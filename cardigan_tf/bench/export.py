@@ -16,7 +16,6 @@ import argparse
 import platform
 import subprocess
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np

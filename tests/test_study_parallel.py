@@ -16,9 +16,15 @@ ROOT = Path(__file__).resolve().parents[1]
 BOUND = 420
 
 
+# a fraction of 1 with two seeds: both seeds train on every training patient, so ONE GAN serves
+# the synthetic cells of both seeds
+SHARED = [s for s in TINY if not s.startswith(("train_fractions", "seeds"))] + ["train_fractions=[1.0]",
+                                                                               "seeds=[0, 1]"]
+
+
 def _sets():
     out = []
-    for s in TINY:
+    for s in SHARED:
         out += ["--set", s]
     return out
 
@@ -73,13 +79,24 @@ def test_study_split_across_two_processes(tmp_path):
     assert codes == [0, 0], texts
     events = [json.loads(line) for line in (study / "claims" / "work.log").read_text().splitlines()]
     done = [e["unit"] for e in events if e["event"] == "done"]
-    assert sorted(done) == ["gan-f0.5-seed0", "seg-f0.5-s0-seed0", "seg-f0.5-s0.5-seed0"]  # each exactly once
+    # each unit exactly once, and one GAN for both seeds
+    assert sorted(done) == ["gan-f1-seed0", "seg-f1-s0-seed0", "seg-f1-s0-seed1", "seg-f1-s0.5-seed0",
+                            "seg-f1-s0.5-seed1"]
     claimed = [e["unit"] for e in events if e["event"] == "claimed" and e["unit"] != "report"]
     assert sorted(claimed) == sorted(done)  # nobody started a unit another process had
-    assert len(list(study.glob("cells/*/result.json"))) == 2
+    assert [p.name for p in (study / "gans").iterdir()] == ["gan-f1-seed0"]
+    assert [p.name for p in (study / "synthetic").glob("*.h5")] == ["synth-f1-seed0.h5"]
+    for seed in (0, 1):
+        cell = json.loads((study / "cells" / f"seg-f1-s0.5-seed{seed}" / "result.json").read_text())
+        assert cell["gan"] == "gan-f1-seed0" and cell["seed"] == seed
+        config = (study / "cells" / f"seg-f1-s0.5-seed{seed}" / "config.yaml").read_text()
+        assert "synth-f1-seed0.h5" in config
+    assert json.loads((study / "cells" / "seg-f1-s0-seed1" / "result.json").read_text())["gan"] is None
+    assert len(list(study.glob("cells/*/result.json"))) == 4
     assert not list((study / "claims").glob("*.claim"))  # all released
     report = (study / "report.md").read_text()
-    assert "gan-f0.5-seed0" in report and (study / "results.csv").is_file()
+    assert "gan-f1-seed0" in report and (study / "results.csv").is_file()
+    assert "share one GAN and its synthetic set (`gan-f1-seed0` served seeds 0, 1)" in report
     print("units per process:", {pid: [e["unit"] for e in events if e["pid"] == pid and e["event"] == "done"]
                                  for pid in {e["pid"] for e in events}})
 
@@ -90,3 +107,26 @@ def test_worker_flags_need_resume():
     assert main(["study", "--worker"]) == 2
     with pytest.raises(SystemExit):
         main(["study", "--report-only", "--bogus"])
+
+
+def test_gan_seeds_share_a_gan_only_between_equal_patient_subsets(tmp_path):
+    from cardigan_tf.configs.study import build_study_config
+    from cardigan_tf.data.splits import subset_patients
+    from cardigan_tf.jobs.study import gan_seeds
+
+    patients = [f"patient{i:04d}" for i in range(1, 21)]
+    cfg = build_study_config(None, ["train_fractions=[0.25, 1.0]", "seeds=[3, 1, 2]"])
+    got = gan_seeds(tmp_path, cfg, patients)
+    assert {got[1.0, s] for s in (3, 1, 2)} == {3}  # every patient for every seed: the first seed's GAN
+    subsets = {s: subset_patients(patients, 0.25, seed=s) for s in (3, 1, 2)}
+    assert len({tuple(v) for v in subsets.values()}) == 3  # (the three subsets differ)
+    assert [got[0.25, s] for s in (3, 1, 2)] == [3, 1, 2]  # other patients: their own GAN
+    # a study folder from before the sharing: seed 1's finished GAN keeps serving seed 1
+    gan = tmp_path / "gans" / "gan-f1-seed1"
+    gan.mkdir(parents=True)
+    for name in ("generator_ema.keras", "metrics.json"):
+        (gan / name).write_text("x")
+    (tmp_path / "synthetic").mkdir()
+    (tmp_path / "synthetic" / "synth-f1-seed1.h5").write_text("x")
+    got = gan_seeds(tmp_path, cfg, patients)
+    assert [got[1.0, s] for s in (3, 1, 2)] == [3, 1, 3]

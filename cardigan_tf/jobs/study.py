@@ -4,8 +4,12 @@ For every training-set fraction x synthetic fraction x seed:
 
 1. the training patients are a seeded subset of the train split (validation and test patients
    never reach the GAN, the generated set or the U-Net's training data);
-2. a GAN is trained on that subset only (one per training fraction and seed, shared by the
-   synthetic fractions > 0), and a synthetic set is generated from the subset's masks;
+2. a GAN is trained on that subset only, and a synthetic set is generated from the subset's
+   masks. One GAN serves every cell whose training patients are exactly its own: the synthetic
+   fractions > 0 of a (training fraction, seed), and the seeds whose subsets are equal (a
+   fraction of 1 is every training patient for every seed: one GAN, named after the first
+   seed, instead of one per seed; see :func:`gan_seeds`). No GAN ever serves a cell with fewer
+   or other patients than it was trained on;
 3. a U-Net is trained on the subset, mixing in synthetic images with the cell's synthetic
    fraction (the expected share of synthetic images in each batch);
 4. the U-Net is evaluated on the fixed test split (Dice, HD, MAD in mm, EF).
@@ -64,8 +68,8 @@ class _Eta:
     def add(self, stage: str, seconds: float) -> None:
         self.seconds[stage].append(seconds)
 
-    def report(self, root: Path, cfg, cells) -> None:
-        gans = {(f, seed) for f, s, seed in cells if s > 0}
+    def report(self, root: Path, cfg, cells, gan_seed) -> None:
+        gans = {(f, gan_seed[f, seed]) for f, s, seed in cells if s > 0}
         left = {"gan": sum(1 for f, seed in gans if not _gan_ready(root, f, seed)),
                 "cell": sum(1 for c in cells if not _done(_cell_dir(root, *c)))}
         parts, total, known = [], 0.0, True
@@ -108,6 +112,23 @@ def _synth_path(root: Path, frac: float, seed: int) -> Path:
 
 def _cell_dir(root: Path, frac: float, synth: float, seed: int) -> Path:
     return root / "cells" / f"seg-f{_tag(frac)}-s{_tag(synth)}-seed{seed}"
+
+
+def gan_seeds(root: Path, cfg: "StudyConfig", train_patients: list[str]) -> dict[tuple[float, int], int]:
+    """(training fraction, seed) -> the seed whose GAN serves it: the first seed of ``cfg.seeds``
+    with exactly the same training patients (so every seed at a fraction of 1 shares one GAN).
+    A GAN of the cell's own seed that is already finished (a study folder written before GANs
+    were shared) keeps serving its cells."""
+    from cardigan_tf.data.splits import subset_patients
+
+    out = {}
+    for frac in cfg.train_fractions:
+        first: dict[tuple[str, ...], int] = {}
+        for seed in cfg.seeds:
+            key = tuple(subset_patients(train_patients, frac, seed=seed))
+            canonical = first.setdefault(key, seed)
+            out[frac, seed] = seed if _gan_ready(root, frac, seed) else canonical
+    return out
 
 
 def _gan_config(cfg: "StudyConfig", data: Path, patients: list[str], seed: int) -> GanConfig:
@@ -293,11 +314,14 @@ def run_study(cfg: StudyConfig | None, resume: str | Path | None = None, runs_di
     if not train_patients:
         raise ConfigError(f"{data}: no patient in the train split")
     cells = [(f, s, seed) for seed in cfg.seeds for f in cfg.train_fractions for s in cfg.synthetic_fractions]
+    gan_seed = gan_seeds(root, cfg, train_patients)
     from cardigan_tf.jobs.study_report import write_study_report
 
     if report_only:
         return write_study_report(root, cfg)
-    log.info("study %s: %d cells on %s (%d training patients)", root.name, len(cells), data, len(train_patients))
+    n_gans = len({(f, gan_seed[f, seed]) for f, s, seed in cells if s > 0})
+    log.info("study %s: %d cells, %d GANs on %s (%d training patients)", root.name, len(cells), n_gans, data,
+             len(train_patients))
     t0 = time.time()
     waited_since = None
     eta = _Eta()
@@ -310,18 +334,19 @@ def run_study(cfg: StudyConfig | None, resume: str | Path | None = None, runs_di
             if _done(_cell_dir(root, frac, synth, seed)):
                 continue
             patients = subset_patients(train_patients, frac, seed=seed)
-            if synth > 0 and not _gan_ready(root, frac, seed):
-                if not claim(root, _gan_unit(frac, seed)):
+            gseed = gan_seed[frac, seed]
+            if synth > 0 and not _gan_ready(root, frac, gseed):
+                if not claim(root, _gan_unit(frac, gseed)):
                     continue  # another process trains this GAN: take another cell first
                 try:
-                    if not _gan_ready(root, frac, seed):
+                    if not _gan_ready(root, frac, gseed):
                         t_gan = time.time()
-                        _make_gan(root, cfg, data, patients, frac, seed, train_gan, generate_set)
-                        _work_log(root, _gan_unit(frac, seed), "done")
+                        _make_gan(root, cfg, data, patients, frac, gseed, train_gan, generate_set)
+                        _work_log(root, _gan_unit(frac, gseed), "done")
                         eta.add("gan", time.time() - t_gan)
-                        eta.report(root, cfg, cells)
+                        eta.report(root, cfg, cells, gan_seed)
                 finally:
-                    release(root, _gan_unit(frac, seed))
+                    release(root, _gan_unit(frac, gseed))
                 progressed = True
             unit = _cell_unit(frac, synth, seed)
             if not claim(root, unit):
@@ -332,10 +357,10 @@ def run_study(cfg: StudyConfig | None, resume: str | Path | None = None, runs_di
                     log.info("[%d/%d cells left] train fraction %g, synthetic fraction %g, seed %d (%.0f s so far)",
                              left, len(cells), frac, synth, seed, time.time() - t0)
                     t_cell = time.time()
-                    _run_cell(root, cfg, data, patients, frac, synth, seed, train_seg, evaluate_run)
+                    _run_cell(root, cfg, data, patients, frac, synth, seed, train_seg, evaluate_run, gseed)
                     _work_log(root, unit, "done")
                     eta.add("cell", time.time() - t_cell)
-                    eta.report(root, cfg, cells)
+                    eta.report(root, cfg, cells, gan_seed)
             finally:
                 release(root, unit)
             progressed = True
@@ -353,7 +378,7 @@ def run_study(cfg: StudyConfig | None, resume: str | Path | None = None, runs_di
         log.info("another process is writing the report of %s", root)
         return root
     try:
-        write_quality_reports(root, cfg, data)
+        write_quality_reports(root, cfg, data, gan_seed)
         return write_study_report(root, cfg)
     finally:
         release(root, "report")
@@ -364,7 +389,8 @@ def _gan_ready(root: Path, frac: float, seed: int) -> bool:
 
 
 def _make_gan(root, cfg, data, patients, frac, seed, train_gan, generate_set) -> None:
-    """Train (or resume) the GAN of (training fraction, seed) and generate its synthetic set."""
+    """Train (or resume) the GAN of (training fraction, seed) and generate its synthetic set
+    (``seed``: the GAN's seed, see :func:`gan_seeds`)."""
     gan_dir = _gan_dir(root, frac, seed)
     if not _gan_done(gan_dir):
         if (gan_dir / "config.yaml").is_file():
@@ -378,10 +404,11 @@ def _make_gan(root, cfg, data, patients, frac, seed, train_gan, generate_set) ->
         generate_set(gan_dir, synth_path, masks=cfg.masks, per_mask=cfg.per_mask, n=n_images, seed=seed)
 
 
-def _run_cell(root, cfg, data, patients, frac, synth, seed, train_seg, evaluate_run) -> None:
-    """Train (or resume) and evaluate one cell's U-Net; write its result.json."""
+def _run_cell(root, cfg, data, patients, frac, synth, seed, train_seg, evaluate_run, gan_seed) -> None:
+    """Train (or resume) and evaluate one cell's U-Net; write its result.json (``gan_seed``: the
+    seed of the GAN whose synthetic set it uses, see :func:`gan_seeds`)."""
     cell_dir = _cell_dir(root, frac, synth, seed)
-    synth_path = _synth_path(root, frac, seed) if synth > 0 else None
+    synth_path = _synth_path(root, frac, gan_seed) if synth > 0 else None
     if _seg_finished(cell_dir):
         pass
     elif (cell_dir / "config.yaml").is_file():
@@ -399,19 +426,23 @@ def _run_cell(root, cfg, data, patients, frac, synth, seed, train_seg, evaluate_
     if not (cell_dir / f"eval-{cfg.split}").is_dir():
         evaluate_run(cell_dir, split=cfg.split, simpson=cfg.simpson)
     result = _cell_result(cell_dir, cfg.split)
-    result.update(train_fraction=frac, synthetic_fraction=synth, seed=seed, n_train_patients=len(patients))
+    result.update(train_fraction=frac, synthetic_fraction=synth, seed=seed, n_train_patients=len(patients),
+                  gan=_gan_unit(frac, gan_seed) if synth > 0 else None)
     write_json(cell_dir / "result.json", result)
 
 
-def write_quality_reports(root: Path, cfg: StudyConfig, data: Path) -> None:
+def write_quality_reports(root: Path, cfg: StudyConfig, data: Path, gan_seed=None) -> None:
     """``gans/<gan>/quality/`` for every GAN whose synthetic set exists, scored by the U-Net of
     the same (training fraction, seed) trained without synthetic images (synthetic fraction 0).
-    Without such a cell the GAN is skipped and ``gans/<gan>/quality_skipped.txt`` says why."""
+    Without such a cell the GAN is skipped and ``gans/<gan>/quality_skipped.txt`` says why.
+    ``gan_seed``: :func:`gan_seeds` (default: one GAN per seed)."""
     from cardigan_tf.files import atomic_write_text
     from cardigan_tf.jobs.gan_quality import gan_quality_report
 
     for seed in cfg.seeds:
         for frac in cfg.train_fractions:
+            if gan_seed is not None and gan_seed[frac, seed] != seed:
+                continue  # this seed's cells use another seed's GAN
             gan_dir, synth = _gan_dir(root, frac, seed), _synth_path(root, frac, seed)
             if not synth.is_file() or (gan_dir / "quality").is_dir():
                 continue

@@ -302,6 +302,21 @@ def quality_lines(found: list[dict[str, Any]], skipped: list[str]) -> list[str]:
     return lines + [""]
 
 
+def _gan_sharing(root: Path) -> str:
+    """A sentence naming the GANs that served cells of several seeds (same training patients)."""
+    served: dict[str, set] = {}
+    for path in sorted((root / "cells").glob("*/result.json")):
+        r = json.loads(path.read_text())
+        if r.get("gan"):
+            served.setdefault(r["gan"], set()).add(r["seed"])
+    shared = [f"`{g}` served seeds {', '.join(str(s) for s in sorted(seeds))}"
+              for g, seeds in sorted(served.items()) if len(seeds) > 1]
+    if not shared:
+        return ""
+    return (" Seeds with the same training patients share one GAN and its synthetic set (" + "; ".join(shared)
+            + "): their differences do not include a GAN's training randomness.")
+
+
 def write_study_report(root: Path, cfg) -> Path:
     """Write cells.csv, results.csv/.md, wilcoxon.csv, dice_vs_synthetic.png, report.md."""
     root = Path(root)
@@ -339,7 +354,7 @@ def write_study_report(root: Path, cfg) -> Path:
         f"batch {cfg.gan.train.batch_size}), mask source `{cfg.masks}`, "
         f"up to {cfg.synthetic_multiplier}x as many synthetic as real training images ({_synthetic_counts(root)}).",
         "The GAN of each (training fraction, seed) saw only that subset of training patients; "
-        "validation and test patients never reached a GAN or a synthetic set.",
+        "validation and test patients never reached a GAN or a synthetic set." + _gan_sharing(root),
         "",
         "## Results (mean ± SD over seeds)",
         "",

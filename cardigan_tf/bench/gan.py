@@ -307,12 +307,17 @@ def run(args) -> list[dict]:
     if getattr(args, "compare", False):
         refs = compare(args)
         ours = [r for r in results if r["preset"] == "cardigan"]
-        print("\n| implementation | s/step | ours / it |\n|---|---|---|")
+        print("\n| implementation | s/step | ours / it | GFLOP/step (est.) | GFLOP/s |\n|---|---|---|---|---|")
+
+        def flops(r):
+            g = r.get("gflops_step_est")
+            return (f"{g:.0f}", f"{g / r['step_s']:.0f}") if g else ("-", "-")
+
         for r in ours:
-            print(f"| cardigan_tf (cardigan preset) | {r['step_s']:.3g} | 1 |")
+            print(f"| cardigan_tf (cardigan preset) | {r['step_s']:.3g} | 1 | {' | '.join(flops(r))} |")
         for ref in refs:
             ratio = f"{ours[0]['step_s'] / ref['step_s']:.2f}" if ours else "-"
-            print(f"| {ref['impl']} | {ref['step_s']:.3g} | {ratio} |")
+            print(f"| {ref['impl']} | {ref['step_s']:.3g} | {ratio} | {' | '.join(flops(ref))} |")
         results = results + refs
     if args.json:
         from cardigan_tf.files import write_json

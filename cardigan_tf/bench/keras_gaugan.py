@@ -160,12 +160,19 @@ def run_bench(size=256, ngf=48, ndf=48, batch=4, steps=3, warmup=1, z_dim=256, s
     float(out[1])
     dt = (time.perf_counter() - t0) / steps
 
-    def n(m):
-        return int(sum(np.prod(v.shape) for v in m.trainable_weights))
+    from cardigan_tf.bench.gan import count_params, forward_flops
 
+    g_flops = forward_flops(gen, [(batch, z_dim), (batch, size, size, 4)])
+    d_flops = forward_flops(disc, [(batch, size, size, 4), (batch, size, size, 1)])
+    e_flops = forward_flops(enc, [(batch, size, size, 1)])
+    # one step: G forward (D update) + G forward and backward (G update) = 4 G; D update on fake
+    # and real (2 x forward + backward) + G update's D on real (forward) and fake (forward +
+    # backward) = 10 D; encoder forward = 1 E (backward = 2x forward, as bench.gan estimates)
     return {"impl": "keras_gaugan", "size": size, "ngf": ngf, "ndf": ndf, "batch": batch,
             "num_D": 1, "warmup_s": warm, "step_s": dt, "steps": steps,
-            "params_G": n(gen), "params_D": n(disc), "params_E": n(enc)}
+            "params_G": count_params(gen), "params_D": count_params(disc), "params_E": count_params(enc),
+            "gflops_G_fwd": g_flops / 1e9, "gflops_D_fwd": d_flops / 1e9,
+            "gflops_step_est": (4 * g_flops + 10 * d_flops + e_flops) / 1e9}
 
 
 def main(argv=None) -> int:

@@ -7,7 +7,10 @@ generator, discriminator and encoder configs by :func:`network_configs`) + ``tra
 
 Presets (:data:`PRESETS`, :func:`preset_config`):
 
-- ``tiny``: 64x64, ngf/ndf 16: tests and CPU demos.
+- ``tiny``: 64x64, ngf/ndf 16: tests and CPU demos. SPADE's hidden width is scaled with ngf at
+  the paper's ratio (128 for ngf 64, so 32 here): the fixed 128 made the 64x64 SPADE mask
+  convolutions 8x wider than the features they modulate and 2.9x the step's arithmetic
+  (docs/bench_gan.md). ``--set model.hidden=128`` gives the tiny model of releases before it.
 - ``cardigan``: cardiGAN's run of NVIDIA SPADE (REFERENCE.md): 256x256, ngf/ndf 48, batch 4,
   30 epochs (20 constant + 10 linear decay), Adam beta2 0.999 (cardiGAN passed it), horizontal
   flips, mask-only generator, 2-scale D with 4 layers, synchronised batch norm in SPADE.
@@ -137,13 +140,14 @@ class GanConfig:
         self.data.augment.validate()
 
 
-def _preset(name: str, size: int, width: int, batch: int, epochs: int, decay: int, beta2: float) -> GanConfig:
-    return GanConfig(preset=name, model=GanModelConfig(size=size, ngf=width, ndf=width, nef=width),
+def _preset(name: str, size: int, width: int, batch: int, epochs: int, decay: int, beta2: float,
+            hidden: int = 128) -> GanConfig:
+    return GanConfig(preset=name, model=GanModelConfig(size=size, ngf=width, ndf=width, nef=width, hidden=hidden),
                      train=GanTrainConfig(batch_size=batch, epochs=epochs, decay_epochs=decay, beta2=beta2))
 
 
 PRESETS = {
-    "tiny": lambda: _preset("tiny", 64, 16, batch=8, epochs=2, decay=1, beta2=0.999),
+    "tiny": lambda: _preset("tiny", 64, 16, batch=8, epochs=2, decay=1, beta2=0.999, hidden=32),
     "cardigan": lambda: _preset("cardigan", 256, 48, batch=4, epochs=30, decay=10, beta2=0.999),
     "spade": lambda: _preset("spade", 256, 64, batch=4, epochs=30, decay=10, beta2=0.9),
 }

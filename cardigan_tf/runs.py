@@ -225,6 +225,23 @@ class Run:
             return Path(d["path"])
         return None
 
+    def dataset(self, data: Any = None) -> Path:
+        """The prepared dataset to read this run's data from: ``data`` when given, else the
+        recorded one (:meth:`data_path`), else the run's ``data.data`` resolved again with its
+        split seed and size (into ``<run>/data``; the run's record is not rewritten: reading a
+        run does not change it). GAN runs work at ``model.size``, seg runs at ``data.size``."""
+        from cardigan_tf.data.source import resolve_data
+
+        if data is None:
+            recorded = self.data_path()
+            if recorded is not None:
+                return recorded
+            data = self.config.data.data
+        cfg = self.config
+        size = cfg.model.size if self.kind == "gan" else cfg.data.size
+        return Path(resolve_data(data, self.path / "data", size=int(size), seed=int(cfg.data.seed),
+                                 n_phantom=int(cfg.data.n_phantom)))
+
     @property
     def provenance(self) -> dict:
         f = self.path / "provenance.json"

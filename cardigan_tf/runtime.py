@@ -4,7 +4,8 @@
   and optimizers inside ``strategy.scope()``. "multiworker" reads the cluster from ``TF_CONFIG``
   and bounds every wait (see :func:`multiworker_strategy`); it is created once per process.
 - ``worker_info()``: this process's place in the ``TF_CONFIG`` cluster (chief or not);
-  ``worker_run_dir(...)``: where a worker writes (the run folder on the chief, a temporary copy
+  ``worker_run_dir(...)`` (``.for_training(strategy, run_dir, resume)`` for a training job):
+  where a worker writes (the run folder on the chief, a temporary copy
   elsewhere, deleted at the end); ``fix_keras_fit(model, strategy, spec)``: the two Keras 3.15
   ``fit`` defects under MultiWorkerMirroredStrategy, worked around on one model instance.
 - ``resolve_precision("auto"|"float32"|"mixed_bfloat16"|"mixed_float16")``: "auto" picks
@@ -186,6 +187,25 @@ class worker_run_dir:
     def __init__(self, run_dir, multiworker: bool, resume=None):
         self.run_dir, self.multiworker, self.resume = run_dir, bool(multiworker), resume
         self.tmp = None
+        self.chief = True
+
+    @classmethod
+    def for_training(cls, strategy: str, run_dir=None, resume=None) -> "worker_run_dir":
+        """The folder of a training job (``train gan`` / ``train seg``) run with strategy
+        ``strategy``: the multi-worker strategy is created first when asked (it configures the
+        TensorFlow runtime and waits, bounded, for the cluster); the shared folder is ``resume``
+        when resuming, else ``run_dir``. After the ``with`` block, :meth:`result` is what the job
+        returns."""
+        multiworker = strategy == "multiworker"
+        if multiworker:
+            get_strategy("multiworker")
+        return cls(resume if resume is not None else run_dir, multiworker, resume=resume)
+
+    def result(self, out):
+        """A job's return value: ``out`` on the chief; another worker names the chief's folder."""
+        from pathlib import Path
+
+        return out if self.chief or self.run_dir is None else Path(self.run_dir)
 
     def __enter__(self):
         import shutil
@@ -193,7 +213,8 @@ class worker_run_dir:
         from pathlib import Path
 
         info = worker_info()
-        if not self.multiworker or info.is_chief:
+        self.chief = not self.multiworker or info.is_chief
+        if self.chief:
             return (Path(self.run_dir) if self.run_dir is not None else None), True
         self.tmp = Path(tempfile.mkdtemp(prefix=f"cardigan-{info.task_type}{info.task_id}-"))
         path = self.tmp / "run"

@@ -98,7 +98,29 @@ def test_train_help_lists_the_main_job(capsys):
 
 def test_gan_preset_config_round_trips_through_a_run_folder(tmp_path):
     cfg = gan_preset("spade")
-    run = create_run("gan", cfg, run_dir=tmp_path / "g")
+    create_run("gan", cfg, run_dir=tmp_path / "g")
     opened = open_run(tmp_path / "g", "gan")
     assert opened.config == cfg
     shutil.rmtree(tmp_path / "g")
+
+
+def test_run_dataset_recorded_else_resolved_without_rewriting_the_run(tmp_path):
+    from cardigan_tf.data import h5layout
+    from cardigan_tf.runs import record_data
+
+    cfg = gan_preset("tiny")
+    cfg.data.n_phantom = 4
+    create_run("gan", cfg, run_dir=tmp_path / "g")
+    run = open_run(tmp_path / "g", "gan")
+    assert run.data is None
+    path = run.dataset()  # no record: the config's phantom, at the GAN's model.size
+    assert path.parent == tmp_path / "g" / "data"
+    assert h5layout.read_root_attrs(path)["size"] == 64 and h5layout.read_root_attrs(path)["n_patients"] == 4
+    assert not (tmp_path / "g" / "data.json").exists()  # reading a run does not change it
+    other = tmp_path / "other.h5"
+    shutil.copy(path, other)
+    record_data(tmp_path / "g", other)
+    assert open_run(tmp_path / "g", "gan").dataset() == other.resolve()  # the record wins
+    assert open_run(tmp_path / "g", "gan").dataset(str(path)) == path  # an explicit dataset wins
+    other.unlink()  # a record whose file is gone: resolved again from the config
+    assert open_run(tmp_path / "g", "gan").dataset() == path

@@ -3,7 +3,6 @@
 import numpy as np
 import pytest
 
-from cardigan_tf.labels import NUM_CLASSES
 from cardigan_tf.metrics.synthesis import fid, frechet_distance, kid, segmentation_consistency
 from cardigan_tf.models.features import bottleneck_layer, encoder_features, inception_features
 from _heart_masks import draw_heart  # noqa: E402

@@ -114,6 +114,19 @@ def time_phantom(pairs: int, size: int, seed: int = 0) -> float:
     return pairs / max(time.process_time() - start, 1e-9)
 
 
+def time_phantom_patients(pairs: int, size: int, seed: int = 0) -> float:
+    """Phantom pairs per second as datasets are written (``make_patient``: one patient drawn
+    for its four frames), in this Python thread, CPU time."""
+    from cardigan_tf.data import phantom
+
+    phantom.make_patient(0, seed, size)
+    n = max(1, pairs // 4)
+    start = time.process_time()
+    for i in range(1, n + 1):
+        phantom.make_patient(i, seed, size)
+    return 4 * n / max(time.process_time() - start, 1e-9)
+
+
 def run(args: argparse.Namespace) -> dict:
     if args.per_op:
         print(f"per-op timing, {args.size}x{args.size}, batch {args.batch_size}, one TF thread; "
@@ -129,6 +142,9 @@ def run(args: argparse.Namespace) -> dict:
     results = {}
     results["phantom_pairs_per_s_one_core"] = time_phantom(args.phantom_pairs, args.size, args.seed)
     print(f"phantom generation {args.size}x{args.size}: {results['phantom_pairs_per_s_one_core']:.0f} pairs/s (one core, CPU time)")
+    results["phantom_pairs_per_s_one_core_by_patient"] = time_phantom_patients(args.phantom_pairs, args.size, args.seed)
+    print(f"phantom generation by patient (4 frames per drawn patient, as prepare writes them): "
+          f"{results['phantom_pairs_per_s_one_core_by_patient']:.0f} pairs/s (one core, CPU time)")
     with tempfile.TemporaryDirectory() as tmp:
         data = args.data
         if data is None:
@@ -168,6 +184,9 @@ def run(args: argparse.Namespace) -> dict:
     print("|---|---|---|---|")
     print(f"| phantom generation, one core | {results['phantom_pairs_per_s_one_core']:.0f} | "
           f"{1e3 / results['phantom_pairs_per_s_one_core']:.2f} | {ncpu * results['phantom_pairs_per_s_one_core']:.0f} |")
+    by_patient = results["phantom_pairs_per_s_one_core_by_patient"]
+    print(f"| phantom generation by patient (as datasets are written), one core | {by_patient:.0f} | "
+          f"{1e3 / by_patient:.2f} | {ncpu * by_patient:.0f} |")
     for key, label in (("plain", "pipeline, no augmentation"), ("augmented", "pipeline, augmentation")):
         cpu = results[f"cpu_ms_per_pair_{key}"]
         print(f"| {label} | {results[f'pairs_per_s_{key}']:.0f} | {cpu:.2f} | {1e3 * ncpu / max(cpu, 1e-9):.0f} |")

@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from cardigan_tf.data.camus import CamusDataset, read_camus
-from cardigan_tf.data.h5layout import H5Writer, list_patients, read_root_attrs
+from cardigan_tf.data.h5layout import H5Writer
 from cardigan_tf.data.sample import DataError
 from cardigan_tf.data.splits import seeded_split, train_valid_split
 from cardigan_tf.labels import PHASES, VIEWS

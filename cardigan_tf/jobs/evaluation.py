@@ -35,6 +35,7 @@ import logging
 import math
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -42,6 +43,9 @@ import cardigan_tf.runtime  # noqa: F401  (sets KERAS_BACKEND before keras is im
 from cardigan_tf.labels import PHASES, STRUCTURES
 from cardigan_tf.files import atomic_path, refuse_overwrite, write_json
 from cardigan_tf.runs import open_run
+
+if TYPE_CHECKING:
+    from cardigan_tf.inference import Preprocessing
 
 log = logging.getLogger(__name__)
 
@@ -64,16 +68,7 @@ def load_segmenter(run_dir, which: str = "best"):
 def run_data_path(run, data: str | None = None) -> Path:
     """The dataset to evaluate on: ``data`` (resolved into the run's data folder) or the run's
     own recorded dataset (re-resolved from its config when the record is gone)."""
-    from cardigan_tf.data.source import resolve_data
-
-    cfg = run.config
-    if data is None:
-        recorded = run.data_path()
-        if recorded is not None:
-            return recorded
-        data = cfg.data.data
-    return Path(resolve_data(data, run.path / "data", size=cfg.data.size, seed=cfg.data.seed,
-                             n_phantom=cfg.data.n_phantom))
+    return run.dataset(data)
 
 
 def preprocessing(cfg, data_path) -> "Preprocessing":

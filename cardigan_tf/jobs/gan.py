@@ -43,16 +43,13 @@ def train_gan(cfg: GanConfig | None, run_dir: str | Path | None = None,
     elif cfg is None:
         raise ValueError("train_gan: give a config or resume=RUN_DIR")
     check_inputs(cfg)
-    multiworker = cfg.train.strategy == "multiworker"
-    if multiworker:  # first: it configures the TF runtime and waits (bounded) for the cluster
-        runtime.get_strategy("multiworker")
     # Multi-worker: the chief writes the run folder; other workers write a temporary copy.
-    shared = resume if resume is not None else run_dir
-    with runtime.worker_run_dir(shared, multiworker, resume=resume) as (where, chief):
+    folder = runtime.worker_run_dir.for_training(cfg.train.strategy, run_dir, resume)
+    with folder as (where, _):
         if resume is not None:
             run_dir = ensure_run_subdirs(where)
         else:
             cfg.train.vgg_on = cfg.train.vgg_weights is not None
             run_dir = create_run("gan", cfg, runs_dir=runs_dir, run_dir=where, name=name or cfg.preset)
         out = fit_gan(cfg, Path(run_dir), resuming=resume is not None)
-    return out if chief or shared is None else Path(shared)  # a worker names the chief's folder
+    return folder.result(out)

@@ -29,7 +29,6 @@ mask source, counts, rejects), and a preview grid PNG next to the file.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from collections import Counter
@@ -41,7 +40,7 @@ import numpy as np
 
 from cardigan_tf import runtime  # noqa: F401  (KERAS_BACKEND before keras)
 from cardigan_tf.data import h5layout
-from cardigan_tf.labels import LV, NUM_CLASSES, PHASES
+from cardigan_tf.labels import LV, PHASES
 from cardigan_tf.files import refuse_overwrite
 from cardigan_tf.runs import open_run
 
@@ -65,14 +64,7 @@ def load_gan_run(run_dir: str | Path, weights: str = "ema"):
 def gan_data_path(run) -> Path:
     """The dataset a GAN run was trained on: its recorded ``data.json``, else resolved again
     from its config (the same split definition, ``data.seed``)."""
-    from cardigan_tf.data.source import resolve_data
-
-    recorded = run.data_path()
-    if recorded is not None:
-        return recorded
-    cfg = run.config
-    return Path(resolve_data(cfg.data.data, run.path / "data", size=cfg.model.size, seed=cfg.data.seed,
-                             n_phantom=cfg.data.n_phantom))
+    return run.dataset()
 
 
 def gan_training_masks(run) -> dict[str, np.ndarray]:

@@ -115,12 +115,9 @@ def train_seg(cfg: SegConfig | None, run_dir: str | Path | None = None, resume: 
     elif cfg is None:
         raise ValueError("train_seg: give a config or resume=RUN_DIR")
     check_inputs(cfg)
-    multiworker = cfg.train.strategy == "multiworker"
-    if multiworker:  # first: it configures the TF runtime and waits (bounded) for the cluster
-        runtime.get_strategy("multiworker")
     # Multi-worker: the chief writes the run folder; other workers write a temporary copy.
-    shared = resume if resume is not None else run_dir
-    with runtime.worker_run_dir(shared, multiworker, resume=resume) as (where, chief):
+    folder = runtime.worker_run_dir.for_training(cfg.train.strategy, run_dir, resume)
+    with folder as (where, _):
         if resume is not None:
             run_dir = ensure_run_subdirs(where)
             save_run_config(run_dir, "seg", cfg)
@@ -139,7 +136,7 @@ def train_seg(cfg: SegConfig | None, run_dir: str | Path | None = None, resume: 
                         shutil.rmtree(run_dir, ignore_errors=True)
                     raise
         out = _train(cfg, Path(run_dir), callbacks)
-    return out if chief or shared is None else Path(shared)  # a worker names the chief's folder
+    return folder.result(out)
 
 
 def _train(cfg: SegConfig, run_dir: Path, callbacks: list | None) -> Path:

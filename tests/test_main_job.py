@@ -1,15 +1,25 @@
 """The default main job (``python -m cardigan_tf.train`` with no sub-command), reduced budget."""
 
 import csv
+import json
+
+import pytest
 
 
 def test_smoke_main_job_writes_its_report(tmp_path, capsys):
     from cardigan_tf.configs.study import BUDGETS
+    from cardigan_tf.jobs.study_processes import auto_processes
     from cardigan_tf.train import main
 
     assert "standard" in BUDGETS and "smoke" in BUDGETS
+    # default --processes auto: 2 processes on a 2-core machine (CI), sharing the study's units
     assert main(["--budget", "smoke", "--runs-dir", str(tmp_path)]) == 0
     (study,) = tmp_path.glob("study-main_smoke-*")
+    if auto_processes() == 2:
+        assert (study / "logs" / "process1.log").is_file()
+        events = [json.loads(line) for line in (study / "claims" / "work.log").read_text().splitlines()]
+        done = sorted(e["unit"] for e in events if e["event"] == "done")
+        assert done == ["gan-f1-seed0", "seg-f1-s0-seed0", "seg-f1-s0.5-seed0"]  # each unit once
     report = study / "report.md"
     assert str(report) in capsys.readouterr().out
     text = report.read_text()
@@ -23,3 +33,20 @@ def test_smoke_main_job_writes_its_report(tmp_path, capsys):
     assert sorted(r["synthetic_fraction"] for r in rows) == ["0.0", "0.5"]
     assert (study / "gans" / "gan-f1-seed0" / "quality" / "quality.md").is_file()
     assert "## GAN quality" in text
+
+
+def test_study_processes_fail_naming_the_process_and_its_log(tmp_path):
+    from cardigan_tf.jobs.study_processes import auto_processes, process_env, run_study_processes
+    from cardigan_tf.train import main
+
+    env = process_env(3, base={"TF_CONFIG": "{}", "PATH": "/bin"})
+    assert env["TF_NUM_INTRAOP_THREADS"] == env["TF_NUM_INTEROP_THREADS"] == env["OMP_NUM_THREADS"] == "3"
+    assert "TF_CONFIG" not in env and env["PATH"] == "/bin"
+    assert auto_processes(1) == 1 and auto_processes(2) == 2 and auto_processes(16) == 2
+    assert main(["--processes", "0", "--runs-dir", str(tmp_path)]) == 2
+    assert main(["study", "--resume", str(tmp_path), "--worker", "--processes", "2"]) == 2
+    not_a_study = tmp_path / "not-a-study"
+    not_a_study.mkdir()
+    with pytest.raises(RuntimeError, match=r"process \d of 2 exited with code 2") as err:
+        run_study_processes(not_a_study, 2, poll_s=0.2)
+    assert "--resume" in str(err.value)

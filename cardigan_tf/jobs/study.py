@@ -273,6 +273,21 @@ def _cell_unit(frac: float, synth: float, seed: int) -> str:
     return f"seg-f{_tag(frac)}-s{_tag(synth)}-seed{seed}"
 
 
+def create_study(cfg: StudyConfig, runs_dir: str | Path = "runs", study_dir: str | Path | None = None) -> Path:
+    """Check ``cfg`` and its data, and create the study folder (config.yaml, provenance.json);
+    nothing is trained. :func:`run_study` with ``resume=`` the folder (in one or several
+    processes) does the work."""
+    from cardigan_tf.data.source import check_data
+
+    cfg.validate()
+    check_data(cfg.data, "data")
+    root = create_run("study", cfg, runs_dir=runs_dir, run_dir=study_dir, name=cfg.name)
+    for sub in ("checkpoints", "tensorboard", "samples"):  # a study has no use for them
+        if (root / sub).is_dir() and not any((root / sub).iterdir()):
+            (root / sub).rmdir()
+    return root
+
+
 def run_study(cfg: StudyConfig | None, resume: str | Path | None = None, runs_dir: str | Path = "runs",
               study_dir: str | Path | None = None, report_only: bool = False, wait_s: float = 6 * 3600,
               poll_s: float = 5.0) -> Path:
@@ -290,20 +305,12 @@ def run_study(cfg: StudyConfig | None, resume: str | Path | None = None, runs_di
     from cardigan_tf.jobs.generation import generate_set
     from cardigan_tf.jobs.seg import train_seg
 
-    from cardigan_tf.data.source import check_data
-
-    if resume is not None:
-        run = open_run(resume, "study")
-        root, cfg = run.path, run.config
-    else:
+    if resume is None:
         if cfg is None:
             raise ValueError("run_study: give a config or resume=STUDY_DIR")
-        cfg.validate()
-        check_data(cfg.data, "data")
-        root = create_run("study", cfg, runs_dir=runs_dir, run_dir=study_dir, name=cfg.name)
-        for sub in ("checkpoints", "tensorboard", "samples"):  # a study has no use for them
-            if (root / sub).is_dir() and not any((root / sub).iterdir()):
-                (root / sub).rmdir()
+        resume = create_study(cfg, runs_dir=runs_dir, study_dir=study_dir)
+    run = open_run(resume, "study")
+    root, cfg = run.path, run.config
     for sub in ("gans", "synthetic", "cells"):
         (root / sub).mkdir(exist_ok=True)
 
@@ -329,6 +336,9 @@ def run_study(cfg: StudyConfig | None, resume: str | Path | None = None, runs_di
         pending = [c for c in cells if not _done(_cell_dir(root, *c))]
         if not pending:
             break
+        # cells whose GAN is still missing first: with several processes, the GANs (the long
+        # units) start at once on different processes instead of one after another
+        pending.sort(key=lambda c: not (c[1] > 0 and not _gan_ready(root, c[0], gan_seed[c[0], c[2]])))
         progressed = False
         for frac, synth, seed in pending:
             if _done(_cell_dir(root, frac, synth, seed)):

@@ -146,19 +146,32 @@ def record_data(run_dir: str | Path, data_path: str | Path, requested: Any = Non
     return record
 
 
-def run_dataset(run_dir: str | Path, data: Any, size: int, seed: int, n_phantom: int) -> Path:
-    """The prepared dataset of a run: the one recorded in ``run_dir/data.json`` when it still
-    exists, else ``data`` resolved (phantom, .h5, TFRecord folder or CAMUS folder; split with
-    ``seed``) into ``run_dir/data`` and recorded with its fingerprint."""
-    from cardigan_tf.data.source import resolve_data
-
+def recorded_dataset(run_dir: str | Path) -> Path | None:
+    """The dataset recorded in ``run_dir/data.json``, when the record and the file exist."""
     record = Path(run_dir) / "data.json"
     if record.is_file():
         path = Path(json.loads(record.read_text())["path"])
         if path.exists():
             return path
-    path = Path(resolve_data(data, Path(run_dir) / "data", size=int(size), seed=int(seed), n_phantom=int(n_phantom)))
-    record_data(run_dir, path, data)
+    return None
+
+
+def _resolve_into(run_dir: str | Path, data: Any, size: int, seed: int, n_phantom: int) -> Path:
+    """``data`` (phantom, .h5, TFRecord folder or CAMUS folder; split with ``seed``) resolved
+    into ``run_dir/data``."""
+    from cardigan_tf.data.source import resolve_data
+
+    return Path(resolve_data(data, Path(run_dir) / "data", size=int(size), seed=int(seed), n_phantom=int(n_phantom)))
+
+
+def run_dataset(run_dir: str | Path, data: Any, size: int, seed: int, n_phantom: int) -> Path:
+    """The prepared dataset of a run being trained: the one recorded in ``run_dir/data.json``
+    when it still exists, else ``data`` resolved into ``run_dir/data`` and recorded with its
+    fingerprint."""
+    path = recorded_dataset(run_dir)
+    if path is None:
+        path = _resolve_into(run_dir, data, size, seed, n_phantom)
+        record_data(run_dir, path, data)
     return path
 
 
@@ -220,18 +233,13 @@ class Run:
 
     def data_path(self) -> Path | None:
         """The resolved dataset, when it was recorded and still exists."""
-        d = self.data
-        if d and Path(d["path"]).exists():
-            return Path(d["path"])
-        return None
+        return recorded_dataset(self.path)
 
     def dataset(self, data: Any = None) -> Path:
         """The prepared dataset to read this run's data from: ``data`` when given, else the
         recorded one (:meth:`data_path`), else the run's ``data.data`` resolved again with its
         split seed and size (into ``<run>/data``; the run's record is not rewritten: reading a
         run does not change it). GAN runs work at ``model.size``, seg runs at ``data.size``."""
-        from cardigan_tf.data.source import resolve_data
-
         if data is None:
             recorded = self.data_path()
             if recorded is not None:
@@ -239,8 +247,7 @@ class Run:
             data = self.config.data.data
         cfg = self.config
         size = cfg.model.size if self.kind == "gan" else cfg.data.size
-        return Path(resolve_data(data, self.path / "data", size=int(size), seed=int(cfg.data.seed),
-                                 n_phantom=int(cfg.data.n_phantom)))
+        return _resolve_into(self.path, data, size, cfg.data.seed, cfg.data.n_phantom)
 
     @property
     def provenance(self) -> dict:

@@ -35,7 +35,7 @@ def models(tmp_path_factory):
     import keras
 
     from cardigan_tf.configs.seg import SegConfig, SegDataConfig
-    from cardigan_tf.jobs.evaluation import load_segmenter, preprocessing, run_data_path
+    from cardigan_tf.jobs.evaluation import load_segmenter, preprocessing
     from cardigan_tf.models.unet import UNetConfig
     from cardigan_tf.runs import create_run, record_data
     from cardigan_tf.serving.testing import _tiny_unet, make_test_export
@@ -49,7 +49,7 @@ def models(tmp_path_factory):
     record_data(run_dir, data)
     keras.saving.save_model(_tiny_unet(32, seed=1), run_dir / "best.keras")
     model, run, _ = load_segmenter(run_dir)
-    pre = preprocessing(run.config, run_data_path(run))
+    pre = preprocessing(run.config, run.dataset())
     assert pre.sizes == (48, 32)
     base = root / "export"
     make_test_export(base, "seg", 1, model=model, preprocessing=pre)

@@ -65,12 +65,6 @@ def load_segmenter(run_dir, which: str = "best"):
     return inference_model(keras.saving.load_model(path, compile=False)), run, path
 
 
-def run_data_path(run, data: str | None = None) -> Path:
-    """The dataset to evaluate on: ``data`` (resolved into the run's data folder) or the run's
-    own recorded dataset (re-resolved from its config when the record is gone)."""
-    return run.dataset(data)
-
-
 def preprocessing(cfg, data_path) -> "Preprocessing":
     """The resize chain of a seg run on ``data_path`` (prepared size -> working size)."""
     from cardigan_tf.data.source import prepared_size
@@ -255,7 +249,7 @@ def evaluate_run(run_dir, data=None, split: str = "test", postprocess: bool = Fa
     run_dir, cfg = run.path, run.config
     out_dir = Path(out) if out is not None else run_dir / f"eval-{split}"
     refuse_overwrite(out_dir, overwrite, "evaluation folder")
-    data_path = run_data_path(run, data)
+    data_path = run.dataset(data)
     pre = preprocessing(cfg, data_path)
     samples = [s for _, s in iter_samples(data_path, [split], cfg.data.views, cfg.data.phases, with_ref=True)
                if s.mask is not None]

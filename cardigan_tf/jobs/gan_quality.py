@@ -58,10 +58,9 @@ def _real_source(real_data, provenance: dict, seg_cfg, seg_dir: Path) -> Path:
     src = provenance.get("source_data")
     if src and Path(src).is_file():
         return Path(src)
-    from cardigan_tf.jobs.evaluation import run_data_path
     from cardigan_tf.runs import open_run
 
-    return run_data_path(open_run(seg_dir, "seg"))
+    return open_run(seg_dir, "seg").dataset()
 
 
 def _arrays(path, split, pre, patients=None, views=None, phases=None) -> tuple[np.ndarray, np.ndarray]:

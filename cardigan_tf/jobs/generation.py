@@ -61,19 +61,13 @@ def load_gan_run(run_dir: str | Path, weights: str = "ema"):
     return generator, run, step
 
 
-def gan_data_path(run) -> Path:
-    """The dataset a GAN run was trained on: its recorded ``data.json``, else resolved again
-    from its config (the same split definition, ``data.seed``)."""
-    return run.dataset()
-
-
 def gan_training_masks(run) -> dict[str, np.ndarray]:
     """The masks the GAN was trained on (the train split, restricted to its training patients),
     at the generator's size."""
     from cardigan_tf.resize import resize_pairs_np
 
     cfg = run.config
-    data = gan_data_path(run)
+    data = run.dataset()
     patients = getattr(cfg.data, "train_patients", None)
     arrays = h5layout.load_arrays(data, "train", views=cfg.data.views, phases=cfg.data.phases,
                                   patients=patients)

@@ -63,12 +63,12 @@ def load_source(run_dir):
 
     run = open_run(run_dir)
     if run.kind == "seg":
-        from cardigan_tf.jobs.evaluation import preprocessing, run_data_path
+        from cardigan_tf.jobs.evaluation import preprocessing
         from cardigan_tf.models.unet import inference_model
 
         path = run.model_path("best")
         model = inference_model(keras.saving.load_model(path, compile=False))
-        pre = preprocessing(run.config, run_data_path(run))
+        pre = preprocessing(run.config, run.dataset())
         return "seg", model, run, path, {"pre": pre}
     if run.kind == "gan":
         import cardigan_tf.models.generator  # noqa: F401  (registers the SPADE layers)

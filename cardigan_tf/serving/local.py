@@ -148,10 +148,10 @@ class RunBackend:
     SIGNATURES = {"serving_default": np.float32, "serving_uint8": np.uint8}
 
     def __init__(self, run_dir: str | Path, which: str = "best", data: str | None = None, batch_size: int = 16):
-        from cardigan_tf.jobs.evaluation import load_segmenter, preprocessing, run_data_path
+        from cardigan_tf.jobs.evaluation import load_segmenter, preprocessing
 
         self.model, self.run, self.model_path = load_segmenter(run_dir, which)
-        self.pre = preprocessing(self.run.config, run_data_path(self.run, data))
+        self.pre = preprocessing(self.run.config, self.run.dataset(data))
         self.batch_size = int(batch_size)
         self.where = str(self.model_path)
         self.kind = "seg"

@@ -74,11 +74,12 @@ def run_study_processes(root: str | Path, processes: int, wait_s: float = 6 * 36
                 out = open(root / "logs" / f"process{i}.log", "w")
                 logs.append(out)
             procs.append(subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT if out else None))
-        failed = None
-        while failed is None and any(p.poll() is None for p in procs):
-            failed = next((i for i, p in enumerate(procs) if p.poll() not in (None, 0)), None)
+        while True:  # until all ended well, or one failed
+            codes = [p.poll() for p in procs]
+            failed = next((i for i, code in enumerate(codes) if code not in (None, 0)), None)
+            if failed is not None or all(code == 0 for code in codes):
+                break
             time.sleep(poll_s)
-        failed = next((i for i, p in enumerate(procs) if p.poll() not in (None, 0)), failed)
         if failed is not None:
             where = "its output above" if failed == 0 else str(root / "logs" / f"process{failed}.log")
             raise RuntimeError(f"study {root}: process {failed} of {n} exited with code "

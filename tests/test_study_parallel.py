@@ -30,7 +30,7 @@ def _sets():
 
 
 def test_claims_are_exclusive_and_dead_claims_reclaimable(tmp_path):
-    from cardigan_tf.jobs.study import claim, release
+    from cardigan_tf.jobs.study_claims import claim, release
 
     assert claim(tmp_path, "seg-f1-s0-seed0")
     path = tmp_path / "claims" / "seg-f1-s0-seed0.claim"

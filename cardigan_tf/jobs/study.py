@@ -25,8 +25,8 @@ synthetic sets and quality reports.
 
 Several processes (or machines sharing the folder) can work on one study: each GAN (training
 fraction, seed) and each cell is claimed atomically before it is worked on
-(``claims/<unit>.claim``, created with O_CREAT|O_EXCL, holding host, pid and time; removed when
-the unit is done). A claim of a dead process on the same host is taken over; a claim of another
+(:mod:`cardigan_tf.jobs.study_claims`: ``claims/<unit>.claim``, created with O_CREAT|O_EXCL,
+holding host, pid and time; removed when the unit is done). A claim of a dead process on the same host is taken over; a claim of another
 host is honoured (delete the file by hand if that host died). A process that needs a GAN another
 process is training takes other cells first, then waits for it (bounded by ``wait_s``).
 Whichever process finds every cell finished writes the quality reports and the report;
@@ -51,6 +51,7 @@ from cardigan_tf.config import ConfigError
 from cardigan_tf.configs.gan import GanConfig
 from cardigan_tf.configs.study import StudyConfig, build_study_config  # noqa: F401  (re-exported)
 from cardigan_tf.files import write_json
+from cardigan_tf.jobs.study_claims import claim, claims_dir, data_lock, release, work_log
 from cardigan_tf.runs import create_run, open_run
 
 log = logging.getLogger(__name__)
@@ -176,95 +177,6 @@ def _cell_result(cell_dir: Path, split: str) -> dict[str, Any]:
     return out
 
 
-# ----------------------------------------------------------------------------- claims
-def _claims(root: Path) -> Path:
-    path = root / "claims"
-    path.mkdir(exist_ok=True)
-    return path
-
-
-def _pid_alive(pid: int) -> bool:
-    import os
-
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def claim(root: Path, unit: str) -> bool:
-    """Claim ``unit`` for this process (True) or see it held by a live process (False).
-    A claim left by a dead process of this host is taken over."""
-    import json
-    import os
-    import socket
-
-    path = _claims(root) / f"{unit}.claim"
-    me = {"host": socket.gethostname(), "pid": os.getpid(), "time": time.time()}
-    for _ in range(2):
-        try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            try:
-                held = json.loads(path.read_text() or "{}")
-            except (OSError, ValueError):
-                return False  # being written right now
-            if held.get("host") == me["host"] and held.get("pid") and not _pid_alive(int(held["pid"])):
-                log.info("claim %s of dead pid %s taken over", unit, held["pid"])
-                path.unlink(missing_ok=True)
-                continue
-            if held.get("host") == me["host"] and held.get("pid") == me["pid"]:
-                return True
-            return False
-        with os.fdopen(fd, "w") as fh:
-            fh.write(json.dumps(me))
-        _work_log(root, unit, "claimed")
-        return True
-    return False
-
-
-def release(root: Path, unit: str) -> None:
-    (_claims(root) / f"{unit}.claim").unlink(missing_ok=True)
-
-
-def _work_log(root: Path, unit: str, event: str) -> None:
-    import json
-    import os
-    import socket
-
-    line = json.dumps({"unit": unit, "event": event, "host": socket.gethostname(), "pid": os.getpid(),
-                       "time": time.time()}) + "\n"
-    fd = os.open(_claims(root) / "work.log", os.O_CREAT | os.O_APPEND | os.O_WRONLY, 0o644)
-    try:
-        os.write(fd, line.encode())
-    finally:
-        os.close(fd)
-
-
-class _data_lock:
-    """An exclusive fcntl lock on ``claims/data.lock`` while the study data is resolved."""
-
-    def __init__(self, root: Path):
-        self.path = _claims(root) / "data.lock"
-
-    def __enter__(self):
-        import fcntl
-
-        self.fh = open(self.path, "a")
-        fcntl.flock(self.fh, fcntl.LOCK_EX)
-        return self
-
-    def __exit__(self, *exc):
-        import fcntl
-
-        fcntl.flock(self.fh, fcntl.LOCK_UN)
-        self.fh.close()
-        return False
-
-
 def _gan_unit(frac: float, seed: int) -> str:
     return f"gan-f{_tag(frac)}-seed{seed}"
 
@@ -314,7 +226,7 @@ def run_study(cfg: StudyConfig | None, resume: str | Path | None = None, runs_di
     for sub in ("gans", "synthetic", "cells"):
         (root / sub).mkdir(exist_ok=True)
 
-    with _data_lock(root):
+    with data_lock(root):
         data = resolve_data(cfg.data, root / "data", size=cfg.seg.model.size, seed=cfg.data_seed,
                             n_phantom=cfg.n_phantom)
     train_patients = list_patients(data).get("train", [])
@@ -352,7 +264,7 @@ def run_study(cfg: StudyConfig | None, resume: str | Path | None = None, runs_di
                     if not _gan_ready(root, frac, gseed):
                         t_gan = time.time()
                         _make_gan(root, cfg, data, patients, frac, gseed, train_gan, generate_set)
-                        _work_log(root, _gan_unit(frac, gseed), "done")
+                        work_log(root, _gan_unit(frac, gseed), "done")
                         eta.add("gan", time.time() - t_gan)
                         eta.report(root, cfg, cells, gan_seed)
                 finally:
@@ -368,7 +280,7 @@ def run_study(cfg: StudyConfig | None, resume: str | Path | None = None, runs_di
                              left, len(cells), frac, synth, seed, time.time() - t0)
                     t_cell = time.time()
                     _run_cell(root, cfg, data, patients, frac, synth, seed, train_seg, evaluate_run, gseed)
-                    _work_log(root, unit, "done")
+                    work_log(root, unit, "done")
                     eta.add("cell", time.time() - t_cell)
                     eta.report(root, cfg, cells, gan_seed)
             finally:
@@ -379,7 +291,7 @@ def run_study(cfg: StudyConfig | None, resume: str | Path | None = None, runs_di
             continue
         waited_since = waited_since or time.time()
         if time.time() - waited_since > wait_s:
-            held = sorted(p.name for p in _claims(root).glob("*.claim"))
+            held = sorted(p.name for p in claims_dir(root).glob("*.claim"))
             raise RuntimeError(f"study {root}: waited {wait_s:.0f} s for units held by other processes: "
                                f"{', '.join(held) or 'none'} (delete a claim file whose process died on "
                                "another host)")

@@ -66,6 +66,13 @@ def _run_main(args: argparse.Namespace):
     return study_in_processes(cfg, n, runs_dir=args.runs_dir) / "report.md"
 
 
+def _distribution_arguments(p: argparse.ArgumentParser) -> None:
+    """--strategy and --run-dir, shared by the training jobs (gan, seg)."""
+    p.add_argument("--strategy", choices=STRATEGIES, help="tf.distribute strategy")
+    p.add_argument("--run-dir", help="write into this run folder (multi-worker: the same path on every "
+                                     "worker; only the chief writes there)")
+
+
 # ----------------------------------------------------------------------------- gan
 def _gan_arguments(p: argparse.ArgumentParser) -> None:
     from cardigan_tf.configs.gan import PRESET_NAMES
@@ -79,9 +86,7 @@ def _gan_arguments(p: argparse.ArgumentParser) -> None:
     cli.add_config_arguments(p, "GanConfig (sections model/train/data)")
     p.add_argument("--runs-dir", default="runs", help="parent folder of run folders")
     p.add_argument("--name", help="run name (default: the preset)")
-    p.add_argument("--strategy", choices=STRATEGIES, help="tf.distribute strategy")
-    p.add_argument("--run-dir", help="write into this run folder (multi-worker: the same path on every "
-                                     "worker; only the chief writes there)")
+    _distribution_arguments(p)
 
 
 def _run_gan(args: argparse.Namespace):
@@ -118,9 +123,7 @@ def _seg_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run exactly")
     p.add_argument("--runs-dir", default="runs", help="where run folders are created")
     p.add_argument("--name", help="run name (default: the preset)")
-    p.add_argument("--strategy", choices=STRATEGIES, help="tf.distribute strategy")
-    p.add_argument("--run-dir", help="write into this run folder (multi-worker: the same path on every "
-                                     "worker; only the chief writes there)")
+    _distribution_arguments(p)
 
 
 def seg_config_from_args(args: argparse.Namespace):

@@ -69,6 +69,15 @@ def _start_workers(argv, tmp, n=2, keep=False):
     return procs
 
 
+def _stop(procs):
+    """Kill the (process, log) pairs still running and close their logs."""
+    for p, log in procs:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+        log.close()
+
+
 def _wait(procs, tmp, bound=BOUND):
     deadline = time.monotonic() + bound
     codes = []
@@ -78,11 +87,7 @@ def _wait(procs, tmp, bound=BOUND):
     except subprocess.TimeoutExpired:
         pass
     finally:
-        for p, log in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
-            log.close()
+        _stop(procs)
     logs = [(tmp / f"worker{i}.log").read_text()[-3000:] for i in range(len(procs))]
     return [p.returncode for p, _ in procs], logs
 
@@ -212,11 +217,7 @@ def test_dead_worker_fails_the_others_within_bound(tmp_path):
         code = procs[0][0].wait(timeout=150)
         waited = time.monotonic() - t0
     finally:
-        for p, log in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
-            log.close()
+        _stop(procs)
     text = log0.read_text()
     assert code != 0
     assert waited < 150

@@ -302,11 +302,11 @@ def quality_lines(found: list[dict[str, Any]], skipped: list[str]) -> list[str]:
     return lines + [""]
 
 
-def _gan_sharing(root: Path) -> str:
-    """A sentence naming the GANs that served cells of several seeds (same training patients)."""
+def _gan_sharing(cells: list[dict[str, Any]]) -> str:
+    """A sentence naming the GANs that served cells of several seeds (same training patients);
+    ``cells``: :func:`load_cells`."""
     served: dict[str, set] = {}
-    for path in sorted((root / "cells").glob("*/result.json")):
-        r = json.loads(path.read_text())
+    for r in cells:
         if r.get("gan"):
             served.setdefault(r["gan"], set()).add(r["seed"])
     shared = [f"`{g}` served seeds {', '.join(str(s) for s in sorted(seeds))}"
@@ -354,7 +354,7 @@ def write_study_report(root: Path, cfg) -> Path:
         f"batch {cfg.gan.train.batch_size}), mask source `{cfg.masks}`, "
         f"up to {cfg.synthetic_multiplier}x as many synthetic as real training images ({_synthetic_counts(root)}).",
         "The GAN of each (training fraction, seed) saw only that subset of training patients; "
-        "validation and test patients never reached a GAN or a synthetic set." + _gan_sharing(root),
+        "validation and test patients never reached a GAN or a synthetic set." + _gan_sharing(cells),
         "",
         "## Results (mean ± SD over seeds)",
         "",

@@ -32,6 +32,13 @@ def gpu_devices() -> list[Any]:
     return _tf().config.list_physical_devices("GPU")
 
 
+def available_cores() -> int:
+    """CPU cores this process may run on (its affinity mask where the OS has one)."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return max(1, os.cpu_count() or 1)
+
+
 def get_strategy(name: str = "default"):
     """Return a tf.distribute strategy by name."""
     tf = _tf()

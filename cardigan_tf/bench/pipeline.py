@@ -135,8 +135,9 @@ def run(args: argparse.Namespace) -> dict:
         return time_ops(args.size, args.batch_size, seed=args.seed)
     from cardigan_tf.data import phantom
     from cardigan_tf.data.pipeline import make_dataset
+    from cardigan_tf.runtime import available_cores
 
-    ncpu = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    ncpu = available_cores()
     load = os.getloadavg() if hasattr(os, "getloadavg") else (float("nan"),) * 3
     print(f"machine: {ncpu} CPUs (nproc), load average before {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
     results = {}

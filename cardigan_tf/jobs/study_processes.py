@@ -25,14 +25,9 @@ import sys
 import time
 from pathlib import Path
 
+from cardigan_tf.runtime import available_cores
+
 log = logging.getLogger(__name__)
-
-
-def available_cores() -> int:
-    """CPU cores this process may run on (its affinity mask where the OS has one)."""
-    if hasattr(os, "sched_getaffinity"):
-        return max(1, len(os.sched_getaffinity(0)))
-    return max(1, os.cpu_count() or 1)
 
 
 def auto_processes(cores: int | None = None) -> int:

@@ -124,16 +124,13 @@ def _seg_module(model, pre):
 
 
 def write_models_config(base: str | Path) -> Path:
-    """``BASE/models.config`` (ModelServerConfig text) listing every ``BASE/NAME`` with versions."""
+    """``BASE/models.config`` (ModelServerConfig text) listing every ``BASE/NAME`` with versions,
+    with absolute paths: the exporter's :func:`cardigan_tf.serving.export.models_config_text`."""
     from cardigan_tf.files import atomic_write_text
+    from cardigan_tf.serving.export import models_config_text
 
     base = Path(base)
-    entries = []
-    for d in sorted(p for p in base.iterdir() if p.is_dir()):
-        if any(v.is_dir() and v.name.isdigit() and (v / "saved_model.pb").is_file() for v in d.iterdir()):
-            entries.append(f'  config {{\n    name: "{d.name}"\n    base_path: "{d.resolve()}"\n'
-                           f'    model_platform: "tensorflow"\n  }}\n')
-    atomic_write_text(base / "models.config", "model_config_list {\n" + "".join(entries) + "}\n")
+    atomic_write_text(base / "models.config", models_config_text(base, absolute=True))
     return base / "models.config"
 
 

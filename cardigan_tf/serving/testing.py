@@ -305,18 +305,38 @@ class _FailFirst:
             return False
 
 
+class _TestServer:
+    """What both test servers share: the model store, the port (0: a free one), the count of
+    predict calls (including refused ones), ``fail_first`` and the context manager."""
+
+    def __init__(self, base: str | Path, port: int = 0, fail_first: int = 0):
+        self.store = base if isinstance(base, ModelStore) else ModelStore(base)
+        self.port = int(port)
+        self.calls = 0
+        self._fail = _FailFirst(fail_first)
+
+    def start(self):
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
 # ============================================================================ gRPC
-class GrpcTestServer:
+class GrpcTestServer(_TestServer):
     """In-process TF-Serving gRPC server (PredictionService + ModelService) on 127.0.0.1.
 
     ``with GrpcTestServer(base) as s: GrpcClient(s.target, "seg")``.
     """
 
     def __init__(self, base: str | Path, port: int = 0, fail_first: int = 0, workers: int = 4):
-        self.store = base if isinstance(base, ModelStore) else ModelStore(base)
-        self.port = int(port)
-        self.calls = 0  # Predict calls received (including refused ones)
-        self._fail = _FailFirst(fail_first)
+        super().__init__(base, port, fail_first)
         self._workers = workers
         self._server = None
 
@@ -347,12 +367,6 @@ class GrpcTestServer:
         if self._server is not None:
             self._server.stop(grace=None).wait()
             self._server = None
-
-    def __enter__(self):
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
 
 
 def _abort(context, err: ServingStatus):
@@ -444,17 +458,14 @@ class _ModelServicer:
 _PATH = re.compile(r"^/v1/models/(?P<name>[^/:]+)(?:/versions/(?P<version>\d+))?(?P<rest>/metadata|:[a-z]+)?$")
 
 
-class RestTestServer:
+class RestTestServer(_TestServer):
     """TF-Serving REST API (``/v1/models/...``) in a thread on 127.0.0.1.
 
     ``with RestTestServer(base) as s: RestClient(s.url, "seg")``.
     """
 
     def __init__(self, base: str | Path, port: int = 0, fail_first: int = 0):
-        self.store = base if isinstance(base, ModelStore) else ModelStore(base)
-        self.port = int(port)
-        self.calls = 0  # predict requests received (including refused ones)
-        self._fail = _FailFirst(fail_first)
+        super().__init__(base, port, fail_first)
         self._httpd = None
         self._thread = None
 
@@ -481,12 +492,6 @@ class RestTestServer:
             self._httpd.server_close()
             self._thread.join()
             self._httpd = self._thread = None
-
-    def __enter__(self):
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
 
 
 def _json_input(value, spec, name: str) -> np.ndarray:

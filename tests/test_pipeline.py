@@ -175,3 +175,12 @@ def test_dataset_info(h5):
         assert d["patients"] == len(pats[split]) and d["frames"] == 4 * len(pats[split])
         assert d["views"] == {"2CH": 2 * len(pats[split]), "4CH": 2 * len(pats[split])}
     assert "train:" in format_info(info)
+
+
+def test_iterators_end_without_the_autotune_thread(h5):
+    """tf.data's autotuning thread could hold up an iterator's destruction (the end of ``fit``) for
+    tens of seconds when two training processes share the cores; every dataset turns it off."""
+    for kw in (dict(training=True), dict(training=True, augment=AugmentConfig()), dict(training=False)):
+        ds = make_dataset(h5, "train" if kw["training"] else "valid", size=16, batch_size=4, **kw)
+        assert ds.options().autotune.enabled is False
+        assert next(iter(ds))[0].shape == (4, 16, 16, 1)

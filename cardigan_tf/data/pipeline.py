@@ -258,6 +258,13 @@ def _finish(ds, cfg, one_hot, seed, training, repeat, strategy, deterministic, s
     ds = ds.map(fmt, num_parallel_calls=AUTOTUNE, deterministic=deterministic)
     options = tf.data.Options()
     options.deterministic = bool(deterministic)
+    # No tf.data autotuning model: its background thread made the iterator's destructor wait for
+    # the rest of its optimisation period (up to a minute) when fit ended while another training
+    # process shared the cores (the main job's U-Nets, two one-thread processes side by side: 7 of
+    # 10 runs lost 30-40 s there, 0 of 4 without it). Parallel maps keep AUTOTUNE's default width
+    # (the thread pool's size, at most 16), prefetch sizes its own buffer, and `bench pipeline`
+    # pairs/s are unchanged.
+    options.autotune.enabled = False
     if strategy is not None:  # multi-worker: TFRecord shards by file when each worker gets one, else by data
         policy = tf.data.experimental.AutoShardPolicy
         options.experimental_distribute.auto_shard_policy = policy.FILE if shard_by_file else policy.DATA

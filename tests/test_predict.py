@@ -38,7 +38,7 @@ def models(tmp_path_factory):
     from cardigan_tf.jobs.evaluation import load_segmenter, preprocessing
     from cardigan_tf.models.unet import UNetConfig
     from cardigan_tf.runs import create_run, record_data
-    from cardigan_tf.serving.testing import _tiny_unet, make_test_export
+    from cardigan_tf.serving.testing import make_test_export, tiny_test_unet
     from tests.camus_fixtures import write_creatis_h5
 
     root = tmp_path_factory.mktemp("models")
@@ -47,7 +47,7 @@ def models(tmp_path_factory):
     cfg = SegConfig(name="test", model=UNetConfig(size=32, depth=4, base_filters=4), data=SegDataConfig(size=32))
     run_dir = create_run("seg", cfg, run_dir=root / "seg-run")
     record_data(run_dir, data)
-    keras.saving.save_model(_tiny_unet(32, seed=1), run_dir / "best.keras")
+    keras.saving.save_model(tiny_test_unet(32, seed=1), run_dir / "best.keras")
     model, run, _ = load_segmenter(run_dir)
     pre = preprocessing(run.config, run.dataset())
     assert pre.sizes == (48, 32)

@@ -103,7 +103,7 @@ def test_grpc_status_metadata_and_errors(servers):
         with pytest.raises(ServingRequestError) as err:
             client.predict({"image": np.zeros((5,), np.float32)})  # rank 1
         assert err.value.status == "INVALID_ARGUMENT"
-        assert "expected [B, H, W] or [B, H, W, 1]" in err.value.message
+        assert "must have rank 3 (B, H, W) or 4 (B, H, W, 1)" in err.value.message
         assert servers[0].target in str(err.value)
         with pytest.raises(ServingRequestError) as err:
             client.predict({"image": np.full((1, 8, 8), 2.0, np.float32)})  # out of [0, 1]
@@ -202,7 +202,7 @@ def test_rest_status_metadata_and_errors(servers):
     for fmt in ("columns", "rows"):
         with pytest.raises(ServingRequestError) as err:
             client.predict({"image": np.full((1, 8, 8), 1.5, np.float32)}, fmt=fmt)
-        assert err.value.status == "HTTP 400" and "expected float values in [0, 1]" in err.value.message
+        assert err.value.status == "HTTP 400" and "float values must be in [0, 1]" in err.value.message
         assert ":predict" in err.value.target
     with pytest.raises(ServingRequestError) as err:
         client.predict({"image": np.zeros((1, 8, 8), np.float32)}, "serving_nope")

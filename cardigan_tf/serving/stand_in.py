@@ -1,0 +1,229 @@
+"""What the in-process TF-Serving stand-ins share: a stand-in export, the model store, the base server.
+
+- :func:`make_test_export` writes a segmentation export ``BASE/NAME/VERSION/`` with the real
+  exporter's :func:`cardigan_tf.serving.export.write_version` (the same serving graph, warm-up
+  records and metadata as ``cardigan_tf.export``), around any Keras segmentation model; by default
+  a tiny random U-Net whose class biases are centred so that its masks mix all four labels.
+- :class:`ModelStore`: the models of an export base, loaded on first use, run on NumPy inputs,
+  errors as :class:`ServingStatus` with TF-Serving's status code names.
+- :class:`TestServerBase`: port, call count, ``fail_first`` and the context manager of
+  :class:`cardigan_tf.serving.stand_in_grpc.GrpcTestServer` and
+  :class:`cardigan_tf.serving.stand_in_rest.RestTestServer`.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cardigan_tf.serving.local import tf_error_message
+
+__all__ = ["make_test_export", "write_models_config", "tiny_test_unet", "ModelStore", "ServingStatus",
+           "TestServerBase"]
+
+
+# ----------------------------------------------------------------------------- the stand-in export
+def tiny_test_unet(size: int, seed: int):
+    """A tiny random U-Net (seeded) whose masks mix all four labels."""
+    import keras
+
+    from cardigan_tf.models.unet import UNetConfig, build_unet
+
+    keras.utils.set_random_seed(seed)
+    model = build_unet(UNetConfig(size=size, depth=4, base_filters=4, norm="batch"), name="unet_test")
+    # untrained, one class would win almost everywhere: centre the per-class log-probabilities
+    # on random images so that the masks mix all four labels (a stronger equality check)
+    x = np.random.default_rng(seed).random((4, size, size, 1)).astype(np.float32)
+    logp = np.log(np.asarray(model(x, training=False)) + 1e-7).mean(axis=(0, 1, 2))
+    layer = model.get_layer("logits")
+    kernel, bias = layer.get_weights()
+    layer.set_weights([kernel, bias - logp])
+    return model
+
+
+def write_models_config(base: str | Path) -> Path:
+    """``BASE/models.config`` (ModelServerConfig text) listing every ``BASE/NAME`` with versions,
+    with absolute paths: the exporter's :func:`cardigan_tf.serving.export.models_config_text`."""
+    from cardigan_tf.files import atomic_write_text
+    from cardigan_tf.serving.export import models_config_text
+
+    base = Path(base)
+    atomic_write_text(base / "models.config", models_config_text(base, absolute=True))
+    return base / "models.config"
+
+
+def make_test_export(base: str | Path, name: str = "seg", version: int = 1, *, model=None, preprocessing=None,
+                     size: int = 32, seed: int = 0) -> Path:
+    """Write a segmentation export ``BASE/NAME/VERSION/`` with the real exporter, and ``BASE/models.config``.
+
+    Signatures as ``cardigan_tf.export`` writes them: ``serving_default`` (``image`` float32 in
+    [0, 1]) and ``serving_uint8`` (``image`` uint8), rank 3 [B, H, W] or rank 4 [B, H, W, 1], any
+    H, W -> ``probabilities`` float32 [B, H, W, 4] and ``mask`` uint8 [B, H, W] at the input size;
+    bad input -> InvalidArgument.
+
+    Args:
+        model: a Keras segmentation model (softmax output); default :func:`tiny_test_unet` of
+            ``size`` and ``seed``.
+        preprocessing: a :class:`cardigan_tf.inference.Preprocessing`; default the model's
+            input size, no prepared size.
+
+    Returns the version folder. Refuses an existing one (FileExistsError).
+    """
+    from cardigan_tf.files import atomic_path
+    from cardigan_tf.inference import Preprocessing
+    from cardigan_tf.serving.export import write_version
+
+    base = Path(base)
+    out = base / name / str(int(version))
+    if out.exists():
+        raise FileExistsError(f"{out}: export version already exists")
+    if model is None:
+        model = tiny_test_unet(size, seed)
+    pre = preprocessing or Preprocessing(working_size=int(model.inputs[0].shape[1]))
+    with atomic_path(out) as tmp:
+        write_version(tmp, "seg", model, {"pre": pre}, name,
+                      source={"stand_in": "cardigan_tf.serving.testing.make_test_export"})
+    write_models_config(base)
+    return out
+
+
+# ----------------------------------------------------------------------------- model store
+class ServingStatus(Exception):
+    """An error with a TF-Serving status code name (``INVALID_ARGUMENT``, ``NOT_FOUND``, ...)."""
+
+    def __init__(self, code: str, message: str):
+        self.code = code
+        self.message = message
+        super().__init__(f"{code}: {message}")
+
+
+class ModelStore:
+    """The models of an export base ``BASE/NAME/VERSION/``, loaded on first use."""
+
+    def __init__(self, base: str | Path):
+        self.base = Path(base)
+        if not self.base.is_dir():
+            raise FileNotFoundError(f"{self.base}: no export base folder")
+        self._loaded: dict[tuple[str, int], Any] = {}
+        self._sigdefs: dict[tuple[str, int], Any] = {}
+        self._lock = threading.Lock()
+
+    def versions(self, name: str) -> list[int]:
+        d = self.base / name
+        if not name or "/" in name or not d.is_dir():
+            return []
+        return sorted(int(v.name) for v in d.iterdir() if v.name.isdigit() and (v / "saved_model.pb").is_file())
+
+    def resolve(self, name: str, version: int | None) -> tuple[str, int]:
+        versions = self.versions(name)
+        if not versions:
+            raise ServingStatus("NOT_FOUND", f"Servable not found for request: Latest({name})")
+        if version is None:
+            return name, versions[-1]
+        if int(version) not in versions:
+            raise ServingStatus("NOT_FOUND", f"Servable not found for request: Specific({name}, {version})")
+        return name, int(version)
+
+    def load(self, name: str, version: int | None):
+        import tensorflow as tf
+
+        key = self.resolve(name, version)
+        with self._lock:
+            if key not in self._loaded:
+                self._loaded[key] = tf.saved_model.load(str(self.base / key[0] / str(key[1])))
+        return key, self._loaded[key]
+
+    def signature_defs(self, name: str, version: int | None):
+        """(name, version), the SignatureDef map (proto) read from saved_model.pb."""
+        from tensorflow.core.protobuf import saved_model_pb2
+
+        key = self.resolve(name, version)
+        with self._lock:
+            if key not in self._sigdefs:
+                sm = saved_model_pb2.SavedModel()
+                sm.ParseFromString((self.base / key[0] / str(key[1]) / "saved_model.pb").read_bytes())
+                defs = {k: v for k, v in sm.meta_graphs[0].signature_def.items() if not k.startswith("__")}
+                self._sigdefs[key] = defs
+        return key, self._sigdefs[key]
+
+    def input_specs(self, name: str, version: int | None, signature_name: str) -> dict[str, Any]:
+        """``{input name: tf.TensorSpec}`` of a signature (FAILED_PRECONDITION if it has none)."""
+        _, model = self.load(name, version)
+        sig_name = signature_name or "serving_default"
+        if sig_name not in model.signatures:
+            raise ServingStatus("FAILED_PRECONDITION",
+                                f'Serving signature name: "{sig_name}" not found in signature def')
+        return dict(model.signatures[sig_name].structured_input_signature[1])
+
+    def predict(self, name: str, version: int | None, signature_name: str,
+                inputs: dict[str, np.ndarray]) -> tuple[tuple[str, int], dict[str, np.ndarray]]:
+        """Run a signature on NumPy inputs (dtypes must match the signature's)."""
+        import tensorflow as tf
+
+        key, model = self.load(name, version)
+        specs = self.input_specs(name, version, signature_name)
+        missing, extra = sorted(set(specs) - set(inputs)), sorted(set(inputs) - set(specs))
+        if missing or extra:
+            raise ServingStatus("INVALID_ARGUMENT", f"input names {sorted(inputs)} do not match the signature's "
+                                                    f"inputs {sorted(specs)}")
+        feed = {}
+        for k, spec in specs.items():
+            a = np.asarray(inputs[k])
+            if a.dtype != spec.dtype.as_numpy_dtype:
+                raise ServingStatus("INVALID_ARGUMENT", f"Expects arg[{k}] to be {spec.dtype.name} but "
+                                                        f"{tf.as_dtype(a.dtype).name} is provided")
+            if not spec.shape.is_compatible_with(a.shape):
+                raise ServingStatus("INVALID_ARGUMENT", f"input {k}: shape {list(a.shape)} is not compatible with "
+                                                        f"the signature's {spec.shape}")
+            feed[k] = tf.constant(a)
+        fn = model.signatures[signature_name or "serving_default"]
+        try:
+            out = fn(**feed)
+        except tf.errors.OpError as exc:
+            from tensorflow.core.protobuf import error_codes_pb2
+
+            raise ServingStatus(error_codes_pb2.Code.Name(exc.error_code), tf_error_message(exc)) from None
+        except (TypeError, ValueError) as exc:
+            raise ServingStatus("INVALID_ARGUMENT", str(exc)) from None
+        return key, {k: v.numpy() for k, v in out.items()}
+
+
+class _FailFirst:
+    def __init__(self, n: int):
+        self.left = int(n)
+        self.lock = threading.Lock()
+
+    def __call__(self) -> bool:
+        with self.lock:
+            if self.left > 0:
+                self.left -= 1
+                return True
+            return False
+
+
+class TestServerBase:
+    """What both test servers share: the model store, the port (0: a free one), the count of
+    predict calls (including refused ones), ``fail_first`` and the context manager."""
+
+    def __init__(self, base: str | Path, port: int = 0, fail_first: int = 0):
+        self.store = base if isinstance(base, ModelStore) else ModelStore(base)
+        self.port = int(port)
+        self.calls = 0
+        self._fail = _FailFirst(fail_first)
+
+    def start(self):
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+

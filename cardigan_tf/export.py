@@ -35,7 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace):
-    from cardigan_tf.serving.export import check_export, export_run
+    from cardigan_tf.serving.export import export_run
+    from cardigan_tf.serving.export_check import check_export
 
     if args.check:
         if args.run_dir:

@@ -10,6 +10,7 @@ import pytest
 import tensorflow as tf
 
 from cardigan_tf.serving import export as ex
+from cardigan_tf.serving import export_check as chk
 from cardigan_tf.serving import signatures as sg
 
 SEG_SET = ["model.size=32", "data.size=32", "model.base_filters=4", "train.epochs=1", "train.steps_per_epoch=2",
@@ -85,14 +86,14 @@ def test_seg_matches_keras_through_inference_at_any_size(exported, runs):
     rng = np.random.default_rng(5)
     for h, w in [(32, 32), (67, 45), (20, 13), (100, 100)]:
         img = rng.random((2, h, w)).astype(np.float32)
-        ref = ex.reference_outputs("seg", model, extra, {"image": img})
+        ref = chk.reference_outputs("seg", model, extra, {"image": img})
         out = {k: v.numpy() for k, v in fn["serving_default"](image=tf.constant(img)).items()}
         assert out["probabilities"].shape == (2, h, w, 4) and out["mask"].shape == (2, h, w)
         assert out["mask"].dtype == np.uint8
-        assert ex.compare_outputs("seg", ref, out, "test") <= 1e-4
+        assert chk.compare_outputs("seg", ref, out, "test") <= 1e-4
         u8 = np.round(img * 255).astype(np.uint8)
         out8 = {k: v.numpy() for k, v in fn["serving_uint8"](image=tf.constant(u8[..., None])).items()}
-        ex.compare_outputs("seg", ex.reference_outputs("seg", model, extra, {"image": u8}), out8, "test uint8")
+        chk.compare_outputs("seg", chk.reference_outputs("seg", model, extra, {"image": u8}), out8, "test uint8")
 
 
 def test_gan_matches_keras_and_seeds(exported, runs):
@@ -101,11 +102,11 @@ def test_gan_matches_keras_and_seeds(exported, runs):
     mask = ex.sample_inputs("gan", 32)[1]["mask"]
     out = fn["serving_default"](mask=tf.constant(mask))["image"].numpy()
     assert out.shape == mask.shape and out.dtype == np.uint8
-    ex.compare_outputs("gan", ex.reference_outputs("gan", gen, extra, {"mask": mask}, z_dim=8), {"image": out}, "t")
+    chk.compare_outputs("gan", chk.reference_outputs("gan", gen, extra, {"mask": mask}, z_dim=8), {"image": out}, "t")
     zero = fn["serving_seeded"](mask=tf.constant(mask), seed=tf.constant([0, 0], tf.int64))["image"].numpy()
     assert np.array_equal(zero, out)
     seeded = fn["serving_seeded"](mask=tf.constant(mask), seed=tf.constant([3, 4], tf.int64))["image"].numpy()
-    ex.compare_outputs("gan", ex.reference_outputs("gan", gen, extra, {"mask": mask, "seed": np.array([3, 4])}, z_dim=8),
+    chk.compare_outputs("gan", chk.reference_outputs("gan", gen, extra, {"mask": mask, "seed": np.array([3, 4])}, z_dim=8),
                        {"image": seeded}, "t")
 
 
@@ -153,7 +154,7 @@ def test_onnx_parity(exported):
 
 def test_fresh_process_imports_nothing_of_the_project(exported):
     img = np.random.default_rng(0).random((1, 40, 30)).astype(np.float32)
-    out = ex.fresh_process_outputs(exported / "seg" / "1", {"serving_default@0": {"image": img}})
+    out = chk.fresh_process_outputs(exported / "seg" / "1", {"serving_default@0": {"image": img}})
     ref = _load(exported / "seg" / "1").signatures["serving_default"](image=tf.constant(img))
     assert np.allclose(out["serving_default@0/probabilities"], ref["probabilities"].numpy(), atol=1e-6)
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from cardigan_tf.data import h5layout, phantom
+from cardigan_tf.data import h5layout, phantom, phantom_anatomy
 from cardigan_tf.labels import LA, LV, MYO, PHASES, VIEWS
 from cardigan_tf.runs import OverwriteError
 
@@ -72,7 +72,7 @@ def test_4ch_has_dark_right_heart_labelled_background():
         for view in VIEWS:
             for phase in PHASES:
                 v = p["views"][view]
-                mask, cls = phantom._labels(phantom._geometry(p, v, phase), size, view, v)
+                mask, cls = phantom._labels(phantom_anatomy.frame_geometry(p, v, phase), size, view, v)
                 s = samples[(view, phase)]
                 np.testing.assert_array_equal(mask, s.mask)
                 # blood-filled regions (tissue class 4) that carry the background label

@@ -282,7 +282,7 @@ def test_search_space_is_narrowed_from_yaml_and_set(phantom, tmp_path):
 
 def test_values_map_onto_a_seg_config():
     from cardigan_tf.configs.seg import preset_config
-    from cardigan_tf.configs.tune import apply_values, scale_augment
+    from cardigan_tf.configs.tune import apply_values
 
     base = preset_config("tiny")
     seg = apply_values(base, {"lr": 3e-4, "base_filters": 8, "depth": 5, "norm": "group", "dropout": 0.2,
@@ -296,7 +296,7 @@ def test_values_map_onto_a_seg_config():
     assert a.brightness == pytest.approx(2 * b.brightness) and a.noise_std == pytest.approx(2 * b.noise_std)
     assert a.p_intensity == b.p_intensity and a.contrast == pytest.approx((0.6, 1.4))
     assert a.gamma == pytest.approx((b.gamma[0] ** 2, b.gamma[1] ** 2))
-    same = scale_augment(b, 1.0, 1.0)
+    same = b.scaled(1.0, 1.0)
     assert same.rotation == b.rotation and same.scale == pytest.approx(b.scale) and same.gamma == pytest.approx(b.gamma)
     assert base.model.base_filters == 16  # the base config is not modified
 

@@ -25,14 +25,14 @@ end of its range. A space where everything is fixed is refused (nothing to searc
 
 The data parameters are applied in ``HyperModel.fit``: ``synthetic_fraction`` (0 to 0.75; fixed
 to 0 unless ``seg.data.synthetic`` names a synthetic set) and the augmentation strengths
-``augment_geometric`` / ``augment_intensity`` (:func:`scale_augment`: 0 = off, 1 = the base
-``seg.data.augment``, 2 = twice its ranges).
+``augment_geometric`` / ``augment_intensity``
+(:meth:`cardigan_tf.data.augment.AugmentConfig.scaled`: 0 = off, 1 = the base ``seg.data.augment``,
+2 = twice its ranges).
 """
 
 from __future__ import annotations
 
 import copy
-import dataclasses
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -40,7 +40,6 @@ from typing import Any
 from cardigan_tf.config import ConfigError, load_config, load_yaml, parse_override
 from cardigan_tf.configs.seg import SegConfig, STRATEGIES
 from cardigan_tf.configs.seg import preset_config as seg_preset_config
-from cardigan_tf.data.augment import AugmentConfig
 from cardigan_tf.models.unet import NORMS
 
 TUNERS = ("hyperband", "bayesian", "random")
@@ -305,45 +304,6 @@ def _validate_spec(name: str, spec: ParamSpec, par: Parameter) -> None:
 
 
 # ----------------------------------------------------------------------------- values -> SegConfig
-def scale_augment(base: AugmentConfig, geometric: float = 1.0, intensity: float = 1.0) -> AugmentConfig:
-    """``base`` with its geometric and intensity groups scaled by one strength each.
-
-    A strength ``s`` multiplies every magnitude of its group (rotation, translation, the
-    deviation of ``scale`` from 1; brightness, the deviation of ``contrast`` from 1, the
-    log of the ``gamma`` range, noise and blur sigma) by ``s``, and its probabilities
-    (p_geometric; p_intensity, blur_prob) by ``min(s, 1)``: 0 switches the group off, 1 is
-    ``base``, 2 doubles the magnitudes at ``base``'s probabilities.
-    """
-    g, i = float(geometric), float(intensity)
-    if g < 0 or i < 0:
-        raise ConfigError(f"augmentation strengths must be >= 0, got geometric={g}, intensity={i}")
-    pg, pi = min(g, 1.0), min(i, 1.0)
-
-    def around_one(rng, s):
-        lo, hi = rng
-        return (max(1e-3, 1.0 + (lo - 1.0) * s), 1.0 + (hi - 1.0) * s)
-
-    def log_range(rng, s):
-        lo, hi = rng
-        return (math.exp(math.log(max(lo, 1e-3)) * s), math.exp(math.log(max(hi, 1e-3)) * s))
-
-    return dataclasses.replace(
-        base,
-        rotation=min(180.0, base.rotation * g),
-        scale=around_one(base.scale, g),
-        translation=base.translation * g,
-        p_geometric=base.p_geometric * pg,
-        hflip=base.hflip and g > 0,
-        brightness=base.brightness * i,
-        contrast=(max(0.0, 1.0 + (base.contrast[0] - 1.0) * i), 1.0 + (base.contrast[1] - 1.0) * i),
-        gamma=log_range(base.gamma, i),
-        noise_std=base.noise_std * i,
-        blur_sigma=base.blur_sigma * i,
-        blur_prob=base.blur_prob * pi,
-        p_intensity=base.p_intensity * pi,
-    )
-
-
 def apply_values(seg: SegConfig, values: dict[str, Any]) -> SegConfig:
     """A copy of ``seg`` with the hyperparameter ``values`` of a trial applied (see
     :data:`PARAMETERS`); names KerasTuner adds itself (``tuner/...``) are ignored."""
@@ -368,8 +328,8 @@ def apply_values(seg: SegConfig, values: dict[str, Any]) -> SegConfig:
     if "synthetic_fraction" in v:
         out.data.synthetic_fraction = float(v["synthetic_fraction"])
     if "augment_geometric" in v or "augment_intensity" in v:
-        out.data.augment = scale_augment(seg.data.augment, float(v.get("augment_geometric", 1.0)),
-                                         float(v.get("augment_intensity", 1.0)))
+        out.data.augment = seg.data.augment.scaled(float(v.get("augment_geometric", 1.0)),
+                                                  float(v.get("augment_intensity", 1.0)))
     return out
 
 
@@ -413,4 +373,4 @@ def space_table(cfg: TuneConfig) -> list[dict[str, Any]]:
 
 
 __all__ = ["TuneConfig", "ParamSpec", "Parameter", "PARAMETERS", "OBJECTIVES", "TUNERS", "default_space",
-           "apply_values", "scale_augment", "build_tune_config", "space_table"]
+           "apply_values", "build_tune_config", "space_table"]

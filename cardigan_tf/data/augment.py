@@ -19,6 +19,7 @@ Example::
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -78,6 +79,44 @@ class AugmentConfig:
         for name in ("translation", "brightness", "noise_std", "blur_sigma"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"augment.{name}: expected >= 0, got {getattr(self, name)}")
+
+    def scaled(self, geometric: float = 1.0, intensity: float = 1.0) -> AugmentConfig:
+        """A copy with the geometric and intensity groups scaled by one strength each.
+
+        A strength ``s`` multiplies every magnitude of its group (rotation, translation, the
+        deviation of ``scale`` from 1; brightness, the deviation of ``contrast`` from 1, the
+        log of the ``gamma`` range, noise and blur sigma) by ``s``, and its probabilities
+        (p_geometric; p_intensity, blur_prob) by ``min(s, 1)``: 0 switches the group off, 1 is
+        this config, 2 doubles the magnitudes at this config's probabilities.
+        """
+        g, i = float(geometric), float(intensity)
+        if g < 0 or i < 0:
+            raise ConfigError(f"augmentation strengths must be >= 0, got geometric={g}, intensity={i}")
+        pg, pi = min(g, 1.0), min(i, 1.0)
+
+        def around_one(rng, s):
+            lo, hi = rng
+            return (max(1e-3, 1.0 + (lo - 1.0) * s), 1.0 + (hi - 1.0) * s)
+
+        def log_range(rng, s):
+            lo, hi = rng
+            return (math.exp(math.log(max(lo, 1e-3)) * s), math.exp(math.log(max(hi, 1e-3)) * s))
+
+        return dataclasses.replace(
+            self,
+            rotation=min(180.0, self.rotation * g),
+            scale=around_one(self.scale, g),
+            translation=self.translation * g,
+            p_geometric=self.p_geometric * pg,
+            hflip=self.hflip and g > 0,
+            brightness=self.brightness * i,
+            contrast=(max(0.0, 1.0 + (self.contrast[0] - 1.0) * i), 1.0 + (self.contrast[1] - 1.0) * i),
+            gamma=log_range(self.gamma, i),
+            noise_std=self.noise_std * i,
+            blur_sigma=self.blur_sigma * i,
+            blur_prob=self.blur_prob * pi,
+            p_intensity=self.p_intensity * pi,
+        )
 
 
 def affine_transforms(batch: tf.Tensor, height: int, width: int, seed: tf.Tensor, cfg: AugmentConfig) -> tf.Tensor:

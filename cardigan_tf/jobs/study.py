@@ -70,8 +70,7 @@ class _Eta:
         self.seconds[stage].append(seconds)
 
     def report(self, root: Path, cfg, cells, gan_seed) -> None:
-        gans = {(f, gan_seed[f, seed]) for f, s, seed in cells if s > 0}
-        left = {"gan": sum(1 for f, seed in gans if not _gan_ready(root, f, seed)),
+        left = {"gan": sum(1 for f, seed in needed_gans(cells, gan_seed) if not _gan_ready(root, f, seed)),
                 "cell": sum(1 for c in cells if not _done(_cell_dir(root, *c)))}
         parts, total, known = [], 0.0, True
         for stage, name in (("gan", "GANs"), ("cell", "U-Net cells")):
@@ -185,6 +184,11 @@ def _cell_unit(frac: float, synth: float, seed: int) -> str:
     return f"seg-f{_tag(frac)}-s{_tag(synth)}-seed{seed}"
 
 
+def needed_gans(cells, gan_seed: dict[tuple[float, int], int]) -> set[tuple[float, int]]:
+    """The (training fraction, GAN seed) pairs that the cells with synthetic data need."""
+    return {(f, gan_seed[f, seed]) for f, s, seed in cells if s > 0}
+
+
 def create_study(cfg: StudyConfig, runs_dir: str | Path = "runs", study_dir: str | Path | None = None) -> Path:
     """Check ``cfg`` and its data, and create the study folder (config.yaml, provenance.json);
     nothing is trained. :func:`run_study` with ``resume=`` the folder (in one or several
@@ -238,7 +242,7 @@ def run_study(cfg: StudyConfig | None, resume: str | Path | None = None, runs_di
 
     if report_only:
         return write_study_report(root, cfg)
-    n_gans = len({(f, gan_seed[f, seed]) for f, s, seed in cells if s > 0})
+    n_gans = len(needed_gans(cells, gan_seed))
     log.info("study %s: %d cells, %d GANs on %s (%d training patients)", root.name, len(cells), n_gans, data,
              len(train_patients))
     t0 = time.time()

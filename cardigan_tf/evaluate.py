@@ -10,7 +10,6 @@ import argparse
 import sys
 from pathlib import Path
 
-import cardigan_tf.runtime  # noqa: F401  (sets KERAS_BACKEND before keras is imported)
 from cardigan_tf import cli
 
 

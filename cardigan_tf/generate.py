@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import sys
 
-import cardigan_tf.runtime  # noqa: F401  (sets KERAS_BACKEND before keras is imported)
 from cardigan_tf import cli
 
 MASK_SOURCES = ("real", "deformed", "sampled")

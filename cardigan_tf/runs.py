@@ -17,10 +17,17 @@ The kind is read from ``config.yaml``, never from the folder's name: a renamed r
 opens. :func:`open_run` only reads; it creates nothing. Folders written before the kind was
 recorded are recognised by their contents (``legacy=True``).
 
+What a kind of run is, is declared once, in :data:`KINDS` (:class:`RunKind`): its config class,
+its model files, when it has finished, which config keys a resume may change. Every job starts
+through :func:`plan_run` (new folder, resume, or nothing left to do; a resume refuses a changed
+value and names the saved and the given one), and every reader loads a trained model through
+:meth:`Run.load` (the model with its resize chain).
+
 Example::
 
     run = open_run("runs/seg-tiny-20260101T000000Z")
-    run.kind, run.config.model.size, run.model_path()
+    run.kind, run.config.model.size, run.finished, run.model_path()
+    trained = run.load()          # trained.model, trained.preprocessing, trained.path
 """
 
 from __future__ import annotations
@@ -33,27 +40,84 @@ import re
 import subprocess
 import sys
 from datetime import datetime, timezone
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from cardigan_tf.files import (  # noqa: F401  (re-exported: the historical home of these names)
-    OverwriteError,
-    atomic_path,
-    atomic_write_bytes,
-    atomic_write_text,
-    refuse_overwrite,
-    sha256_file,
-    write_json,
-)
+import yaml
+
+from cardigan_tf.config import ConfigError, from_dict, load_yaml, to_dict
+from cardigan_tf.files import atomic_write_text, sha256_file, write_json
+
+# The commands import this module (RunError, open_run) before they parse their arguments, so
+# what loads TensorFlow (the configs, the data layer, the networks) is imported where it is
+# used: a command's --help, and the multi-worker set-up that must precede TensorFlow's first
+# op, stay free of it.
 
 RUN_SUBDIRS = ("checkpoints", "tensorboard", "samples")
-#: files whose presence identifies the kind of a folder written before config.yaml held it
-_LEGACY_MARKERS = (("study", ("cells",)), ("gan", ("generator_ema.keras", "generator.keras")),
-                   ("seg", ("best.keras", "final.keras", "checkpoints/state.json")))
 
 
 class RunError(ValueError):
     """A path is not a run folder of the expected kind, or lacks what was asked of it."""
+
+
+# ----------------------------------------------------------------------------- the kinds
+@dataclasses.dataclass(frozen=True)
+class RunKind:
+    """What one kind of run is.
+
+    ``models``: model name -> the files that hold it, first found wins (``best`` falls back to
+    ``final`` when no validation improvement was ever saved); ``default_model``: what
+    :meth:`Run.load` loads; ``finished``: files that all exist once the run has finished (each
+    job writes them last); ``resumable``: dotted config keys a resume may change (anything else
+    must equal the saved value); ``markers``: files that identify a folder written before
+    ``config.yaml`` recorded its kind."""
+
+    name: str
+    finished: tuple[str, ...]
+    models: dict[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
+    default_model: str | None = None
+    resumable: tuple[str, ...] = ()
+    markers: tuple[str, ...] = ()
+
+    def is_finished(self, path: str | Path) -> bool:
+        return all((Path(path) / name).is_file() for name in self.finished)
+
+    def config_class(self) -> type:
+        from cardigan_tf.configs import config_class  # lazy: TensorFlow (see the imports)
+
+        return config_class(self.name)
+
+
+#: every kind of run folder, in the order their contents are tried on a folder without ``kind:``
+KINDS: dict[str, RunKind] = {k.name: k for k in (
+    RunKind("study", finished=("report.md",), resumable=(), markers=("cells",)),
+    RunKind("gan", finished=("metrics.json", "generator_ema.keras"),
+            models={"ema": ("generator_ema.keras",), "raw": ("generator.keras",)}, default_model="ema",
+            resumable=("train.steps", "train.epochs", "train.strategy"),
+            markers=("generator_ema.keras", "generator.keras")),
+    RunKind("seg", finished=("metrics.json", "final.keras"),
+            models={"best": ("best.keras", "final.keras"), "final": ("final.keras",)}, default_model="best",
+            resumable=("train.epochs", "train.strategy"),
+            markers=("best.keras", "final.keras", "checkpoints/state.json")),
+    RunKind("tune", finished=("metrics.json", "report.md"), resumable=("max_trials",)),
+)}
+
+
+def run_kind(name: str) -> RunKind:
+    if name not in KINDS:
+        raise RunError(f"run kind: expected one of {list(KINDS)}, got {name!r}")
+    return KINDS[name]
+
+
+def is_finished(path: str | Path, kind: str) -> bool:
+    """Whether the ``kind`` run in ``path`` has finished (its kind's ``finished`` files exist)."""
+    return run_kind(kind).is_finished(path)
+
+
+def is_run(path: str | Path) -> bool:
+    """Whether ``path`` is a run folder (holds a ``config.yaml``)."""
+    return (Path(path) / "config.yaml").is_file()
 
 
 def utc_stamp() -> str:
@@ -106,8 +170,6 @@ def code_revision() -> dict[str, Any]:
 
 def library_versions() -> dict[str, str | None]:
     """Versions of Python and of the libraries a run depends on (None when not installed)."""
-    from importlib import metadata
-
     out: dict[str, str | None] = {"python": platform.python_version()}
     for name in ("tensorflow", "keras", "numpy", "h5py", "keras-tuner", "SimpleITK"):
         try:
@@ -159,7 +221,7 @@ def recorded_dataset(run_dir: str | Path) -> Path | None:
 def _resolve_into(run_dir: str | Path, data: Any, size: int, seed: int, n_phantom: int) -> Path:
     """``data`` (phantom, .h5, TFRecord folder or CAMUS folder; split with ``seed``) resolved
     into ``run_dir/data``."""
-    from cardigan_tf.data.source import resolve_data
+    from cardigan_tf.data.source import resolve_data  # lazy: TensorFlow (see the imports)
 
     return Path(resolve_data(data, Path(run_dir) / "data", size=int(size), seed=int(seed), n_phantom=int(n_phantom)))
 
@@ -178,10 +240,6 @@ def run_dataset(run_dir: str | Path, data: Any, size: int, seed: int, n_phantom:
 # ----------------------------------------------------------------------------- create / open
 def save_run_config(run_dir: str | Path, kind: str, cfg: Any) -> None:
     """Write ``config.yaml`` with the run's kind first, atomically."""
-    import yaml
-
-    from cardigan_tf.config import to_dict
-
     text = yaml.safe_dump({"kind": kind, **to_dict(cfg)}, sort_keys=False)
     atomic_write_text(Path(run_dir) / "config.yaml", text)
 
@@ -203,13 +261,22 @@ def create_run(kind: str, cfg: Any, *, runs_dir: str | Path = "runs", run_dir: s
 
 
 def _legacy_kind(path: Path) -> str | None:
-    for kind, markers in _LEGACY_MARKERS:
-        if any((path / m).exists() for m in markers):
-            return kind
+    for kind in KINDS.values():
+        if any((path / m).exists() for m in kind.markers):
+            return kind.name
     prefix = path.name.split("-", 1)[0]
-    from cardigan_tf.configs import RUN_KINDS
+    return prefix if prefix in KINDS else None
 
-    return prefix if prefix in RUN_KINDS else None
+
+@dataclasses.dataclass
+class Trained:
+    """A trained model ready for inference: the Keras model (a seg model with its main output
+    only), the file it came from, and the resize chain from the prepared data to the model's
+    working size (seg runs; None for a generator, which works at its own size)."""
+
+    model: Any
+    path: Path
+    preprocessing: Any = None
 
 
 @dataclasses.dataclass
@@ -259,25 +326,68 @@ class Run:
         f = self.path / "metrics.json"
         return json.loads(f.read_text()) if f.is_file() else None
 
-    def model_path(self, which: str = "best") -> Path:
-        """The trained model: seg ``best`` (falls back to ``final``) or ``final``; gan ``ema``
-        (``generator_ema.keras``) or ``raw`` (``generator.keras``). RunError if absent."""
-        names = {
-            "seg": {"best": ("best.keras", "final.keras"), "final": ("final.keras",)},
-            "gan": {"ema": ("generator_ema.keras",), "raw": ("generator.keras",),
-                    "best": ("generator_ema.keras",)},
-        }.get(self.kind)
-        if names is None or which not in names:
-            raise RunError(f"{self.path}: a {self.kind} run has no {which!r} model")
+    @property
+    def spec(self) -> RunKind:
+        return KINDS[self.kind]
+
+    @property
+    def finished(self) -> bool:
+        return self.spec.is_finished(self.path)
+
+    def model_path(self, which: str | None = None) -> Path:
+        """The file of a trained model (``which``: one of the kind's ``models``, default its
+        ``default_model``): seg ``best`` (falls back to ``final``) or ``final``; gan ``ema`` or
+        ``raw``. RunError if the kind has no such model or the file is absent."""
+        names = self.spec.models
+        which = which or self.spec.default_model
+        if which not in names:
+            raise RunError(f"{self.path}: a {self.kind} run has no {which!r} model"
+                           + (f" (expected one of {list(names)})" if names else ""))
         for name in names[which]:
             if (self.path / name).is_file():
                 return self.path / name
         raise RunError(f"{self.path}: no {' or '.join(names[which])} (has the {self.kind} run finished?)")
 
+    def preprocessing(self, data: Any = None):
+        """The resize chain of a seg run (prepared size of ``data``, default :meth:`dataset`,
+        -> the model's working size)."""
+        from cardigan_tf.data.source import prepared_size  # lazy: TensorFlow (see the imports)
+        from cardigan_tf.inference import Preprocessing
+
+        if self.kind != "seg":
+            raise RunError(f"{self.path}: a {self.kind} run has no resize chain (expected a seg run)")
+        return Preprocessing(working_size=int(self.config.model.size), prepared_size=prepared_size(self.dataset(data)))
+
+    def load(self, which: str | None = None, data: Any = None, with_preprocessing: bool = True) -> Trained:
+        """The trained model of this run, ready for inference (see :class:`Trained`). A model
+        file that does not load (truncated, damaged) raises RunError naming it."""
+        path = self.model_path(which)
+        model = load_model_file(path)
+        if self.kind == "seg":
+            from cardigan_tf.models.unet import inference_model  # lazy: TensorFlow (see the imports)
+
+            pre = self.preprocessing(data) if with_preprocessing else None
+            return Trained(model=inference_model(model), path=path, preprocessing=pre)
+        return Trained(model=model, path=path)
+
+
+def load_model_file(path: str | Path):
+    """A ``.keras`` file of cardigan_tf's (U-Net, generator, their layers registered), or
+    RunError naming the file when it does not load."""
+    import keras  # lazy: TensorFlow (see the imports)
+
+    import cardigan_tf.models.generator  # noqa: F401  (registers the SPADE layers)
+
+    path = Path(path)
+    try:
+        return keras.saving.load_model(path, compile=False)
+    except Exception as exc:  # a damaged zip, a missing entry, a layer that does not deserialise
+        raise RunError(f"{path}: the model file does not load ({type(exc).__name__}: "
+                       f"{str(exc).splitlines()[0] if str(exc) else 'no detail'}); it is damaged or incomplete: "
+                       "resume or retrain the run") from None
+
 
 def read_config_file(path: Path) -> tuple[str | None, dict]:
-    from cardigan_tf.config import ConfigError, load_yaml
-
     try:
         data = load_yaml(path)
     except ConfigError as exc:
@@ -292,8 +402,7 @@ def open_run(path: str | Path, kind: str | None = None) -> Run:
     Raises RunError when ``path`` is no run folder, is of another kind than ``kind``, or its
     config no longer loads (the message says which key and why).
     """
-    from cardigan_tf.config import ConfigError, from_dict
-    from cardigan_tf.configs import RUN_KINDS, config_class, migrate
+    from cardigan_tf.configs import config_class, migrate  # lazy: TensorFlow (see the imports)
 
     path = Path(path)
     cfg_file = path / "config.yaml"
@@ -304,9 +413,9 @@ def open_run(path: str | Path, kind: str | None = None) -> Run:
     recorded, data = read_config_file(cfg_file)
     legacy = recorded is None
     found = recorded or _legacy_kind(path)
-    if found not in RUN_KINDS:
+    if found not in KINDS:
         raise RunError(f"{cfg_file}: cannot tell the kind of this run (no 'kind:' key, and neither its files "
-                       f"nor its name say it); expected one of {list(RUN_KINDS)}")
+                       f"nor its name say it); expected one of {list(KINDS)}")
     if kind is not None and found != kind:
         raise RunError(f"{path}: expected a {kind} run folder, found a {found} run")
     try:
@@ -322,3 +431,87 @@ def ensure_run_subdirs(path: str | Path) -> Path:
     for sub in RUN_SUBDIRS:
         (path / sub).mkdir(exist_ok=True)
     return path
+
+
+# ----------------------------------------------------------------------------- start / resume
+def config_differences(saved: Any, given: Any) -> dict[str, tuple[Any, Any]]:
+    """Dotted key -> (saved, given) for every leaf value that differs between two configs."""
+    out: dict[str, tuple[Any, Any]] = {}
+
+    def walk(a, b, prefix):
+        if isinstance(a, dict) and isinstance(b, dict):
+            for key in sorted(set(a) | set(b)):
+                walk(a.get(key), b.get(key), f"{prefix}{key}.")
+        elif a != b:
+            out[prefix[:-1]] = (a, b)
+
+    walk(to_dict(saved), to_dict(given), "")
+    return out
+
+
+@dataclasses.dataclass
+class RunPlan:
+    """What a job will do with its run folder (from :func:`plan_run`; nothing is written yet):
+    ``status`` "new" (``path`` None: a fresh folder under ``runs_dir``, or the empty ``path``),
+    "resume" (continue the run in ``path``) or "finished" (nothing left to do). ``config`` is
+    the config to train with; ``changed`` the resumable keys that differ from the saved run."""
+
+    kind: str
+    status: str
+    config: Any
+    path: Path | None = None
+    changed: dict[str, tuple[Any, Any]] = dataclasses.field(default_factory=dict)
+
+    def open(self, where: str | Path | None = None, *, runs_dir: str | Path = "runs", name: str | None = None,
+             command: list[str] | None = None) -> Path:
+        """Make the folder ready to write to (``where``: this folder instead of ``path``, e.g. a
+        multi-worker copy): a new run is created with its config.yaml and provenance.json; a
+        resumed one gets its standard subfolders and, when a resumable key changed, its new
+        config.yaml. Returns the folder."""
+        target = where if where is not None else self.path
+        if self.status == "new":
+            return create_run(self.kind, self.config, runs_dir=runs_dir, run_dir=target, name=name, command=command)
+        path = ensure_run_subdirs(target)
+        if self.changed:
+            save_run_config(path, self.kind, self.config)
+        return path
+
+
+def plan_run(kind: str, cfg: Any = None, *, resume: str | Path | None = None,
+             run_dir: str | Path | None = None) -> RunPlan:
+    """The one start / resume decision of every job.
+
+    - ``resume`` (or a ``run_dir`` that already holds a run): continue that run of ``kind``.
+      Its saved config is used; a given ``cfg`` must equal it except for the kind's
+      ``resumable`` keys (which then take the given value); any other difference raises
+      ConfigError naming the key, the saved and the given value. A finished run whose resumable
+      values did not change has status "finished".
+    - otherwise a new run with ``cfg`` (ValueError when there is none), in ``run_dir`` when
+      given (it must not exist, or be an empty folder).
+    """
+    spec = run_kind(kind)
+    target = Path(resume) if resume is not None else None
+    if target is None and run_dir is not None and is_run(run_dir):
+        target = Path(run_dir)
+    if target is None:
+        if cfg is None:
+            raise ValueError(f"a new {kind} run needs a config (or resume=RUN_DIR)")
+        if run_dir is not None and Path(run_dir).exists() and (not Path(run_dir).is_dir() or
+                                                               any(p for p in Path(run_dir).iterdir()
+                                                                   if p.name not in RUN_SUBDIRS)):
+            raise RunError(f"{run_dir}: exists and is not a {kind} run folder (no config.yaml); "
+                           "choose another folder")
+        return RunPlan(kind, "new", cfg, Path(run_dir) if run_dir is not None else None)
+    run = open_run(target, kind)
+    config, changed = run.config, {}
+    if cfg is not None:
+        diff = config_differences(run.config, cfg)
+        fixed = {k: v for k, v in diff.items() if not any(k == r or k.startswith(r + ".") for r in spec.resumable)}
+        if fixed:
+            listed = "; ".join(f"{k}: saved {old!r}, given {new!r}" for k, (old, new) in fixed.items())
+            allowed = f" (a resume may change only {', '.join(spec.resumable)})" if spec.resumable else ""
+            raise ConfigError(f"{target}: resuming this {kind} run with other values than it was started "
+                              f"with: {listed}{allowed}")
+        config, changed = cfg, diff
+    status = "finished" if spec.is_finished(target) and not changed else "resume"
+    return RunPlan(kind, status, config, target, changed)

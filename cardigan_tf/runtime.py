@@ -18,8 +18,6 @@ from __future__ import annotations
 import os
 from typing import Any
 
-os.environ.setdefault("KERAS_BACKEND", "tensorflow")
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
 def _tf():

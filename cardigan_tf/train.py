@@ -4,7 +4,11 @@
   on ``--data``), ending with the path of its report;
 - ``gan``: train the SPADE GAN; ``seg``: train the U-Net; ``study``: the synthetic-data study.
 
-Thin: parse, build the config (cardigan_tf.configs), call the job (cardigan_tf.jobs).
+Thin: parse, build the config (cardigan_tf.configs), call the job (cardigan_tf.jobs). Every
+job takes ``--run-dir DIR`` / ``--resume DIR`` / ``--runs-dir`` and turns its own flags into
+config keys the same way (:mod:`cardigan_tf.cli`). The configs and jobs are imported inside
+the functions, not at the top: they load TensorFlow, and a multi-worker job must create its
+strategy (:func:`prepare_argv`) before TensorFlow runs any op.
 """
 
 from __future__ import annotations
@@ -12,24 +16,26 @@ from __future__ import annotations
 import argparse
 import sys
 
-import cardigan_tf.runtime as runtime  # sets KERAS_BACKEND before keras is imported
-from cardigan_tf import cli
+from cardigan_tf import cli, runtime
 
-STRATEGIES = ("default", "mirrored", "multiworker")
+#: flag -> config key, per job (the flags of :func:`cli.flag_overrides`)
+GAN_FLAGS = {"data": "data.data", "epochs": "train.epochs", "steps": "train.steps", "strategy": "train.strategy"}
+SEG_FLAGS = {"data": "data.data", "synthetic": "data.synthetic", "synthetic_fraction": "data.synthetic_fraction",
+             "epochs": "train.epochs", "strategy": "train.strategy", "name": "name"}
+STUDY_FLAGS = {"data": "data", "name": "name"}
 
 
 # ----------------------------------------------------------------------------- main job
 def _main_arguments(p: argparse.ArgumentParser) -> None:
-    from cardigan_tf.configs.study import BUDGETS
+    from cardigan_tf.configs.study import BUDGETS  # lazy: see the module docstring
 
     p.add_argument("--data", help="CAMUS folder or seed-layout .h5 (default: built-in phantom)")
-    p.add_argument("--budget", choices=sorted(BUDGETS), default="standard",
+    p.add_argument("--budget", choices=sorted(BUDGETS),
                    help="how much to train (default: standard, 6-8 min on 2 Intel AVX-512 cores; smoke: a quick check)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a study key, e.g. seeds=[0,1]")
-    p.add_argument("--runs-dir", default="runs", help="parent folder of run folders")
-    p.add_argument("--resume", metavar="STUDY_DIR", help="continue an interrupted main job")
     p.add_argument("--name", help="study name")
+    cli.add_run_arguments(p, "main job's study")
     _processes_argument(p, "auto")
 
 
@@ -40,7 +46,7 @@ def _processes_argument(p: argparse.ArgumentParser, default: str) -> None:
 
 
 def _n_processes(value: str) -> int:
-    from cardigan_tf.jobs.study_processes import auto_processes
+    from cardigan_tf.jobs.study_processes import auto_processes  # lazy: see the module docstring
 
     if value == "auto":
         return auto_processes()
@@ -54,119 +60,95 @@ def _n_processes(value: str) -> int:
 
 
 def _run_main(args: argparse.Namespace):
-    from cardigan_tf.configs.study import main_config
+    from cardigan_tf.configs.study import main_config  # lazy: see the module docstring
     from cardigan_tf.jobs.study_processes import study_in_processes
 
     n = _n_processes(args.processes)
+    overrides = cli.flag_overrides(args, STUDY_FLAGS)
     if args.resume:
-        return study_in_processes(None, n, resume=args.resume) / "report.md"
-    cfg = main_config(args.budget, args.data, args.overrides)
-    if args.name:
-        cfg.name = args.name
-    return study_in_processes(cfg, n, runs_dir=args.runs_dir) / "report.md"
-
-
-def _distribution_arguments(p: argparse.ArgumentParser) -> None:
-    """--strategy and --run-dir, shared by the training jobs (gan, seg)."""
-    p.add_argument("--strategy", choices=STRATEGIES, help="tf.distribute strategy")
-    p.add_argument("--run-dir", help="write into this run folder (multi-worker: the same path on every "
-                                     "worker; only the chief writes there)")
+        given = args.budget is not None or overrides
+        cfg = main_config(args.budget or "standard", None, overrides) if given else None
+        return study_in_processes(cfg, n, resume=args.resume) / "report.md"
+    cfg = main_config(args.budget or "standard", None, overrides)
+    return study_in_processes(cfg, n, runs_dir=args.runs_dir, study_dir=args.run_dir) / "report.md"
 
 
 # ----------------------------------------------------------------------------- gan
 def _gan_arguments(p: argparse.ArgumentParser) -> None:
-    from cardigan_tf.configs.gan import PRESET_NAMES
+    from cardigan_tf.configs.gan import PRESET_NAMES as GAN_PRESETS  # lazy: see the module docstring
+    from cardigan_tf.configs.seg import STRATEGIES
 
     p.add_argument("--data", help="CAMUS folder or seed-layout .h5 (default: built-in phantom)")
-    p.add_argument("--preset", choices=PRESET_NAMES, help="network/training preset (default: tiny on CPU, cardigan on GPU)")
+    p.add_argument("--preset", choices=GAN_PRESETS, help="network/training preset (default: tiny on CPU, cardigan on GPU)")
     length = p.add_mutually_exclusive_group()
     length.add_argument("--epochs", type=int, help="train for N epochs")
     length.add_argument("--steps", type=int, help="train for N steps (overrides epochs)")
-    p.add_argument("--resume", metavar="RUN_DIR", help="continue a gan run folder exactly")
     cli.add_config_arguments(p, "GanConfig (sections model/train/data)")
-    p.add_argument("--runs-dir", default="runs", help="parent folder of run folders")
     p.add_argument("--name", help="run name (default: the preset)")
-    _distribution_arguments(p)
+    p.add_argument("--strategy", choices=STRATEGIES, help="tf.distribute strategy")
+    cli.add_run_arguments(p, "GAN run (multi-worker: the same path on every worker; only the chief writes there)")
+
+
+def gan_config_from_args(args: argparse.Namespace):
+    """preset <- --config <- --set <- flags; with --resume and no --preset, the saved config
+    <- --config <- --set <- flags (None when nothing is given)."""
+    from cardigan_tf.configs.gan import build_config  # lazy: see the module docstring
+
+    overrides = cli.flag_overrides(args, GAN_FLAGS)
+    if args.epochs is not None:
+        overrides.append("train.steps=null")
+    if args.resume and args.preset is None:
+        return cli.resumed_config("gan", args.resume, args.config, overrides)
+    gpu = bool(runtime.gpu_devices()) if args.preset is None and args.config is None else False
+    return build_config(args.preset, args.config, overrides, gpu=gpu)
 
 
 def _run_gan(args: argparse.Namespace):
-    from cardigan_tf import runtime
-    from cardigan_tf.configs.gan import build_config
-    from cardigan_tf.jobs.gan import train_gan
+    from cardigan_tf.jobs.gan import train_gan  # lazy: see the module docstring
 
-    if args.resume:
-        return train_gan(None, resume=args.resume)
-    overrides = list(args.overrides or [])
-    if args.data:
-        overrides.append(f"data.data={args.data}")
-    if args.epochs is not None:
-        overrides += [f"train.epochs={args.epochs}", "train.steps=null"]
-    if args.steps is not None:
-        overrides.append(f"train.steps={args.steps}")
-    if args.strategy:
-        overrides.append(f"train.strategy={args.strategy}")
-    gpu = bool(runtime.gpu_devices()) if args.preset is None else False
-    cfg = build_config(args.preset, args.config, overrides, gpu=gpu)
-    return train_gan(cfg, runs_dir=args.runs_dir, name=args.name, run_dir=args.run_dir)
+    return train_gan(gan_config_from_args(args), resume=args.resume, runs_dir=args.runs_dir, name=args.name,
+                     run_dir=args.run_dir)
 
 
 # ----------------------------------------------------------------------------- seg
 def _seg_arguments(p: argparse.ArgumentParser) -> None:
-    from cardigan_tf.configs.seg import PRESET_NAMES
+    from cardigan_tf.configs.seg import PRESET_NAMES as SEG_PRESETS  # lazy: see the module docstring
+    from cardigan_tf.configs.seg import STRATEGIES
 
     p.add_argument("--data", help="CAMUS folder (any layout) or seed-layout .h5; default: built-in phantom")
     p.add_argument("--synthetic", help="synthetic seed-layout .h5 to mix into training")
     p.add_argument("--synthetic-fraction", type=float, help="fraction of synthetic images per batch")
-    p.add_argument("--preset", choices=PRESET_NAMES, default="tiny", help="model/training preset")
+    p.add_argument("--preset", choices=SEG_PRESETS, help="model/training preset (default: tiny)")
     p.add_argument("--epochs", type=int, help="number of epochs (overrides train.epochs)")
     cli.add_config_arguments(p, "SegConfig")
-    p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run exactly")
-    p.add_argument("--runs-dir", default="runs", help="where run folders are created")
     p.add_argument("--name", help="run name (default: the preset)")
-    _distribution_arguments(p)
+    p.add_argument("--strategy", choices=STRATEGIES, help="tf.distribute strategy")
+    cli.add_run_arguments(p, "U-Net run (multi-worker: the same path on every worker; only the chief writes there)")
 
 
 def seg_config_from_args(args: argparse.Namespace):
-    """defaults(preset) <- --config <- --set <- explicit flags."""
-    from cardigan_tf.config import from_dict, load_config, to_dict
-    from cardigan_tf.configs.seg import SegConfig, preset_config
+    """preset <- --config <- --set <- flags; with --resume and no --preset, the saved config
+    <- --config <- --set <- flags (None when nothing is given)."""
+    from cardigan_tf.configs.seg import build_seg_config  # lazy: see the module docstring
 
-    cfg = load_config(SegConfig, args.config, list(args.overrides or []), base=preset_config(args.preset))
-    if args.data is not None:
-        cfg.data.data = args.data
-    if args.synthetic is not None:
-        cfg.data.synthetic = args.synthetic
-    if args.synthetic_fraction is not None:
-        cfg.data.synthetic_fraction = args.synthetic_fraction
-    if args.epochs is not None:
-        cfg.train.epochs = args.epochs
-    if args.name:
-        cfg.name = args.name
-    if args.strategy:
-        cfg.train.strategy = args.strategy
-    return from_dict(SegConfig, to_dict(cfg))  # re-validate
+    overrides = cli.flag_overrides(args, SEG_FLAGS)
+    if args.resume and args.preset is None:
+        return cli.resumed_config("seg", args.resume, args.config, overrides)
+    return build_seg_config(args.preset or "tiny", args.config, overrides)
 
 
 def _run_seg(args: argparse.Namespace):
-    from cardigan_tf.jobs.seg import train_seg
-    from cardigan_tf.runs import open_run
+    from cardigan_tf.jobs.seg import train_seg  # lazy: see the module docstring
 
-    if args.resume:
-        cfg = open_run(args.resume, "seg").config
-        if args.epochs is not None:
-            cfg.train.epochs = args.epochs
-        return train_seg(cfg, resume=args.resume)
-    return train_seg(seg_config_from_args(args), runs_dir=args.runs_dir, run_dir=args.run_dir)
+    return train_seg(seg_config_from_args(args), resume=args.resume, runs_dir=args.runs_dir, run_dir=args.run_dir)
 
 
 # ----------------------------------------------------------------------------- study
 def _study_arguments(p: argparse.ArgumentParser) -> None:
     cli.add_config_arguments(p, "the study design (see experiments/)")
     p.add_argument("--data", help="CAMUS folder or seed-layout .h5 (default: built-in phantom)")
-    p.add_argument("--resume", metavar="STUDY_DIR", help="continue a study folder (finished cells are kept)")
-    p.add_argument("--runs-dir", default="runs", help="parent folder of run folders")
     p.add_argument("--name", help="study name")
-    p.add_argument("--study-dir", help="create the study in this folder (instead of a new one under --runs-dir)")
+    cli.add_run_arguments(p, "study (finished cells are kept)")
     p.add_argument("--worker", action="store_true",
                    help="with --resume: join a study other processes/machines are running (cells are claimed)")
     p.add_argument("--report-only", action="store_true", help="with --resume: only write the report of the "
@@ -177,7 +159,7 @@ def _study_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _run_study(args: argparse.Namespace):
-    from cardigan_tf.configs.study import build_study_config
+    from cardigan_tf.configs.study import build_study_config  # lazy: see the module docstring
     from cardigan_tf.jobs.study import run_study
     from cardigan_tf.jobs.study_processes import study_in_processes
 
@@ -186,12 +168,14 @@ def _run_study(args: argparse.Namespace):
     n = _n_processes(args.processes)
     if (args.worker or args.report_only) and n != 1:
         raise cli.UsageError("--processes: a --worker or --report-only call is one process")
-    if args.report_only or args.worker:
-        return run_study(None, resume=args.resume, report_only=args.report_only, wait_s=args.wait)
+    overrides = cli.flag_overrides(args, STUDY_FLAGS)
     if args.resume:
-        return study_in_processes(None, n, resume=args.resume, wait_s=args.wait)
-    cfg = build_study_config(args.config, args.overrides, data=args.data, name=args.name)
-    return study_in_processes(cfg, n, runs_dir=args.runs_dir, study_dir=args.study_dir, wait_s=args.wait)
+        cfg = cli.resumed_config("study", args.resume, args.config, overrides)
+        if args.report_only or args.worker:
+            return run_study(cfg, resume=args.resume, report_only=args.report_only, wait_s=args.wait)
+        return study_in_processes(cfg, n, resume=args.resume, wait_s=args.wait)
+    cfg = build_study_config(args.config, overrides)
+    return study_in_processes(cfg, n, runs_dir=args.runs_dir, study_dir=args.run_dir, wait_s=args.wait)
 
 
 JOBS = {
@@ -220,27 +204,24 @@ def run(args: argparse.Namespace):
     return JOBS[args.job][1](args)
 
 
-def _start_multiworker(argv: list[str]) -> None:
-    """Create the multi-worker strategy before anything else (importing the configs already runs
-    TensorFlow ops, after which TF refuses to configure collective ops)."""
-    if not argv or argv[0] not in ("gan", "seg"):
-        return
-    pre = argparse.ArgumentParser(add_help=False)
-    pre.add_argument("--strategy")
-    pre.add_argument("--set", dest="overrides", action="append", default=[])
-    pre.add_argument("--resume")
-    known, _ = pre.parse_known_args(argv[1:])
-    if runtime.wants_multiworker(known.strategy, known.overrides, known.resume):
-        runtime.multiworker_strategy()
-
-
-def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
+def prepare_argv(argv: list[str]) -> list[str]:
+    """The main job when no job is named; the multi-worker strategy created before anything
+    else when a gan/seg job asks for it (TensorFlow refuses to configure collective ops once
+    it has run an op)."""
     if not argv or (argv[0].startswith("-") and argv[0] not in ("-h", "--help")):
         argv = ["main", *argv]
-    _start_multiworker(argv)
-    return cli.run_main(build_parser, run, argv)
+    if argv[0] in ("gan", "seg"):
+        pre = argparse.ArgumentParser(add_help=False)
+        pre.add_argument("--strategy")
+        pre.add_argument("--set", dest="overrides", action="append", default=[])
+        pre.add_argument("--resume")
+        known, _ = pre.parse_known_args(argv[1:])
+        if runtime.wants_multiworker(known.strategy, known.overrides, known.resume):
+            runtime.multiworker_strategy()
+    return argv
 
+
+main = cli.entry(build_parser, run, prepare=prepare_argv)
 
 if __name__ == "__main__":
     sys.exit(main())

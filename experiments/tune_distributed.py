@@ -3,7 +3,7 @@
 
 Usage::
 
-    python experiments/tune_distributed.py --dir runs/tune-dist --workers 2 [--ip 127.0.0.1] [--port 0]
+    python experiments/tune_distributed.py --run-dir runs/tune-dist --workers 2 [--ip 127.0.0.1] [--port 0]
         [--timeout 3600] [--log-dir DIR] -- [python -m cardigan_tf.tune options, e.g. --tuner random
         --max-trials 12 --max-epochs 5 --set seg.data.n_phantom=60]
 
@@ -17,7 +17,7 @@ terminated (SIGTERM, then SIGKILL). Exit status 0 only when all processes exited
 ``<log-dir>/<tuner id>.log`` (default ``<dir>-logs``).
 
 On several machines, run the same command line by hand on each, with KERASTUNER_ORACLE_IP set to
-the chief's address, distinct KERASTUNER_TUNER_ID values and ``--dir`` on a shared file system.
+the chief's address, distinct KERASTUNER_TUNER_ID values and ``--run-dir`` on a shared file system.
 """
 
 from __future__ import annotations
@@ -60,7 +60,7 @@ def launch(tune_dir: str | Path, workers: int, tune_args: list[str], ip: str = "
     log_dir.mkdir(parents=True, exist_ok=True)
     port = port or free_port(ip)
     base_env = {**os.environ, "KERASTUNER_ORACLE_IP": ip, "KERASTUNER_ORACLE_PORT": str(port)}
-    cmd = [python, "-m", "cardigan_tf.tune", "--dir", str(tune_dir), *tune_args]
+    cmd = [python, "-m", "cardigan_tf.tune", "--run-dir", str(tune_dir), *tune_args]
     deadline = time.monotonic() + float(timeout_s)
     procs: dict[str, subprocess.Popen] = {}
     logs = []
@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
         i = argv.index("--")
         argv, tune_args = argv[:i], argv[i + 1:]
     p = argparse.ArgumentParser(description="Distributed KerasTuner search: one chief and N workers on this host.")
-    p.add_argument("--dir", required=True, help="the (shared) tuning folder")
+    p.add_argument("--run-dir", dest="dir", required=True, help="the (shared) tuning folder")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--ip", default="127.0.0.1", help="the chief oracle's address (default: loopback)")
     p.add_argument("--port", type=int, default=0, help="the chief oracle's port (0: a free one)")

@@ -16,7 +16,8 @@ KEY_SET = ["train.epochs=6", "train.steps_per_epoch=20", "train.batch_size=8", "
 def trained_run(tmp_path_factory):
     from cardigan_tf import runtime
     from cardigan_tf.config import load_config
-    from cardigan_tf.jobs.seg import SegConfig, train_seg
+    from cardigan_tf.configs.seg import SegConfig
+    from cardigan_tf.jobs.seg import train_seg
 
     runtime.enable_determinism(0)
     cfg = load_config(SegConfig, None, KEY_SET)  # preset "tiny": 64x64, depth 4, base 16; phantom data
@@ -95,7 +96,7 @@ def test_csv_json_markdown_are_consistent(evaluated):
 def test_evaluate_refuses_overwrite_and_cli(trained_run, evaluated, tmp_path, capsys):
     from cardigan_tf.evaluate import main
     from cardigan_tf.jobs.evaluation import evaluate_run
-    from cardigan_tf.runs import OverwriteError
+    from cardigan_tf.files import OverwriteError
 
     with pytest.raises(OverwriteError):
         evaluate_run(trained_run, split="test")

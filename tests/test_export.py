@@ -25,7 +25,8 @@ def runs(tmp_path_factory):
     from cardigan_tf.config import load_config
     from cardigan_tf.configs.gan import GanConfig
     from cardigan_tf.jobs.gan import train_gan
-    from cardigan_tf.jobs.seg import SegConfig, train_seg
+    from cardigan_tf.configs.seg import SegConfig
+    from cardigan_tf.jobs.seg import train_seg
 
     root = tmp_path_factory.mktemp("runs")
     seg = train_seg(load_config(SegConfig, None, SEG_SET), runs_dir=root)

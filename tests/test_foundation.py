@@ -8,7 +8,8 @@ import pytest
 from cardigan_tf.config import ConfigError, load_config, save_config, to_dict
 from cardigan_tf.data import h5layout
 from cardigan_tf.data.sample import DataError
-from cardigan_tf.runs import OverwriteError, atomic_path, new_run_dir
+from cardigan_tf.files import OverwriteError, atomic_path
+from cardigan_tf.runs import new_run_dir
 
 
 @dataclass

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from cardigan_tf.data import h5layout
-from cardigan_tf.runs import OverwriteError
+from cardigan_tf.files import OverwriteError
 
 GAN_SETS = ["model.ngf=8", "model.ndf=8", "model.num_D=1", "train.steps=2", "train.batch_size=2",
             "train.checkpoint_every=2", "train.sample_every=2", "train.n_samples=2", "train.verbose=0"]
@@ -17,7 +17,8 @@ GAN_SETS = ["model.ngf=8", "model.ndf=8", "model.num_D=1", "train.steps=2", "tra
 @pytest.fixture(scope="module")
 def gan_run(tmp_path_factory):
     from cardigan_tf.data import phantom
-    from cardigan_tf.jobs.gan import build_config, train_gan
+    from cardigan_tf.configs.gan import build_config
+    from cardigan_tf.jobs.gan import train_gan
 
     root = tmp_path_factory.mktemp("generate")
     data = phantom.write_h5(root / "phantom.h5", n_patients=10, seed=0, size=64, preview=False)

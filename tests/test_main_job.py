@@ -45,8 +45,11 @@ def test_study_processes_fail_naming_the_process_and_its_log(tmp_path):
     assert auto_processes(1) == 1 and auto_processes(2) == 2 and auto_processes(16) == 2
     assert main(["--processes", "0", "--runs-dir", str(tmp_path)]) == 2
     assert main(["study", "--resume", str(tmp_path), "--worker", "--processes", "2"]) == 2
-    not_a_study = tmp_path / "not-a-study"
-    not_a_study.mkdir()
+    from cardigan_tf.configs.study import build_study_config
+    from cardigan_tf.runs import create_run
+
+    # a study whose data is gone: each process ends with "error: ... does not exist" (status 2)
+    broken = create_run("study", build_study_config(None, [f"data={tmp_path / 'gone.h5'}"]), run_dir=tmp_path / "s")
     with pytest.raises(RuntimeError, match=r"process \d of 2 exited with code 2") as err:
-        run_study_processes(not_a_study, 2, poll_s=0.2)
+        run_study_processes(broken, 2, poll_s=0.2)
     assert "--resume" in str(err.value)

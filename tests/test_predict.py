@@ -35,9 +35,8 @@ def models(tmp_path_factory):
     import keras
 
     from cardigan_tf.configs.seg import SegConfig, SegDataConfig
-    from cardigan_tf.jobs.evaluation import load_segmenter, preprocessing
     from cardigan_tf.models.unet import UNetConfig
-    from cardigan_tf.runs import create_run, record_data
+    from cardigan_tf.runs import create_run, open_run, record_data
     from cardigan_tf.serving.testing import make_test_export, tiny_test_unet
     from tests.camus_fixtures import write_creatis_h5
 
@@ -48,8 +47,8 @@ def models(tmp_path_factory):
     run_dir = create_run("seg", cfg, run_dir=root / "seg-run")
     record_data(run_dir, data)
     keras.saving.save_model(tiny_test_unet(32, seed=1), run_dir / "best.keras")
-    model, run, _ = load_segmenter(run_dir)
-    pre = preprocessing(run.config, run.dataset())
+    trained = open_run(run_dir).load()
+    model, pre = trained.model, trained.preprocessing
     assert pre.sizes == (48, 32)
     base = root / "export"
     make_test_export(base, "seg", 1, model=model, preprocessing=pre)

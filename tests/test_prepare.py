@@ -16,7 +16,7 @@ from cardigan_tf.prepare import main
 from cardigan_tf.resize import resize_image_np, resize_mask_np
 from cardigan_tf.data.sample import DataError
 from cardigan_tf.data.source import resolve_data
-from cardigan_tf.runs import OverwriteError
+from cardigan_tf.files import OverwriteError
 
 
 @pytest.fixture(scope="module")

@@ -98,7 +98,7 @@ def test_gan_saw_only_its_training_subset(study):
 
 def test_gan_quality_report(study):
     from cardigan_tf.jobs.gan_quality import gan_quality_report
-    from cardigan_tf.runs import OverwriteError
+    from cardigan_tf.files import OverwriteError
 
     qdir = study / "gans" / "gan-f0.5-seed0" / "quality"
     q = json.loads((qdir / "quality.json").read_text())

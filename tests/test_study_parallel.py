@@ -57,7 +57,7 @@ def test_study_split_across_two_processes(tmp_path):
     study = tmp_path / "study"
     cmd = [sys.executable, "-m", "cardigan_tf.train"]
     logs = [open(tmp_path / f"p{i}.log", "w") for i in range(2)]
-    first = subprocess.Popen([*cmd, "study", *_sets(), "--study-dir", str(study)], cwd=ROOT, env=env,
+    first = subprocess.Popen([*cmd, "study", *_sets(), "--run-dir", str(study)], cwd=ROOT, env=env,
                              stdout=logs[0], stderr=subprocess.STDOUT)
     procs = [first]
     try:

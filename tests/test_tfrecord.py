@@ -9,7 +9,7 @@ import camus_fixtures as cf
 from cardigan_tf.data.h5layout import iter_samples
 from cardigan_tf.data.prepare import prepare
 from cardigan_tf.data.tfrecord import list_shards, read_index, read_tfrecords, to_pairs, write_tfrecords
-from cardigan_tf.runs import OverwriteError
+from cardigan_tf.files import OverwriteError
 
 
 @pytest.fixture(scope="module")

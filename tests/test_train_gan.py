@@ -7,7 +7,9 @@ import numpy as np
 import pytest
 import yaml
 
+from cardigan_tf.configs.gan import build_config
 from cardigan_tf.jobs import gan as job
+from cardigan_tf.jobs.gan_loop import NonFiniteLossError, decay_start, total_steps
 
 SMALL = ["model.size=32", "model.ngf=8", "model.ndf=8", "model.num_D=1", "train.batch_size=2",
          "data.n_phantom=10", "train.deterministic=true", "train.seed=3", "train.verbose=0",
@@ -75,7 +77,7 @@ def test_interrupted_and_resumed_run_matches_straight_run(tmp_path, monkeypatch)
     """Eager steps keep this test fast; the resume logic is the same as in graph mode."""
     from cardigan_tf.jobs import gan_callback
 
-    straight_run = job.train_gan(job.build_config("tiny", None, [*SMALL, *EAGER]),
+    straight_run = job.train_gan(build_config("tiny", None, [*SMALL, *EAGER]),
                                  run_dir=tmp_path / "gan-straight")
 
     original = gan_callback.GanCallback.on_train_batch_end
@@ -85,7 +87,7 @@ def test_interrupted_and_resumed_run_matches_straight_run(tmp_path, monkeypatch)
         if self.step == 3:
             raise _Interrupt("simulated crash after step 3")
 
-    cfg = job.build_config("tiny", None, [*SMALL, *EAGER])
+    cfg = build_config("tiny", None, [*SMALL, *EAGER])
     run_dir = tmp_path / "gan-resumed"
     monkeypatch.setattr(gan_callback.GanCallback, "on_train_batch_end", interrupt_at_3)
     with pytest.raises(_Interrupt):
@@ -107,10 +109,10 @@ def test_interrupted_and_resumed_run_matches_straight_run(tmp_path, monkeypatch)
 
 
 def test_nan_guard_stops_and_keeps_last_good_checkpoint(tmp_path):
-    cfg = job.build_config("tiny", None, [*SMALL, "train.steps=5", "train.lr_d=1e30", "train.run_eagerly=true",
+    cfg = build_config("tiny", None, [*SMALL, "train.steps=5", "train.lr_d=1e30", "train.run_eagerly=true",
                                           "train.checkpoint_every=1", "train.sample_every=100"])
     run_dir = tmp_path / "gan-nan"
-    with pytest.raises(job.NonFiniteLossError, match=r"non-finite loss at step \d+: .*d_") as info:
+    with pytest.raises(NonFiniteLossError, match=r"non-finite loss at step \d+: .*d_") as info:
         job.train_gan(cfg, run_dir=run_dir)
     metrics = json.loads((run_dir / "metrics.json").read_text())
     failure = metrics["failure"]
@@ -127,9 +129,9 @@ def test_config_errors_name_the_key():
     from cardigan_tf.config import ConfigError
 
     with pytest.raises(ConfigError, match="model.style"):
-        job.build_config("tiny", None, ["model.style=banana"])
+        build_config("tiny", None, ["model.style=banana"])
     with pytest.raises(ConfigError, match="nope"):
-        job.build_config("tiny", None, ["train.nope=1"])
-    cfg = job.build_config("cardigan", None, [])
+        build_config("tiny", None, ["train.nope=1"])
+    cfg = build_config("cardigan", None, [])
     assert (cfg.model.size, cfg.model.ngf, cfg.train.batch_size, cfg.train.epochs) == (256, 48, 4, 30)
-    assert job.decay_start(cfg, 400) == 20 * 400 and job.total_steps(cfg, 400) == 30 * 400
+    assert decay_start(cfg, 400) == 20 * 400 and total_steps(cfg, 400) == 30 * 400

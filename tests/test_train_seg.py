@@ -44,14 +44,14 @@ def test_train_seg_cli_writes_run_folder(cli_run):
     assert len(metrics["history"]["val_dice_mean"]) == 2
     assert metrics["best_val_dice_mean"] == pytest.approx(max(metrics["history"]["val_dice_mean"]), abs=1e-4)
     assert "validation Dice" in (run / "report.md").read_text()
-    from cardigan_tf.jobs.seg import SegConfig
+    from cardigan_tf.configs.seg import SegConfig
 
     cfg = load_config(SegConfig, run / "config.yaml")
     assert cfg.train.epochs == 2 and cfg.model.base_filters == 4 and cfg.data.data is None
 
 
 def test_config_errors(tmp_path):
-    from cardigan_tf.jobs.seg import SegConfig, preset_config
+    from cardigan_tf.configs.seg import SegConfig, preset_config
 
     with pytest.raises(ConfigError, match="unknown key"):
         load_config(SegConfig, None, ["train.nope=1"])
@@ -105,7 +105,8 @@ def _weights(path):
 def test_exact_resume(cli_run, tmp_path):
     """Interrupt after epoch 1 of 2, resume with `--resume`: same weights and history as straight through."""
     from cardigan_tf import runtime
-    from cardigan_tf.jobs.seg import SegConfig, train_seg
+    from cardigan_tf.configs.seg import SegConfig
+    from cardigan_tf.jobs.seg import train_seg
     from cardigan_tf.train import main
 
     resumed = tmp_path / "seg-resumed"
@@ -133,7 +134,8 @@ def test_exact_resume(cli_run, tmp_path):
 
 def test_deep_supervision_plateau_run_and_evaluate(tmp_path):
     from cardigan_tf.jobs.evaluation import evaluate_run
-    from cardigan_tf.jobs.seg import SegConfig, train_seg
+    from cardigan_tf.configs.seg import SegConfig
+    from cardigan_tf.jobs.seg import train_seg
 
     cfg = load_config(SegConfig, None, TINY_SET + ["train.epochs=1", "train.steps_per_epoch=2", "train.schedule=plateau",
                                                    "model.deep_supervision=true", "model.norm=group"])

@@ -88,7 +88,7 @@ def search(phantom, tmp_path_factory):
     before = {"record0": record0.read_text(), "mtime0": record0.stat().st_mtime_ns,
               "status1": json.loads((tune_dir / "search" / "trial_1" / "trial.json").read_text())["status"],
               "csv": (tune_dir / "trials.csv").exists(), "starts": interrupt.starts[0]}
-    best_run = tune(None, tune_dir, resume=True, callbacks=[count()])
+    best_run = tune(None, resume=tune_dir, callbacks=[count()])
     after = {"starts": count.starts[0], "record0": record0.read_text(), "mtime0": record0.stat().st_mtime_ns}
     return tune_dir, best_run, before, after
 
@@ -157,7 +157,7 @@ def test_best_trial_retrained_reproduces_its_score(search):
 # ----------------------------------------------------------------------------- distributed
 def test_distributed_chief_and_two_workers_share_one_oracle(phantom, tmp_path):
     tune_dir = tmp_path / "dist"
-    cmd = [sys.executable, str(REPO / "experiments" / "tune_distributed.py"), "--dir", str(tune_dir),
+    cmd = [sys.executable, str(REPO / "experiments" / "tune_distributed.py"), "--run-dir", str(tune_dir),
            "--workers", "2", "--ip", "127.0.0.1", "--timeout", "240", "--",
            "--data", str(phantom), "--tuner", "random", "--max-trials", "4", "--max-epochs", "1",
            *[a for t in TINY for a in ("--set", t)], "--set", "seg.train.steps_per_epoch=2", "--set", "retrain=false"]
@@ -204,7 +204,7 @@ def _cli(args, capsys):
 ])
 def test_bad_input_is_refused_before_anything_is_made(phantom, tmp_path, capsys, extra, expected):
     out = tmp_path / "tune"
-    rc, err = _cli(["--data", phantom, "--dir", out, "--max-epochs", "1", *[a for t in TINY for a in ("--set", t)],
+    rc, err = _cli(["--data", phantom, "--run-dir", out, "--max-epochs", "1", *[a for t in TINY for a in ("--set", t)],
                     *extra], capsys)
     assert rc == 2 and err.startswith("error: ") and expected in err, err
     assert not out.exists()
@@ -232,13 +232,13 @@ def test_synthetic_set_of_another_size_or_from_held_out_patients_is_refused(phan
 
     for bad, expected in ((small, "working size"), (leaked, "held-out patients")):
         out = tmp_path / f"tune-{bad.stem}"
-        rc, err = _cli(["--data", phantom, "--synthetic", bad, "--dir", out, *[a for t in TINY for a in ("--set", t)]],
+        rc, err = _cli(["--data", phantom, "--synthetic", bad, "--run-dir", out, *[a for t in TINY for a in ("--set", t)]],
                        capsys)
         assert rc == 2 and expected in err and not out.exists(), err
     # built-in phantom: its patients are known once it is written; still refused before training,
     # and the new folder is removed again (the same seed, size and count give the fixture's patients)
     out = tmp_path / "tune-phantom"
-    rc, err = _cli(["--synthetic", leaked, "--dir", out, "--set", "seg.data.n_phantom=10",
+    rc, err = _cli(["--synthetic", leaked, "--run-dir", out, "--set", "seg.data.n_phantom=10",
                     *[a for t in TINY for a in ("--set", t)]], capsys)
     assert rc == 2 and "held-out patients" in err and splits["valid"][0] in err and not out.exists(), err
 
@@ -247,11 +247,11 @@ def test_existing_tuning_folder_needs_overwrite_or_resume(phantom, tmp_path, cap
     out = tmp_path / "tune"
     out.mkdir()
     (out / "keep.txt").write_text("x")
-    rc, err = _cli(["--data", phantom, "--dir", out, *[a for t in TINY for a in ("--set", t)]], capsys)
+    rc, err = _cli(["--data", phantom, "--run-dir", out, *[a for t in TINY for a in ("--set", t)]], capsys)
     assert rc == 2 and "already exists" in err and "--resume" in err
-    rc, err = _cli(["--data", phantom, "--dir", out, "--overwrite", *[a for t in TINY for a in ("--set", t)]], capsys)
+    rc, err = _cli(["--data", phantom, "--run-dir", out, "--overwrite", *[a for t in TINY for a in ("--set", t)]], capsys)
     assert rc == 2 and "not a tuning folder" in err and (out / "keep.txt").exists()  # never deletes other folders
-    rc, err = _cli(["--dir", tmp_path / "missing", "--resume"], capsys)
+    rc, err = _cli(["--resume", tmp_path / "missing"], capsys)
     assert rc == 2 and "no such run folder" in err
 
 
@@ -321,7 +321,7 @@ def test_bayesian_tuner_needs_scikit_learn_or_says_so(phantom, tmp_path, capsys)
     import importlib.util
 
     out = tmp_path / "tune"
-    args = ["--data", phantom, "--dir", out, "--tuner", "bayesian", "--max-trials", "1", "--max-epochs", "1",
+    args = ["--data", phantom, "--run-dir", out, "--tuner", "bayesian", "--max-trials", "1", "--max-epochs", "1",
             *[a for t in TINY for a in ("--set", t)], "--set", "retrain=false"]
     if importlib.util.find_spec("sklearn") is None:
         rc, err = _cli(args, capsys)

@@ -10,7 +10,6 @@ import argparse
 import importlib
 import sys
 
-import cardigan_tf.runtime  # noqa: F401
 from cardigan_tf import cli
 
 BENCHES = {

@@ -176,7 +176,7 @@ def run(args: argparse.Namespace) -> list[dict]:
     text = "\n".join(lines) + "\n"
     print(text)
     if args.markdown:
-        from cardigan_tf.runs import atomic_write_text
+        from cardigan_tf.files import atomic_write_text
 
         atomic_write_text(Path(args.markdown), text)
     return rows

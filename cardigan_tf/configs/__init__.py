@@ -23,7 +23,6 @@ _CLASSES = {
     "study": ("cardigan_tf.configs.study", "StudyConfig"),
     "tune": ("cardigan_tf.configs.tune", "TuneConfig"),
 }
-RUN_KINDS = tuple(_CLASSES)
 
 
 def config_class(kind: str) -> type:

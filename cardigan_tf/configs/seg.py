@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from cardigan_tf.config import ConfigError
+from cardigan_tf.config import ConfigError, load_config
 from cardigan_tf.data.augment import AugmentConfig
 from cardigan_tf.models.unet import UNetConfig
 
@@ -117,3 +117,11 @@ def preset_config(preset: str = "tiny") -> SegConfig:
     if preset not in PRESETS:
         raise ConfigError(f"--preset {preset!r}: expected one of {list(PRESETS)}")
     return PRESETS[preset]()
+
+
+def build_seg_config(preset: str = "tiny", config_file: str | None = None,
+                     overrides: list[str] | None = None) -> SegConfig:
+    """Preset <- YAML file <- ``--set`` overrides, validated."""
+    cfg = load_config(SegConfig, config_file, overrides, base=preset_config(preset))
+    cfg.validate()
+    return cfg

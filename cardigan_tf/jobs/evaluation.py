@@ -35,42 +35,16 @@ import logging
 import math
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
-
 import numpy as np
 
-import cardigan_tf.runtime  # noqa: F401  (sets KERAS_BACKEND before keras is imported)
 from cardigan_tf.labels import PHASES, STRUCTURES
 from cardigan_tf.files import atomic_path, refuse_overwrite, write_json
 from cardigan_tf.runs import open_run
-
-if TYPE_CHECKING:
-    from cardigan_tf.inference import Preprocessing
 
 log = logging.getLogger(__name__)
 
 STRUCT_TITLES = {"lv_endo": "LV endo", "lv_epi": "LV epi", "la": "LA"}
 N_WORST = 6
-
-
-def load_segmenter(run_dir, which: str = "best"):
-    """(inference keras.Model, Run, model path) of a seg run: ``best.keras`` (else
-    ``final.keras``), with only the main output when the model has deep supervision."""
-    import keras
-
-    from cardigan_tf.models.unet import inference_model
-
-    run = open_run(run_dir, "seg")
-    path = run.model_path(which)
-    return inference_model(keras.saving.load_model(path, compile=False)), run, path
-
-
-def preprocessing(cfg, data_path) -> "Preprocessing":
-    """The resize chain of a seg run on ``data_path`` (prepared size -> working size)."""
-    from cardigan_tf.data.source import prepared_size
-    from cardigan_tf.inference import Preprocessing
-
-    return Preprocessing(working_size=int(cfg.model.size), prepared_size=prepared_size(data_path))
 
 
 def _reference(sample):
@@ -245,12 +219,13 @@ def evaluate_run(run_dir, data=None, split: str = "test", postprocess: bool = Fa
     given_spacing = _spacing_override(spacing)
     stages = _Stages()
     t = time.perf_counter()
-    model, run, model_path = load_segmenter(run_dir)
+    run = open_run(run_dir, "seg")
     run_dir, cfg = run.path, run.config
     out_dir = Path(out) if out is not None else run_dir / f"eval-{split}"
     refuse_overwrite(out_dir, overwrite, "evaluation folder")
     data_path = run.dataset(data)
-    pre = preprocessing(cfg, data_path)
+    trained = run.load(data=data_path)
+    model, model_path, pre = trained.model, trained.path, trained.preprocessing
     samples = [s for _, s in iter_samples(data_path, [split], cfg.data.views, cfg.data.phases, with_ref=True)
                if s.mask is not None]
     if not samples:

@@ -136,7 +136,7 @@ def fit_gan(cfg, run_dir: Path, resuming: bool = False) -> Path:
     if start < total:
         with runtime.lost_worker_errors(runtime.is_multiworker(strategy)):
             gan.fit(train_ds, epochs=math.ceil(total / spe), steps_per_epoch=spe,
-                    initial_epoch=start // spe, callbacks=[cb], verbose=t.verbose)
+                    initial_epoch=start // spe, callbacks=[cb], shuffle=False, verbose=t.verbose)
     metrics = dict(cb.summary(), precision=precision, jit=bool(gan.jit_compile),
                    strategy=t.strategy, replicas=strategy.num_replicas_in_sync,
                    total_steps=total, steps_per_epoch=spe, vgg_on=gan.vgg is not None,

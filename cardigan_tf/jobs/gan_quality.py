@@ -34,20 +34,12 @@ from typing import Any
 
 import numpy as np
 
-import cardigan_tf.runtime  # noqa: F401  (KERAS_BACKEND before keras)
 from cardigan_tf.labels import STRUCTURES
 from cardigan_tf.files import atomic_path, refuse_overwrite, write_json
+from cardigan_tf.runs import open_run
 
 log = logging.getLogger(__name__)
 TITLES = {"lv_endo": "LV endo", "lv_epi": "LV epi", "la": "LA"}
-
-
-def load_segmenter(seg_run: str | Path):
-    """(inference keras.Model, SegConfig, run folder, model file name) of a finished seg run."""
-    from cardigan_tf.jobs.evaluation import load_segmenter as _load
-
-    model, run, path = _load(seg_run)
-    return model, run.config, run.path, path.name
 
 
 def _real_source(real_data, provenance: dict, seg_cfg, seg_dir: Path) -> Path:
@@ -58,8 +50,6 @@ def _real_source(real_data, provenance: dict, seg_cfg, seg_dir: Path) -> Path:
     src = provenance.get("source_data")
     if src and Path(src).is_file():
         return Path(src)
-    from cardigan_tf.runs import open_run
-
     return open_run(seg_dir, "seg").dataset()
 
 
@@ -127,7 +117,6 @@ def gan_quality_report(synthetic_h5: str | Path, seg_run: str | Path, real_data:
     """
     from cardigan_tf.data.h5layout import read_root_attrs
     from cardigan_tf.inference import Preprocessing
-    from cardigan_tf.jobs.evaluation import preprocessing
     from cardigan_tf.metrics.synthesis import segmentation_consistency
     from cardigan_tf.models.features import encoder_features, inception_features
 
@@ -138,12 +127,13 @@ def gan_quality_report(synthetic_h5: str | Path, seg_run: str | Path, real_data:
         raise FileNotFoundError(f"{synthetic_h5}: synthetic set not found (expected a seed-layout .h5)")
     attrs = read_root_attrs(synthetic_h5)
     provenance = attrs.get("provenance") if isinstance(attrs.get("provenance"), dict) else {}
-    model, seg_cfg, seg_dir, model_file = load_segmenter(seg_run)
+    seg = open_run(seg_run, "seg")
+    seg_cfg, seg_dir = seg.config, seg.path
     size = int(seg_cfg.model.size)
     real = _real_source(real_data, provenance, seg_cfg, seg_dir)
     views, phases = seg_cfg.data.views, seg_cfg.data.phases
-
-    pre = preprocessing(seg_cfg, real)
+    trained = seg.load(data=real)
+    model, model_file, pre = trained.model, trained.path.name, trained.preprocessing
     syn_img, syn_msk = _arrays(synthetic_h5, "train", Preprocessing(size))  # generated at the working size
     patients = provenance.get("source_patients") or None
     train_img, _ = _arrays(real, "train", pre, patients=patients, views=views, phases=phases)

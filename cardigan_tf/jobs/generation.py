@@ -38,7 +38,6 @@ from typing import Any
 
 import numpy as np
 
-from cardigan_tf import runtime  # noqa: F401  (KERAS_BACKEND before keras)
 from cardigan_tf.data import h5layout
 from cardigan_tf.labels import LV, PHASES
 from cardigan_tf.files import refuse_overwrite
@@ -50,13 +49,8 @@ MASK_SOURCES = ("real", "deformed", "sampled")
 
 def load_gan_run(run_dir: str | Path, weights: str = "ema"):
     """(generator keras.Model, Run, checkpoint step) of a finished GAN run folder."""
-    import keras
-
-    import cardigan_tf.models.generator  # noqa: F401  (registers the SPADE layers for loading)
-
     run = open_run(run_dir, kind="gan")
-    path = run.model_path({"ema": "ema", "raw": "raw"}[weights])
-    generator = keras.models.load_model(path, compile=False)
+    generator = run.load(weights).model
     step = (run.metrics or {}).get("steps")
     return generator, run, step
 

@@ -23,13 +23,16 @@ Examples::
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from pathlib import Path
 
 import cardigan_tf.runtime as runtime
-from cardigan_tf.configs.seg import SegConfig, preset_config  # noqa: F401  (re-exported)
+from cardigan_tf.configs.seg import SegConfig
+from cardigan_tf.data.source import check_data
+from cardigan_tf.data.synthetic import check_synthetic_set
 from cardigan_tf.files import atomic_write_text, write_json
-from cardigan_tf.runs import create_run, ensure_run_subdirs, open_run
+from cardigan_tf.runs import plan_run, run_dataset
 
 
 def count_train_frames(data_path, cfg: SegConfig) -> int:
@@ -43,8 +46,6 @@ def count_train_frames(data_path, cfg: SegConfig) -> int:
 def resolve_run_data(cfg: SegConfig, run_dir: Path) -> Path:
     """The seed-layout .h5 (or TFRecord folder) of this run: resolved once, recorded with its
     fingerprint in run_dir/data.json, and reused from there."""
-    from cardigan_tf.runs import run_dataset
-
     return run_dataset(run_dir, cfg.data.data, cfg.data.size, cfg.data.seed, cfg.data.n_phantom)
 
 
@@ -52,9 +53,6 @@ def check_inputs(cfg: SegConfig) -> None:
     """Everything that can be checked before a run folder is created (raises ConfigError /
     DataError): the config, the data and the synthetic set (its size, and, when the data is
     already a prepared file, that it was not made from validation or test patients)."""
-    from cardigan_tf.data.source import check_data
-    from cardigan_tf.data.synthetic import check_synthetic_set
-
     cfg.validate()
     check_data(cfg.data.data, "data.data")
     if cfg.data.synthetic:
@@ -102,40 +100,32 @@ def train_seg(cfg: SegConfig | None, run_dir: str | Path | None = None, resume: 
               runs_dir: str | Path = "runs", callbacks: list | None = None, name: str | None = None) -> Path:
     """Train the U-Net described by ``cfg``; return the run folder.
 
-    ``run_dir``: an explicit folder (created if missing) instead of a new one under
-    ``runs_dir``; ``resume``: an existing seg run folder to continue exactly (``cfg`` None: the
-    config saved in it; a config may change only what does not alter the model, e.g.
-    ``train.epochs``); ``callbacks``: extra Keras callbacks, run after the built-in ones.
-    Inputs are checked before any folder is created.
+    ``run_dir``: an explicit folder instead of a new one under ``runs_dir`` (a folder that
+    already holds a seg run is resumed, or returned as it is when finished); ``resume``: an
+    existing seg run folder to continue exactly (``cfg`` None: the config saved in it; a given
+    config must equal the saved one but for ``train.epochs`` and ``train.strategy``);
+    ``callbacks``: extra Keras callbacks, run after the built-in ones. Inputs are checked
+    before any folder is created.
     """
-    from cardigan_tf.runs import save_run_config
-
-    if resume is not None:
-        cfg = open_run(resume, "seg").config if cfg is None else cfg
-    elif cfg is None:
-        raise ValueError("train_seg: give a config or resume=RUN_DIR")
+    plan = plan_run("seg", cfg, resume=resume, run_dir=run_dir)
+    if plan.status == "finished":
+        return plan.path
+    cfg = plan.config
     check_inputs(cfg)
+    resuming = plan.status == "resume"
     # Multi-worker: the chief writes the run folder; other workers write a temporary copy.
-    folder = runtime.worker_run_dir.for_training(cfg.train.strategy, run_dir, resume)
+    folder = runtime.worker_run_dir.for_training(cfg.train.strategy, run_dir, plan.path if resuming else None)
     with folder as (where, _):
-        if resume is not None:
-            run_dir = ensure_run_subdirs(where)
-            save_run_config(run_dir, "seg", cfg)
-        else:
-            created = where is None or not Path(where).exists()
-            run_dir = create_run("seg", cfg, runs_dir=runs_dir, run_dir=where, name=name or cfg.name)
-            if cfg.data.synthetic:  # the patient check needs the resolved data (phantom, CAMUS folder)
-                from cardigan_tf.data.synthetic import check_synthetic_set
-
-                try:
-                    check_synthetic_set(cfg.data.synthetic, resolve_run_data(cfg, run_dir), size=cfg.data.size)
-                except Exception:
-                    if created:
-                        import shutil
-
-                        shutil.rmtree(run_dir, ignore_errors=True)
-                    raise
-        out = _train(cfg, Path(run_dir), callbacks)
+        created = not resuming and (where is None or not Path(where).exists())
+        path = plan.open(where, runs_dir=runs_dir, name=name or cfg.name)
+        if cfg.data.synthetic and not resuming:  # the patient check needs the resolved data (phantom, CAMUS folder)
+            try:
+                check_synthetic_set(cfg.data.synthetic, resolve_run_data(cfg, path), size=cfg.data.size)
+            except Exception:
+                if created:
+                    shutil.rmtree(path, ignore_errors=True)
+                raise
+        out = _train(cfg, Path(path), callbacks)
     return folder.result(out)
 
 

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import copy
 import csv
+import json
 import logging
 import time
 from pathlib import Path
@@ -46,13 +47,21 @@ from typing import Any
 
 import numpy as np
 
-from cardigan_tf import runtime  # noqa: F401  (KERAS_BACKEND before keras)
 from cardigan_tf.config import ConfigError
 from cardigan_tf.configs.gan import GanConfig
-from cardigan_tf.configs.study import StudyConfig, build_study_config  # noqa: F401  (re-exported)
-from cardigan_tf.files import write_json
+from cardigan_tf.configs.study import StudyConfig
+from cardigan_tf.data.h5layout import list_patients
+from cardigan_tf.data.source import check_data, resolve_data
+from cardigan_tf.data.splits import subset_patients
+from cardigan_tf.files import atomic_write_text, write_json
+from cardigan_tf.jobs.evaluation import evaluate_run
+from cardigan_tf.jobs.gan import train_gan
+from cardigan_tf.jobs.gan_quality import gan_quality_report
+from cardigan_tf.jobs.generation import generate_set
+from cardigan_tf.jobs.seg import train_seg
 from cardigan_tf.jobs.study_claims import claim, claims_dir, data_lock, release, work_log
-from cardigan_tf.runs import create_run, open_run
+from cardigan_tf.jobs.study_report import write_study_report
+from cardigan_tf.runs import create_run, is_finished, open_run, plan_run
 
 log = logging.getLogger(__name__)
 STRUCTS = ("lv_endo", "lv_epi", "la")
@@ -97,11 +106,6 @@ def _done(path: Path) -> bool:
     return (path / "result.json").is_file()
 
 
-def _seg_finished(path: Path) -> bool:
-    """A seg run has finished training when its metrics.json exists (written last)."""
-    return (path / "metrics.json").is_file() and ((path / "best.keras").is_file() or (path / "final.keras").is_file())
-
-
 def _gan_dir(root: Path, frac: float, seed: int) -> Path:
     return root / "gans" / f"gan-f{_tag(frac)}-seed{seed}"
 
@@ -119,8 +123,6 @@ def gan_seeds(root: Path, cfg: "StudyConfig", train_patients: list[str]) -> dict
     with exactly the same training patients (so every seed at a fraction of 1 shares one GAN).
     A GAN of the cell's own seed that is already finished (a study folder written before GANs
     were shared) keeps serving its cells."""
-    from cardigan_tf.data.splits import subset_patients
-
     out = {}
     for frac in cfg.train_fractions:
         first: dict[tuple[str, ...], int] = {}
@@ -144,22 +146,14 @@ def _gan_config(cfg: "StudyConfig", data: Path, patients: list[str], seed: int) 
 
 def gan_train_patients(gan_dir: Path) -> list[str]:
     """The train-split patients a study GAN was trained on (from its config.yaml)."""
-    from cardigan_tf.data.h5layout import list_patients
-
     gcfg = open_run(gan_dir, "gan").config
     train = list_patients(gcfg.data.data).get("train", [])
     listed = gcfg.data.train_patients
     return sorted(set(listed) & set(train)) if listed is not None else train
 
 
-def _gan_done(path: Path) -> bool:
-    return (path / "generator_ema.keras").is_file() and (path / "metrics.json").is_file()
-
-
 def _cell_result(cell_dir: Path, split: str) -> dict[str, Any]:
     """Per-cell means from the evaluation's per-image CSV (NaN ignored) + EF MAE."""
-    import json
-
     eval_dir = cell_dir / f"eval-{split}"
     with open(eval_dir / "per_image.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))
@@ -184,6 +178,18 @@ def _cell_unit(frac: float, synth: float, seed: int) -> str:
     return f"seg-f{_tag(frac)}-s{_tag(synth)}-seed{seed}"
 
 
+def study_cells(cfg: StudyConfig) -> list[tuple[float, float, int]]:
+    """Every (training fraction, synthetic fraction, seed) cell of the design."""
+    return [(f, s, seed) for seed in cfg.seeds for f in cfg.train_fractions for s in cfg.synthetic_fractions]
+
+
+def progress(root: Path, cfg: StudyConfig) -> tuple[int, int, int]:
+    """(cells finished, cells in all, GANs finished) of the study in ``root``."""
+    cells = study_cells(cfg)
+    gans = sum(1 for d in (root / "gans").glob("gan-*") if is_finished(d, "gan"))
+    return sum(1 for c in cells if _done(_cell_dir(root, *c))), len(cells), gans
+
+
 def needed_gans(cells, gan_seed: dict[tuple[float, int], int]) -> set[tuple[float, int]]:
     """The (training fraction, GAN seed) pairs that the cells with synthetic data need."""
     return {(f, gan_seed[f, seed]) for f, s, seed in cells if s > 0}
@@ -193,8 +199,6 @@ def create_study(cfg: StudyConfig, runs_dir: str | Path = "runs", study_dir: str
     """Check ``cfg`` and its data, and create the study folder (config.yaml, provenance.json);
     nothing is trained. :func:`run_study` with ``resume=`` the folder (in one or several
     processes) does the work."""
-    from cardigan_tf.data.source import check_data
-
     cfg.validate()
     check_data(cfg.data, "data")
     root = create_run("study", cfg, runs_dir=runs_dir, run_dir=study_dir, name=cfg.name)
@@ -213,18 +217,12 @@ def run_study(cfg: StudyConfig | None, resume: str | Path | None = None, runs_di
     are claimed (see the module docstring). ``report_only``: only write the report of the cells
     finished so far. ``wait_s``: how long to wait for units other processes hold before
     giving up (RuntimeError naming them)."""
-    from cardigan_tf.data.h5layout import list_patients
-    from cardigan_tf.data.source import resolve_data
-    from cardigan_tf.data.splits import subset_patients
-    from cardigan_tf.jobs.evaluation import evaluate_run
-    from cardigan_tf.jobs.gan import train_gan
-    from cardigan_tf.jobs.generation import generate_set
-    from cardigan_tf.jobs.seg import train_seg
-
     if resume is None:
         if cfg is None:
             raise ValueError("run_study: give a config or resume=STUDY_DIR")
         resume = create_study(cfg, runs_dir=runs_dir, study_dir=study_dir)
+    elif cfg is not None:
+        plan_run("study", cfg, resume=resume)  # a resumed study keeps its design: a changed value is refused
     run = open_run(resume, "study")
     root, cfg = run.path, run.config
     for sub in ("gans", "synthetic", "cells"):
@@ -236,10 +234,8 @@ def run_study(cfg: StudyConfig | None, resume: str | Path | None = None, runs_di
     train_patients = list_patients(data).get("train", [])
     if not train_patients:
         raise ConfigError(f"{data}: no patient in the train split")
-    cells = [(f, s, seed) for seed in cfg.seeds for f in cfg.train_fractions for s in cfg.synthetic_fractions]
+    cells = study_cells(cfg)
     gan_seed = gan_seeds(root, cfg, train_patients)
-    from cardigan_tf.jobs.study_report import write_study_report
-
     if report_only:
         return write_study_report(root, cfg)
     n_gans = len(needed_gans(cells, gan_seed))
@@ -267,7 +263,7 @@ def run_study(cfg: StudyConfig | None, resume: str | Path | None = None, runs_di
                 try:
                     if not _gan_ready(root, frac, gseed):
                         t_gan = time.time()
-                        _make_gan(root, cfg, data, patients, frac, gseed, train_gan, generate_set)
+                        _make_gan(root, cfg, data, patients, frac, gseed)
                         work_log(root, _gan_unit(frac, gseed), "done")
                         eta.add("gan", time.time() - t_gan)
                         eta.report(root, cfg, cells, gan_seed)
@@ -283,7 +279,7 @@ def run_study(cfg: StudyConfig | None, resume: str | Path | None = None, runs_di
                     log.info("[%d/%d cells left] train fraction %g, synthetic fraction %g, seed %d (%.0f s so far)",
                              left, len(cells), frac, synth, seed, time.time() - t0)
                     t_cell = time.time()
-                    _run_cell(root, cfg, data, patients, frac, synth, seed, train_seg, evaluate_run, gseed)
+                    _run_cell(root, cfg, data, patients, frac, synth, seed, gseed)
                     work_log(root, unit, "done")
                     eta.add("cell", time.time() - t_cell)
                     eta.report(root, cfg, cells, gan_seed)
@@ -311,18 +307,14 @@ def run_study(cfg: StudyConfig | None, resume: str | Path | None = None, runs_di
 
 
 def _gan_ready(root: Path, frac: float, seed: int) -> bool:
-    return _gan_done(_gan_dir(root, frac, seed)) and _synth_path(root, frac, seed).is_file()
+    return is_finished(_gan_dir(root, frac, seed), "gan") and _synth_path(root, frac, seed).is_file()
 
 
-def _make_gan(root, cfg, data, patients, frac, seed, train_gan, generate_set) -> None:
-    """Train (or resume) the GAN of (training fraction, seed) and generate its synthetic set
-    (``seed``: the GAN's seed, see :func:`gan_seeds`)."""
+def _make_gan(root, cfg, data, patients, frac, seed) -> None:
+    """Train (or resume, or keep) the GAN of (training fraction, seed) and generate its
+    synthetic set (``seed``: the GAN's seed, see :func:`gan_seeds`)."""
     gan_dir = _gan_dir(root, frac, seed)
-    if not _gan_done(gan_dir):
-        if (gan_dir / "config.yaml").is_file():
-            train_gan(None, resume=gan_dir)
-        else:
-            train_gan(_gan_config(cfg, data, patients, seed), run_dir=gan_dir)
+    train_gan(_gan_config(cfg, data, patients, seed), run_dir=gan_dir)
     synth_path = _synth_path(root, frac, seed)
     if not synth_path.is_file():
         frames = len(cfg.gan.data.views or ("2CH", "4CH")) * len(cfg.gan.data.phases or ("ED", "ES"))
@@ -330,25 +322,26 @@ def _make_gan(root, cfg, data, patients, frac, seed, train_gan, generate_set) ->
         generate_set(gan_dir, synth_path, masks=cfg.masks, per_mask=cfg.per_mask, n=n_images, seed=seed)
 
 
-def _run_cell(root, cfg, data, patients, frac, synth, seed, train_seg, evaluate_run, gan_seed) -> None:
-    """Train (or resume) and evaluate one cell's U-Net; write its result.json (``gan_seed``: the
-    seed of the GAN whose synthetic set it uses, see :func:`gan_seeds`)."""
+def _seg_config(cfg: StudyConfig, data: Path, patients: list[str], synth: float, seed: int, synth_path):
+    """The U-Net config of one cell: ``patients`` of the train split, ``synth_path`` mixed in at
+    the synthetic fraction ``synth``."""
+    scfg = copy.deepcopy(cfg.seg)
+    scfg.data.data = str(data)
+    scfg.data.seed = cfg.data_seed
+    scfg.data.n_phantom = cfg.n_phantom
+    scfg.data.train_patients = patients
+    scfg.data.synthetic = str(synth_path) if synth_path else None
+    scfg.data.synthetic_fraction = synth
+    scfg.train.seed = seed
+    return scfg
+
+
+def _run_cell(root, cfg, data, patients, frac, synth, seed, gan_seed) -> None:
+    """Train (or resume, or keep) and evaluate one cell's U-Net; write its result.json
+    (``gan_seed``: the seed of the GAN whose synthetic set it uses, see :func:`gan_seeds`)."""
     cell_dir = _cell_dir(root, frac, synth, seed)
     synth_path = _synth_path(root, frac, gan_seed) if synth > 0 else None
-    if _seg_finished(cell_dir):
-        pass
-    elif (cell_dir / "config.yaml").is_file():
-        train_seg(None, resume=cell_dir)
-    else:
-        scfg = copy.deepcopy(cfg.seg)
-        scfg.data.data = str(data)
-        scfg.data.seed = cfg.data_seed
-        scfg.data.n_phantom = cfg.n_phantom
-        scfg.data.train_patients = patients
-        scfg.data.synthetic = str(synth_path) if synth_path else None
-        scfg.data.synthetic_fraction = synth
-        scfg.train.seed = seed
-        train_seg(scfg, run_dir=cell_dir)
+    train_seg(_seg_config(cfg, data, patients, synth, seed, synth_path), run_dir=cell_dir)
     if not (cell_dir / f"eval-{cfg.split}").is_dir():
         evaluate_run(cell_dir, split=cfg.split, simpson=cfg.simpson)
     result = _cell_result(cell_dir, cfg.split)
@@ -362,9 +355,6 @@ def write_quality_reports(root: Path, cfg: StudyConfig, data: Path, gan_seed=Non
     the same (training fraction, seed) trained without synthetic images (synthetic fraction 0).
     Without such a cell the GAN is skipped and ``gans/<gan>/quality_skipped.txt`` says why.
     ``gan_seed``: :func:`gan_seeds` (default: one GAN per seed)."""
-    from cardigan_tf.files import atomic_write_text
-    from cardigan_tf.jobs.gan_quality import gan_quality_report
-
     for seed in cfg.seeds:
         for frac in cfg.train_fractions:
             if gan_seed is not None and gan_seed[frac, seed] != seed:
@@ -373,7 +363,7 @@ def write_quality_reports(root: Path, cfg: StudyConfig, data: Path, gan_seed=Non
             if not synth.is_file() or (gan_dir / "quality").is_dir():
                 continue
             base = _cell_dir(root, frac, 0.0, seed)
-            if not _seg_finished(base):
+            if not is_finished(base, "seg"):
                 atomic_write_text(gan_dir / "quality_skipped.txt",
                                   f"no finished U-Net trained without synthetic images for training fraction "
                                   f"{frac:g}, seed {seed} (add 0 to synthetic_fractions): quality report skipped\n")

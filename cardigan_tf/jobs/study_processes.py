@@ -10,10 +10,11 @@ independent units (GANs of different patient subsets, U-Net cells) to share.
 
 The processes share the study folder exactly as processes on several machines do
 (:mod:`cardigan_tf.jobs.study`: every GAN and cell is claimed atomically, a process that needs
-a GAN another one is training takes other cells first). Process 0 writes to this terminal;
-process i > 0 writes ``logs/process<i>.log`` in the study folder. A process that dies leaves
-its claim to be taken over by the others (same host, dead pid); the call fails naming the log
-of any process that did not end cleanly.
+a GAN another one is training takes other cells first). Process i writes
+``logs/process<i>.log`` in the study folder; this terminal shows one progress display, the
+parent's (cells finished, GANs trained). A process that dies leaves its claim to be taken over
+by the others (same host, dead pid); the call fails naming the log of any process that did not
+end cleanly.
 """
 
 from __future__ import annotations
@@ -25,6 +26,10 @@ import sys
 import time
 from pathlib import Path
 
+from tqdm import tqdm
+
+from cardigan_tf.jobs.study import create_study, progress, run_study
+from cardigan_tf.runs import open_run, plan_run
 from cardigan_tf.runtime import available_cores
 
 log = logging.getLogger(__name__)
@@ -60,23 +65,27 @@ def run_study_processes(root: str | Path, processes: int, wait_s: float = 6 * 36
     cmd = [sys.executable, "-m", "cardigan_tf.train", "study", "--resume", str(root), "--worker",
            "--wait", str(float(wait_s))]
     env = process_env(threads)
+    cfg = open_run(root, "study").config
     procs, logs = [], []
+    log.info("logs of the study processes: %s", root / "logs" / "process*.log")
+    done, total, gans = progress(root, cfg)
+    bar = tqdm(total=total, initial=done, desc="study cells", unit="cell", disable=None)
     try:
         for i in range(n):
-            if i == 0:
-                out = None  # this terminal: progress bars and the time left
-            else:
-                out = open(root / "logs" / f"process{i}.log", "w")
-                logs.append(out)
-            procs.append(subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT if out else None))
+            out = open(root / "logs" / f"process{i}.log", "w")
+            logs.append(out)
+            procs.append(subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT))
         while True:  # until all ended well, or one failed
             codes = [p.poll() for p in procs]
+            done, _, gans = progress(root, cfg)
+            bar.update(done - bar.n)
+            bar.set_postfix_str(f"{gans} GAN(s) trained", refresh=True)
             failed = next((i for i, code in enumerate(codes) if code not in (None, 0)), None)
             if failed is not None or all(code == 0 for code in codes):
                 break
             time.sleep(poll_s)
         if failed is not None:
-            where = "its output above" if failed == 0 else str(root / "logs" / f"process{failed}.log")
+            where = str(root / "logs" / f"process{failed}.log")
             raise RuntimeError(f"study {root}: process {failed} of {n} exited with code "
                                f"{procs[failed].returncode} (see {where}); the study can be resumed "
                                f"with --resume {root}")
@@ -91,17 +100,18 @@ def run_study_processes(root: str | Path, processes: int, wait_s: float = 6 * 36
                     p.wait()
         for fh in logs:
             fh.close()
+        bar.close()
     return root
 
 
 def study_in_processes(cfg, processes: int, resume=None, runs_dir: str | Path = "runs",
                        study_dir: str | Path | None = None, wait_s: float = 6 * 3600) -> Path:
-    """Create the study of ``cfg`` (or take the folder ``resume``) and work on it in this
-    process (``processes`` = 1) or in that many new processes; return its folder."""
-    from cardigan_tf.jobs.study import create_study, run_study
-
+    """Create the study of ``cfg`` (or take the folder ``resume``; a ``cfg`` given with it must
+    equal the saved design) and work on it in this process (``processes`` = 1) or in that many
+    new processes; return its folder."""
     if int(processes) == 1:
-        return run_study(cfg if resume is None else None, resume=resume, runs_dir=runs_dir, study_dir=study_dir,
-                         wait_s=wait_s)
+        return run_study(cfg, resume=resume, runs_dir=runs_dir, study_dir=study_dir, wait_s=wait_s)
+    if resume is not None and cfg is not None:
+        plan_run("study", cfg, resume=resume)  # a changed value is refused before any process starts
     root = resume if resume is not None else create_study(cfg, runs_dir=runs_dir, study_dir=study_dir)
     return run_study_processes(root, processes, wait_s=wait_s)

@@ -35,6 +35,7 @@ Tuning folder::
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import os
@@ -42,14 +43,20 @@ import shutil
 import time
 from pathlib import Path
 
+import keras
+import keras_tuner as kt
 
 import cardigan_tf.runtime as runtime
 from cardigan_tf.config import ConfigError
 from cardigan_tf.configs.tune import TuneConfig, apply_values
+from cardigan_tf.data.h5layout import is_h5_layout
+from cardigan_tf.data.source import check_data
+from cardigan_tf.data.synthetic import check_synthetic_set
 from cardigan_tf.files import OverwriteError, write_json
+from cardigan_tf.jobs.seg import resolve_run_data, train_seg
 from cardigan_tf.jobs.tuning_model import UNetHyperModel, trial_steps
 from cardigan_tf.jobs.tuning_report import PROJECT, write_report
-from cardigan_tf.runs import RunError, create_run, open_run
+from cardigan_tf.runs import RunError, create_run, open_run, plan_run
 
 log = logging.getLogger(__name__)
 
@@ -81,40 +88,40 @@ def wait_for_chief(tune_dir: Path, timeout_s: float, poll_s: float = 0.5) -> dic
                 pass  # being written
         if time.monotonic() > deadline:
             raise RunError(f"{tune_dir}: no chief started a search there within {timeout_s:.0f} s "
-                           f"(waiting for {marker}); start the chief ({ENV_ID}=chief) with the same --dir")
+                           f"(waiting for {marker}); start the chief ({ENV_ID}=chief) with the same --run-dir")
         time.sleep(poll_s)
 
 
 # ----------------------------------------------------------------------------- tuners
-def _tuner_classes():
-    import keras_tuner as kt
+class _TrialContext:
+    """Tell the hypermodel which trial (id, tuner id, folder) it is running."""
 
-    class _TrialContext:
-        """Tell the hypermodel which trial (id, tuner id, folder) it is running."""
+    def run_trial(self, trial, *args, **kwargs):
+        self.hypermodel.trial = {"trial_id": trial.trial_id, "tuner_id": self.tuner_id,
+                                 "trial_dir": self.get_trial_dir(trial.trial_id)}
+        return super().run_trial(trial, *args, **kwargs)
 
-        def run_trial(self, trial, *args, **kwargs):
-            self.hypermodel.trial = {"trial_id": trial.trial_id, "tuner_id": self.tuner_id,
-                                     "trial_dir": self.get_trial_dir(trial.trial_id)}
-            return super().run_trial(trial, *args, **kwargs)
 
-    class HyperbandTuner(_TrialContext, kt.Hyperband):
-        pass
+class HyperbandTuner(_TrialContext, kt.Hyperband):
+    """KerasTuner's Hyperband, telling the hypermodel its trial."""
 
-    class BayesianTuner(_TrialContext, kt.BayesianOptimization):
-        pass
 
-    class RandomTuner(_TrialContext, kt.RandomSearch):
-        pass
+class BayesianTuner(_TrialContext, kt.BayesianOptimization):
+    """KerasTuner's Bayesian optimisation, telling the hypermodel its trial."""
 
-    return {"hyperband": HyperbandTuner, "bayesian": BayesianTuner, "random": RandomTuner}
+
+class RandomTuner(_TrialContext, kt.RandomSearch):
+    """KerasTuner's random search, telling the hypermodel its trial."""
+
+
+#: TuneConfig.tuner -> tuner class
+TUNER_CLASSES = {"hyperband": HyperbandTuner, "bayesian": BayesianTuner, "random": RandomTuner}
 
 
 def make_tuner(cfg: TuneConfig, tune_dir: str | Path, hypermodel, strategy=None):
     """The KerasTuner tuner of ``cfg`` on project ``tune_dir/search`` (``overwrite=False``: an
     existing project is reloaded, i.e. resumed). ``strategy`` becomes its distribution_strategy."""
-    import keras_tuner as kt
-
-    cls = _tuner_classes()[cfg.tuner]
+    cls = TUNER_CLASSES[cfg.tuner]
     common = dict(hypermodel=hypermodel, objective=kt.Objective(cfg.objective, direction=cfg.direction),
                   seed=cfg.seed, directory=str(tune_dir), project_name=PROJECT, overwrite=False,
                   distribution_strategy=strategy, executions_per_trial=cfg.executions_per_trial)
@@ -137,10 +144,6 @@ def check_inputs(cfg: TuneConfig) -> None:
     """Everything checkable before the tuning folder exists (ConfigError / DataError): the
     config and search space, the data, and the synthetic set (existence, image size and, when
     the data is already a seed-layout file, its source patients)."""
-    from cardigan_tf.data.h5layout import is_h5_layout
-    from cardigan_tf.data.source import check_data
-    from cardigan_tf.data.synthetic import check_synthetic_set
-
     cfg.validate()
     check_tuner_available(cfg.tuner)
     check_data(cfg.seg.data.data, "--data")
@@ -153,8 +156,6 @@ def check_inputs(cfg: TuneConfig) -> None:
 def check_tuner_available(tuner: str) -> None:
     """ConfigError when a tuner's optional dependency is missing (bayesian: scikit-learn)."""
     if tuner == "bayesian":
-        import importlib.util
-
         if importlib.util.find_spec("sklearn") is None:
             raise ConfigError("tuner: bayesian needs scikit-learn (pip install scikit-learn, or "
                               "keras-tuner[bayesian]); use --tuner hyperband or random without it")
@@ -173,49 +174,46 @@ def _remove_tuning_folder(path: Path) -> None:
 
 
 # ----------------------------------------------------------------------------- the job
-def tune(cfg: TuneConfig | None, tune_dir: str | Path | None = None, *, overwrite: bool = False,
-         resume: bool = False, runs_dir: str | Path = "runs", callbacks: list | None = None,
-         worker_wait_s: float = 600.0, verbose: int = 1) -> Path:
+def tune(cfg: TuneConfig | None, tune_dir: str | Path | None = None, *, resume: str | Path | None = None,
+         overwrite: bool = False, runs_dir: str | Path = "runs", callbacks: list | None = None,
+         worker_wait_s: float = 600.0) -> Path:
     """Run the search of ``cfg``; return the retrained best run folder (the tuning folder when
     ``cfg.retrain`` is off, and on a distributed worker).
 
-    ``tune_dir``: the tuning folder (default: a new ``runs_dir/tune-<name>-<UTC>``); it must not
-    exist unless ``overwrite`` (deleted first, only if it is a tuning folder) or ``resume``
-    (continue its search with its saved config; ``cfg`` may only raise ``max_trials``).
-    ``callbacks``: extra Keras callbacks for every trial (deep-copied per trial by KerasTuner).
-    Every input is checked before the folder is created or training starts.
+    ``tune_dir``: the folder of a new search (default: a new ``runs_dir/tune-<name>-<UTC>``); it
+    must not exist unless ``overwrite`` (deleted first, only if it is a tuning folder).
+    ``resume``: a tuning folder whose search continues with its saved config (a given ``cfg``
+    must equal it but for ``max_trials``; a finished search with the same values is returned as
+    it is). ``callbacks``: extra Keras callbacks for every trial (deep-copied per trial by
+    KerasTuner). Every input is checked before the folder is created or training starts.
     """
     role = distributed_role()
-    if resume and overwrite:
+    if resume is not None and overwrite:
         raise ConfigError("--resume and --overwrite exclude each other")
     fresh = False
     if role == "worker":
+        tune_dir = resume if resume is not None else tune_dir
         if tune_dir is None:
-            raise ConfigError("a distributed worker needs the shared tuning folder (--dir)")
+            raise ConfigError("a distributed worker needs the shared tuning folder (--resume DIR or --run-dir DIR)")
         tune_dir = Path(tune_dir)
         wait_for_chief(tune_dir, worker_wait_s)
         cfg = open_run(tune_dir, "tune").config  # the chief's config
         cfg.validate()
-    elif resume:
-        if tune_dir is None:
-            raise ConfigError("--resume needs the tuning folder (--dir)")
-        tune_dir = Path(tune_dir)
-        saved = open_run(tune_dir, "tune").config
-        if cfg is not None and cfg.max_trials != saved.max_trials:
-            saved.max_trials = cfg.max_trials
-        cfg = saved
+    elif resume is not None:
+        plan = plan_run("tune", cfg, resume=resume)
+        cfg, tune_dir = plan.config, plan.path
         check_inputs(cfg)
-        from cardigan_tf.runs import save_run_config
-
-        save_run_config(tune_dir, "tune", cfg)
+        plan.open()
+        if plan.status == "finished":
+            return retrain_best(tune_dir, cfg) if cfg.retrain else tune_dir
     else:
         if cfg is None:
-            raise ConfigError("tune: give a TuneConfig, or resume=True with the tuning folder")
+            raise ConfigError("tune: give a TuneConfig, or resume=TUNING_FOLDER")
         check_inputs(cfg)
         if tune_dir is not None and Path(tune_dir).exists():
             if not overwrite:
-                raise OverwriteError(f"{tune_dir}: tuning folder already exists; pass --resume to continue its "
-                                     "search or --overwrite to start again")
+                raise OverwriteError(f"{tune_dir}: tuning folder already exists; pass --resume {tune_dir} to "
+                                     "continue its search or --overwrite to start again")
             _remove_tuning_folder(Path(tune_dir))
         tune_dir = create_run("tune", cfg, runs_dir=runs_dir, run_dir=tune_dir, name=cfg.name)
         fresh = True
@@ -229,15 +227,13 @@ def tune(cfg: TuneConfig | None, tune_dir: str | Path | None = None, *, overwrit
         raise
 
     runtime.set_precision(cfg.seg.train.precision)
-    import keras
-
     strategy = get_strategy(cfg)
     _, steps = trial_steps(cfg, data_path)
     hypermodel = UNetHyperModel(cfg, data_path, steps, jit=runtime.resolve_jit(cfg.seg.train.jit), strategy=strategy)
     tuner = make_tuner(cfg, tune_dir, hypermodel, strategy=strategy)
     board = keras.callbacks.TensorBoard(str(tune_dir / "tensorboard"), write_graph=False, update_freq="epoch",
                                         profile_batch=0)
-    fit_kwargs = dict(callbacks=[board, *(callbacks or [])], epochs=cfg.max_epochs, verbose=verbose)
+    fit_kwargs = dict(callbacks=[board, *(callbacks or [])], epochs=cfg.max_epochs)
     marker = tune_dir / CHIEF_FILE
     if role == "chief":
         write_json(marker, {"tuner_id": os.environ[ENV_ID], "ip": os.environ[ENV_IP], "port": os.environ[ENV_PORT],
@@ -256,16 +252,12 @@ def tune(cfg: TuneConfig | None, tune_dir: str | Path | None = None, *, overwrit
 
 
 def _resolve_data(cfg: TuneConfig, tune_dir: Path, role: str) -> Path:
-    from cardigan_tf.data.synthetic import check_synthetic_set
-
     if role == "worker":
         run = open_run(tune_dir, "tune")
         path = run.data_path()
         if path is None:
             raise RunError(f"{tune_dir}: the chief's data.json names no existing dataset")
         return path
-    from cardigan_tf.jobs.seg import resolve_run_data
-
     path = resolve_run_data(cfg.seg, tune_dir)
     if cfg.seg.data.synthetic:  # now that the data is resolved: its held-out patients are known
         check_synthetic_set(cfg.seg.data.synthetic, path, size=cfg.seg.data.size)
@@ -289,24 +281,15 @@ def retrain_best(tune_dir: str | Path, cfg: TuneConfig | None = None, best: dict
     """Retrain the best trial's configuration for ``seg.train.epochs`` epochs into the ordinary
     seg run folder ``tune_dir/best-trial_<id>/`` (resumed if interrupted, kept if finished);
     return that folder. Seeds as a trial: the same seed and budget reproduce its score."""
-    import keras
-
-    from cardigan_tf.jobs.seg import train_seg
-
     tune_dir = Path(tune_dir)
     run = open_run(tune_dir, "tune")
     cfg = cfg or run.config
     best = best or json.loads((tune_dir / "best_hyperparameters.json").read_text())
     data_path = data_path or run.data_path()
     run_dir = tune_dir / f"best-trial_{best['trial_id']}"
-    if (run_dir / "metrics.json").is_file() and (run_dir / "final.keras").is_file():
-        path = run_dir
-    elif (run_dir / "config.yaml").is_file():
-        path = train_seg(None, resume=run_dir)
-    else:
-        seg = best_seg_config(cfg, best, data_path)
-        keras.utils.set_random_seed(int(seg.train.seed))
-        path = train_seg(seg, run_dir=run_dir)
+    seg = best_seg_config(cfg, best, data_path)
+    keras.utils.set_random_seed(int(seg.train.seed))
+    path = train_seg(seg, run_dir=run_dir)  # kept when finished, resumed when interrupted
     metrics = json.loads((path / "metrics.json").read_text())
     summary_file = tune_dir / "metrics.json"
     summary = json.loads(summary_file.read_text()) if summary_file.is_file() else {}

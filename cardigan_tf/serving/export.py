@@ -34,7 +34,6 @@ from typing import Any
 
 import numpy as np
 
-import cardigan_tf.runtime  # noqa: F401  (KERAS_BACKEND before keras)
 from cardigan_tf import resize
 from cardigan_tf.files import OverwriteError, atomic_path, atomic_write_text, sha256_file, write_json
 from cardigan_tf.labels import LABEL_NAMES
@@ -57,24 +56,14 @@ class ExportError(RunError):
 
 # ----------------------------------------------------------------------------- sources
 def load_source(run_dir):
-    """(kind, keras model, Run, model path, extra) of a seg or GAN run (GAN: the EMA generator)."""
-    import keras
-
+    """(kind, keras model, Run, model path, extra) of a seg or GAN run (GAN: the EMA generator;
+    seg: ``extra["pre"]``, the run's resize chain)."""
     run = open_run(run_dir)
-    if run.kind == "seg":
-        from cardigan_tf.jobs.evaluation import preprocessing
-        from cardigan_tf.models.unet import inference_model
-
-        path = run.model_path("best")
-        model = inference_model(keras.saving.load_model(path, compile=False))
-        pre = preprocessing(run.config, run.dataset())
-        return "seg", model, run, path, {"pre": pre}
-    if run.kind == "gan":
-        import cardigan_tf.models.generator  # noqa: F401  (registers the SPADE layers)
-
-        path = run.model_path("ema")
-        return "gan", keras.saving.load_model(path, compile=False), run, path, {}
-    raise ExportError(f"{run.path}: a {run.kind} run cannot be exported (expected a seg or gan run)")
+    if run.kind not in DEFAULT_NAMES:
+        raise ExportError(f"{run.path}: a {run.kind} run cannot be exported (expected a seg or gan run)")
+    trained = run.load()
+    extra = {"pre": trained.preprocessing} if run.kind == "seg" else {}
+    return run.kind, trained.model, run, trained.path, extra
 
 
 def build_module(kind: str, model, extra: dict, resize_impl: str = "tf", onnx: bool = False):

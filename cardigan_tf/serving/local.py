@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from cardigan_tf.runs import open_run
 from cardigan_tf.serving.errors import ServingRequestError
 
 __all__ = ["SavedModelBackend", "RunBackend", "resolve_export", "export_metadata", "tf_error_message"]
@@ -148,10 +149,9 @@ class RunBackend:
     SIGNATURES = {"serving_default": np.float32, "serving_uint8": np.uint8}
 
     def __init__(self, run_dir: str | Path, which: str = "best", data: str | None = None, batch_size: int = 16):
-        from cardigan_tf.jobs.evaluation import load_segmenter, preprocessing
-
-        self.model, self.run, self.model_path = load_segmenter(run_dir, which)
-        self.pre = preprocessing(self.run.config, self.run.dataset(data))
+        self.run = open_run(run_dir, "seg")
+        trained = self.run.load(which, data=data)
+        self.model, self.model_path, self.pre = trained.model, trained.path, trained.preprocessing
         self.batch_size = int(batch_size)
         self.where = str(self.model_path)
         self.kind = "seg"

@@ -147,7 +147,7 @@ def _train(cfg: SegConfig, run_dir: Path, callbacks: list | None) -> Path:
 
     keras.utils.set_random_seed(cfg.train.seed)  # the same initial weights for the same seed
 
-    from cardigan_tf.data.pipeline import make_dataset
+    from cardigan_tf.data.pipeline import Selection, Training, make_dataset
     from cardigan_tf.models.unet import build_unet
 
     t, d = cfg.train, cfg.data
@@ -161,11 +161,13 @@ def _train(cfg: SegConfig, run_dir: Path, callbacks: list | None) -> Path:
     meta_path = backup_dir / "training_metadata.json"
     initial_epoch = json.loads(meta_path.read_text())["epoch"] if meta_path.is_file() else 0
 
-    common = dict(size=d.size, views=d.views, phases=d.phases, strategy=strategy)
-    train_ds = make_dataset(str(data_path), "train", batch_size=t.batch_size, training=True, augment=d.augment,
-                            synthetic=d.synthetic, synthetic_fraction=d.synthetic_fraction if d.synthetic else 0.0,
-                            seed=t.seed, patients=d.train_patients, skip_batches=initial_epoch * steps, **common)
-    val_ds = make_dataset(str(data_path), "valid", batch_size=t.batch_size, training=False, **common)
+    common = dict(size=d.size, batch_size=t.batch_size, strategy=strategy)
+    training = Training(seed=t.seed, augment=d.augment, synthetic=d.synthetic,
+                        synthetic_fraction=d.synthetic_fraction if d.synthetic else 0.0,
+                        skip_batches=initial_epoch * steps)
+    train_ds = make_dataset(str(data_path), "train", training=training,
+                            select=Selection(views=d.views, phases=d.phases, patients=d.train_patients), **common)
+    val_ds = make_dataset(str(data_path), "valid", select=Selection(views=d.views, phases=d.phases), **common)
 
     with strategy.scope():
         model = build_unet(cfg.model)

@@ -141,19 +141,20 @@ class UNetHyperModel(_hypermodel_base()):
         return model
 
     def fit(self, hp, model, *args, callbacks=None, epochs=None, initial_epoch=0, verbose=None, **kwargs):
-        from cardigan_tf.data.pipeline import make_dataset
+        from cardigan_tf.data.pipeline import Selection, Training, make_dataset
 
         start = time.time()
         seg = self.seg_config(hp)
         t, d = seg.train, seg.data
         epochs = int(epochs or self.cfg.max_epochs)
-        common = dict(size=d.size, views=d.views, phases=d.phases, strategy=self.strategy)
-        train_ds = make_dataset(str(self.data_path), "train", batch_size=t.batch_size, training=True,
-                                augment=d.augment, synthetic=d.synthetic,
-                                synthetic_fraction=d.synthetic_fraction if d.synthetic else 0.0, seed=t.seed,
-                                patients=d.train_patients, skip_batches=int(initial_epoch) * self.steps, **common)
+        common = dict(size=d.size, batch_size=t.batch_size, strategy=self.strategy)
+        training = Training(seed=t.seed, augment=d.augment, synthetic=d.synthetic,
+                            synthetic_fraction=d.synthetic_fraction if d.synthetic else 0.0,
+                            skip_batches=int(initial_epoch) * self.steps)
+        train_ds = make_dataset(str(self.data_path), "train", training=training,
+                                select=Selection(views=d.views, phases=d.phases, patients=d.train_patients), **common)
         # the objective: real validation patients only, never mixed with synthetic images, never augmented
-        val_ds = make_dataset(str(self.data_path), "valid", batch_size=t.batch_size, training=False, **common)
+        val_ds = make_dataset(str(self.data_path), "valid", select=Selection(views=d.views, phases=d.phases), **common)
         n_out = len(model.outputs)
         if n_out > 1:
             train_ds = train_ds.map(lambda x, y: (x, (y,) * n_out))

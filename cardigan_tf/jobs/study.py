@@ -69,7 +69,7 @@ class _Eta:
     def add(self, stage: str, seconds: float) -> None:
         self.seconds[stage].append(seconds)
 
-    def report(self, root: Path, cfg, cells, gan_seed) -> None:
+    def report(self, root: Path, cells, gan_seed) -> None:
         left = {"gan": sum(1 for f, seed in needed_gans(cells, gan_seed) if not _gan_ready(root, f, seed)),
                 "cell": sum(1 for c in cells if not _done(_cell_dir(root, *c)))}
         parts, total, known = [], 0.0, True
@@ -270,7 +270,7 @@ def run_study(cfg: StudyConfig | None, resume: str | Path | None = None, runs_di
                         _make_gan(root, cfg, data, patients, frac, gseed, train_gan, generate_set)
                         work_log(root, _gan_unit(frac, gseed), "done")
                         eta.add("gan", time.time() - t_gan)
-                        eta.report(root, cfg, cells, gan_seed)
+                        eta.report(root, cells, gan_seed)
                 finally:
                     release(root, _gan_unit(frac, gseed))
                 progressed = True
@@ -286,7 +286,7 @@ def run_study(cfg: StudyConfig | None, resume: str | Path | None = None, runs_di
                     _run_cell(root, cfg, data, patients, frac, synth, seed, train_seg, evaluate_run, gseed)
                     work_log(root, unit, "done")
                     eta.add("cell", time.time() - t_cell)
-                    eta.report(root, cfg, cells, gan_seed)
+                    eta.report(root, cells, gan_seed)
             finally:
                 release(root, unit)
             progressed = True

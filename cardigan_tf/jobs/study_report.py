@@ -181,7 +181,7 @@ def _p_text(t: dict[str, Any]) -> str:
             f"over {t['n_tests']} tests (uncorrected {_fmt_p(t['pvalue'])}): {verdict} at {ALPHA:g} after correction")
 
 
-def _findings(summary: list[dict], tests: list[dict]) -> list[str]:
+def _findings(tests: list[dict]) -> list[str]:
     lines = []
     for t in tests:
         if t["structure"] != "lv_endo" or t["metric"] != "dice":
@@ -363,7 +363,7 @@ def write_study_report(root: Path, cfg) -> Path:
         "",
         "## Does synthetic data help here?",
         "",
-        *_findings(summary, tests),
+        *_findings(tests),
         "",
     ]
     lines += test_table_lines(tests)

@@ -175,7 +175,7 @@ def _remove_tuning_folder(path: Path) -> None:
 # ----------------------------------------------------------------------------- the job
 def tune(cfg: TuneConfig | None, tune_dir: str | Path | None = None, *, overwrite: bool = False,
          resume: bool = False, runs_dir: str | Path = "runs", callbacks: list | None = None,
-         worker_wait_s: float = 600.0, verbose: int = 1) -> Path:
+         worker_wait_s: float = 600.0) -> Path:
     """Run the search of ``cfg``; return the retrained best run folder (the tuning folder when
     ``cfg.retrain`` is off, and on a distributed worker).
 
@@ -237,7 +237,7 @@ def tune(cfg: TuneConfig | None, tune_dir: str | Path | None = None, *, overwrit
     tuner = make_tuner(cfg, tune_dir, hypermodel, strategy=strategy)
     board = keras.callbacks.TensorBoard(str(tune_dir / "tensorboard"), write_graph=False, update_freq="epoch",
                                         profile_batch=0)
-    fit_kwargs = dict(callbacks=[board, *(callbacks or [])], epochs=cfg.max_epochs, verbose=verbose)
+    fit_kwargs = dict(callbacks=[board, *(callbacks or [])], epochs=cfg.max_epochs)
     marker = tune_dir / CHIEF_FILE
     if role == "chief":
         write_json(marker, {"tuner_id": os.environ[ENV_ID], "ip": os.environ[ENV_IP], "port": os.environ[ENV_PORT],

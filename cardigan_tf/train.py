@@ -15,8 +15,6 @@ import sys
 import cardigan_tf.runtime as runtime  # sets KERAS_BACKEND before keras is imported
 from cardigan_tf import cli
 
-STRATEGIES = ("default", "mirrored", "multiworker")
-
 
 # ----------------------------------------------------------------------------- main job
 def _main_arguments(p: argparse.ArgumentParser) -> None:
@@ -68,7 +66,7 @@ def _run_main(args: argparse.Namespace):
 
 def _distribution_arguments(p: argparse.ArgumentParser) -> None:
     """--strategy and --run-dir, shared by the training jobs (gan, seg)."""
-    p.add_argument("--strategy", choices=STRATEGIES, help="tf.distribute strategy")
+    p.add_argument("--strategy", choices=runtime.STRATEGIES, help="tf.distribute strategy")
     p.add_argument("--run-dir", help="write into this run folder (multi-worker: the same path on every "
                                      "worker; only the chief writes there)")
 

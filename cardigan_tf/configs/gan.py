@@ -25,9 +25,9 @@ import dataclasses
 from cardigan_tf.config import ConfigError, from_dict, load_config, load_yaml, to_dict
 from cardigan_tf.data.augment import AugmentConfig
 from cardigan_tf.labels import NUM_CLASSES
+from cardigan_tf.runtime import STRATEGIES
 
 STYLES = ("mask", "z", "encoder")
-STRATEGIES = ("default", "mirrored", "multiworker")
 
 
 @dataclasses.dataclass

@@ -20,9 +20,9 @@ from typing import Any
 from cardigan_tf.config import ConfigError
 from cardigan_tf.data.augment import AugmentConfig
 from cardigan_tf.models.unet import UNetConfig
+from cardigan_tf.runtime import STRATEGIES
 
 SCHEDULES = ("cosine", "constant", "plateau")
-STRATEGIES = ("default", "mirrored", "multiworker")
 
 
 @dataclass

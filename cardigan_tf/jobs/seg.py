@@ -29,6 +29,7 @@ from pathlib import Path
 import cardigan_tf.runtime as runtime
 from cardigan_tf.configs.seg import SegConfig, preset_config  # noqa: F401  (re-exported)
 from cardigan_tf.files import atomic_write_text, write_json
+from cardigan_tf.labels import STRUCTURES
 from cardigan_tf.runs import create_run, ensure_run_subdirs, open_run
 
 
@@ -153,7 +154,7 @@ def _train(cfg: SegConfig, run_dir: Path, callbacks: list | None) -> Path:
     t, d = cfg.train, cfg.data
     data_path = resolve_run_data(cfg, run_dir)
     n_train = count_train_frames(data_path, cfg)
-    steps = t.steps_per_epoch or max(1, -(-n_train // t.batch_size))
+    steps = t.epoch_steps(n_train)
     strategy = runtime.get_strategy(t.strategy)
     jit = runtime.resolve_jit(t.jit)
 
@@ -218,7 +219,7 @@ def _finish(run_dir: Path, cfg: SegConfig, hist: dict, monitor: str, steps: int,
     metrics = {
         "best_epoch": state.get("best_epoch"),
         "best_val_dice_mean": state.get("best"),
-        "best_val": {k: best_idx.get(f"val_{prefix}dice_{k}") for k in ("lv_endo", "lv_epi", "la", "mean")},
+        "best_val": {k: best_idx.get(f"val_{prefix}dice_{k}") for k in (*STRUCTURES, "mean")},
         "stopped_early": state.get("stopped_early", False),
         "epochs_completed": initial_epoch + epochs_run,
         "steps_per_epoch": steps,

@@ -52,11 +52,11 @@ from cardigan_tf.configs.gan import GanConfig
 from cardigan_tf.configs.study import StudyConfig, build_study_config  # noqa: F401  (re-exported)
 from cardigan_tf.files import write_json
 from cardigan_tf.jobs.study_claims import claim, claims_dir, data_lock, release, work_log
+from cardigan_tf.labels import PHASES, STRUCTURES, VIEWS
+from cardigan_tf.metrics.segmentation import METRICS
 from cardigan_tf.runs import create_run, open_run
 
 log = logging.getLogger(__name__)
-STRUCTS = ("lv_endo", "lv_epi", "la")
-METRICS = ("dice", "hd", "mad")
 
 
 class _Eta:
@@ -165,13 +165,13 @@ def _cell_result(cell_dir: Path, split: str) -> dict[str, Any]:
         rows = list(csv.DictReader(fh))
     summary = json.loads((eval_dir / "summary.json").read_text())
     out: dict[str, Any] = {"n_images": len(rows)}
-    for s in STRUCTS:
+    for s in STRUCTURES:
         for m in METRICS:
             vals = np.array([float(r[f"{s}_{m}"]) for r in rows], float)
             out[f"{s}_{m}"] = float(np.nanmean(vals)) if np.isfinite(vals).any() else float("nan")
     ef = summary.get("clinical_agreement", {}).get("ef_vs_gt", {})
     out["ef_mae"] = float(ef.get("mae", float("nan")))
-    out["per_image_dice"] = {f"{r['patient']}/{r['view']}/{r['phase']}": {s: float(r[f"{s}_dice"]) for s in STRUCTS}
+    out["per_image_dice"] = {f"{r['patient']}/{r['view']}/{r['phase']}": {s: float(r[f"{s}_dice"]) for s in STRUCTURES}
                              for r in rows}
     return out
 
@@ -325,7 +325,7 @@ def _make_gan(root, cfg, data, patients, frac, seed, train_gan, generate_set) ->
             train_gan(_gan_config(cfg, data, patients, seed), run_dir=gan_dir)
     synth_path = _synth_path(root, frac, seed)
     if not synth_path.is_file():
-        frames = len(cfg.gan.data.views or ("2CH", "4CH")) * len(cfg.gan.data.phases or ("ED", "ES"))
+        frames = len(cfg.gan.data.views or VIEWS) * len(cfg.gan.data.phases or PHASES)
         n_images = cfg.synthetic_multiplier * frames * len(patients)
         generate_set(gan_dir, synth_path, masks=cfg.masks, per_mask=cfg.per_mask, n=n_images, seed=seed)
 

@@ -22,8 +22,8 @@ from cardigan_tf.config import to_dict
 from cardigan_tf.configs.tune import TuneConfig, apply_values
 from cardigan_tf.files import write_json
 from cardigan_tf.jobs.tuning_report import TRIAL_RECORD
-
-STRUCTURES = ("lv_endo", "lv_epi", "la")
+from cardigan_tf.labels import STRUCTURES
+from cardigan_tf.metrics.segmentation import METRICS
 
 
 # ----------------------------------------------------------------------------- search space
@@ -92,8 +92,7 @@ def trial_steps(cfg: TuneConfig, data_path: Path) -> tuple[int, int]:
     from cardigan_tf.jobs.seg import count_train_frames
 
     n_train = count_train_frames(data_path, cfg.seg)
-    t = cfg.seg.train
-    return n_train, t.steps_per_epoch or max(1, -(-n_train // t.batch_size))
+    return n_train, cfg.seg.train.epoch_steps(n_train)
 
 
 def _hypermodel_base():
@@ -223,15 +222,15 @@ class UNetHyperModel(_hypermodel_base()):
             return {}, None
         probs = predict_probabilities(inference_model(model), x, batch_size=max(1, seg.train.batch_size))
         preds = masks_from_probabilities(probs, [g.shape for g in gts])
-        per = {f"{s}_{m}": [] for s in STRUCTURES for m in ("dice", "hd", "mad")}
+        per = {f"{s}_{m}": [] for s in STRUCTURES for m in METRICS}
         for pred, gt, sp in zip(preds, gts, spacings):
             result = evaluate_masks(pred, gt, sp)
             for s in STRUCTURES:
-                for m in ("dice", "hd", "mad"):
+                for m in METRICS:
                     per[f"{s}_{m}"].append(result[s][m])
         out = {}
         for s in STRUCTURES:
-            for m in ("dice", "hd", "mad"):
+            for m in METRICS:
                 vals = np.asarray(per[f"{s}_{m}"], np.float64)
                 name = f"val_{s}_{m}" if m == "dice" else f"val_{s}_{m}_{unit}"
                 out[name] = float(np.nanmean(vals)) if np.isfinite(vals).any() else float("nan")

@@ -95,7 +95,7 @@ def bench_preset(name: str, args) -> dict:
     b, s = cfg.train.batch_size, cfg.model.size
     rng = np.random.default_rng(0)
     image = tf.constant(rng.uniform(0, 1, (b, s, s, 1)).astype("float32"))
-    mask = tf.constant(rng.integers(0, 4, (b, s, s)).astype("int32"))
+    mask = tf.constant(rng.integers(0, gan.num_classes, (b, s, s)).astype("int32"))
     ds = tf.data.Dataset.from_tensors((image, mask)).repeat()
     traced = []
     train_step = gan.train_step
@@ -114,9 +114,9 @@ def bench_preset(name: str, args) -> dict:
     dt = time.perf_counter() - t0
     traces = len(traced)
     parts = breakdown(gan, image, mask, args.reps) if args.breakdown == "on" else {}
-    g_in = [(b, s, s, 4)] + ([(b, cfg.model.z_dim)] if gan.style else [])
+    g_in = [(b, s, s, gan.num_classes)] + ([(b, cfg.model.z_dim)] if gan.style else [])
     g_flops = forward_flops(gan.generator, g_in)
-    d_flops = forward_flops(gan.discriminator, [(b, s, s, 5)])
+    d_flops = forward_flops(gan.discriminator, [(b, s, s, gan.num_classes + 1)])
     out = {
         "preset": name, "size": s, "batch": b, "ngf": cfg.model.ngf, "ndf": cfg.model.ndf,
         "style": cfg.model.style, "precision": precision, "jit": bool(gan.jit_compile),

@@ -17,19 +17,23 @@ measured in isolation, so they do not add up exactly to the step. The number of 
 the train function is printed too (1 = no retracing).
 
 ``--compare`` (cardigan sizes: 256x256, ngf = ndf = 48, batch 4): also times our own compact
-PyTorch SPADE (:mod:`cardigan_tf.bench.torch_spade`, needs ``torch``, skipped cleanly
-without it; 2 threads) and the keras.io-style GauGAN (:mod:`cardigan_tf.bench.keras_gaugan`),
-each in a subprocess, and prints the ratios. Run it under the CPU lock.
+PyTorch SPADE (``experiments/peers/torch_spade.py``, needs ``torch``, skipped cleanly without
+it; 2 threads) and the keras.io-style GauGAN (``experiments/peers/keras_gaugan.py``), each a
+script of the repository run in a subprocess, and prints the ratios. Run it under the CPU lock.
 """
 
 from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 
 import numpy as np
 
 import cardigan_tf.runtime as runtime
+
+#: the comparison scripts of ``--compare`` (in the repository, outside the package)
+PEERS = Path(__file__).resolve().parents[2] / "experiments" / "peers"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -274,16 +278,20 @@ def compare(args) -> list[dict]:
     common = ["--size", "256", "--ngf", "48", "--ndf", "48", "--batch", str(args.batch or 4),
               "--steps", str(args.steps), "--warmup", str(max(1, args.warmup))]
     results = []
-    for module in ("cardigan_tf.bench.torch_spade", "cardigan_tf.bench.keras_gaugan"):
-        if module.endswith("torch_spade") and importlib.util.find_spec("torch") is None:
-            print(f"{module}: skipped (needs PyTorch: pip install torch; not a project requirement)")
+    for name in ("torch_spade", "keras_gaugan"):
+        script = PEERS / f"{name}.py"
+        if not script.is_file():
+            print(f"{name}: skipped ({script} not found: --compare runs from a checkout of the repository)")
             continue
-        extra = ["--threads", "2"] if module.endswith("torch_spade") else []
-        proc = subprocess.run([sys.executable, "-m", module, *common, *extra], capture_output=True,
+        if name == "torch_spade" and importlib.util.find_spec("torch") is None:
+            print(f"{name}: skipped (needs PyTorch: pip install torch; not a project requirement)")
+            continue
+        extra = ["--threads", "2"] if name == "torch_spade" else []
+        proc = subprocess.run([sys.executable, str(script), *common, *extra], capture_output=True,
                               text=True, check=False)
         lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
         if proc.returncode or not lines:
-            print(f"{module}: failed (rc {proc.returncode}): {proc.stderr[-500:]}")
+            print(f"{name}: failed (rc {proc.returncode}): {proc.stderr[-500:]}")
             continue
         results.append(json.loads(lines[-1]))
     return results

@@ -22,7 +22,7 @@ def _main_arguments(p: argparse.ArgumentParser) -> None:
 
     p.add_argument("--data", help="CAMUS folder or seed-layout .h5 (default: built-in phantom)")
     p.add_argument("--budget", choices=sorted(BUDGETS), default="standard",
-                   help="how much to train (default: standard, 6-8 min on 2 Intel AVX-512 cores; smoke: a quick check)")
+                   help="how much to train (default: standard, the full small study, duration in the README; smoke: a quick check)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a study key, e.g. seeds=[0,1]")
     p.add_argument("--runs-dir", default="runs", help="parent folder of run folders")

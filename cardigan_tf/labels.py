@@ -15,6 +15,7 @@ LA = 3
 NUM_CLASSES = 4
 LABEL_VALUES = (BACKGROUND, LV, MYO, LA)
 LABEL_NAMES = {BACKGROUND: "background", LV: "lv_cavity", MYO: "myocardium", LA: "left_atrium"}
+LABEL_DESCRIPTIONS = {BACKGROUND: "background", LV: "LV cavity (endocardium)", MYO: "myocardium", LA: "left atrium"}
 
 VIEWS = ("2CH", "4CH")
 PHASES = ("ED", "ES")
@@ -26,6 +27,8 @@ STRUCTURES: dict[str, tuple[int, ...]] = {
     "lv_epi": (LV, MYO),
     "la": (LA,),
 }
+#: Names of the evaluated structures in reports, tables and plots.
+STRUCTURE_TITLES = {"lv_endo": "LV endo", "lv_epi": "LV epi", "la": "LA"}
 
 
 def structure_mask(mask: np.ndarray, structure: str) -> np.ndarray:

@@ -1,5 +1,4 @@
-"""``python -m cardigan_tf.prepare`` (also ``python -m cardigan_tf.data.prepare``; console script
-``cardigan-prepare``): convert any CAMUS layout to the seed HDF5 layout, or write the phantom.
+"""``python -m cardigan_tf.prepare`` (console script ``cardigan-prepare``): convert any CAMUS layout to the seed HDF5 layout, or write the phantom.
 
 Usage::
 

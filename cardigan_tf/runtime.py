@@ -19,7 +19,6 @@ import os
 from typing import Any
 
 
-
 def _tf():
     import tensorflow as tf
 
@@ -37,8 +36,12 @@ def available_cores() -> int:
     return max(1, os.cpu_count() or 1)
 
 
+#: the names :func:`get_strategy` takes (the ``train.strategy`` of every config)
+STRATEGIES = ("default", "mirrored", "multiworker")
+
+
 def get_strategy(name: str = "default"):
-    """Return a tf.distribute strategy by name."""
+    """Return a tf.distribute strategy by name (one of :data:`STRATEGIES`)."""
     tf = _tf()
     if name in ("default", "", None):
         return tf.distribute.get_strategy()
@@ -46,7 +49,7 @@ def get_strategy(name: str = "default"):
         return tf.distribute.MirroredStrategy()
     if name == "multiworker":
         return multiworker_strategy()
-    raise ValueError(f"strategy {name!r}: expected default, mirrored or multiworker")
+    raise ValueError(f"strategy {name!r}: expected one of {STRATEGIES}")
 
 
 # ----------------------------------------------------------------------------- multi-worker

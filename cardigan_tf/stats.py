@@ -31,15 +31,15 @@ from typing import Any, Hashable, Iterable, Mapping, Sequence
 import numpy as np
 from scipy import stats as sps
 
-from cardigan_tf.labels import STRUCTURES
 from cardigan_tf.files import atomic_path
+from cardigan_tf.labels import STRUCTURE_TITLES, STRUCTURES
+from cardigan_tf.metrics.segmentation import METRICS
 
 CELL_KEYS = ("train_fraction", "synthetic_fraction")
 SEED_KEY = "seed"
-SEG_METRICS = ("dice", "hd", "mad")
 #: column order of the tables: per-structure Dice, HD, MAD, then EF MAE
-METRIC_ORDER = tuple(f"{s}_{m}" for m in SEG_METRICS for s in STRUCTURES) + ("ef_mae",)
-PRETTY = {"lv_endo": "LV endo", "lv_epi": "LV epi", "la": "LA", "dice": "Dice", "hd": "HD (mm)",
+METRIC_ORDER = tuple(f"{s}_{m}" for m in METRICS for s in STRUCTURES) + ("ef_mae",)
+PRETTY = {**STRUCTURE_TITLES, "dice": "Dice", "hd": "HD (mm)",
           "mad": "MAD (mm)", "ef_mae": "EF MAE (%)", "train_fraction": "train fraction",
           "synthetic_fraction": "synthetic fraction", "n_seeds": "seeds"}
 

@@ -31,7 +31,7 @@ def _main_arguments(p: argparse.ArgumentParser) -> None:
 
     p.add_argument("--data", help="CAMUS folder or seed-layout .h5 (default: built-in phantom)")
     p.add_argument("--budget", choices=sorted(BUDGETS),
-                   help="how much to train (default: standard, 6-8 min on 2 Intel AVX-512 cores; smoke: a quick check)")
+                   help="how much to train (default: standard, the full small study, duration in the README; smoke: a quick check)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a study key, e.g. seeds=[0,1]")
     p.add_argument("--name", help="study name")
@@ -76,7 +76,6 @@ def _run_main(args: argparse.Namespace):
 # ----------------------------------------------------------------------------- gan
 def _gan_arguments(p: argparse.ArgumentParser) -> None:
     from cardigan_tf.configs.gan import PRESET_NAMES as GAN_PRESETS  # lazy: see the module docstring
-    from cardigan_tf.configs.seg import STRATEGIES
 
     p.add_argument("--data", help="CAMUS folder or seed-layout .h5 (default: built-in phantom)")
     p.add_argument("--preset", choices=GAN_PRESETS, help="network/training preset (default: tiny on CPU, cardigan on GPU)")
@@ -85,7 +84,7 @@ def _gan_arguments(p: argparse.ArgumentParser) -> None:
     length.add_argument("--steps", type=int, help="train for N steps (overrides epochs)")
     cli.add_config_arguments(p, "GanConfig (sections model/train/data)")
     p.add_argument("--name", help="run name (default: the preset)")
-    p.add_argument("--strategy", choices=STRATEGIES, help="tf.distribute strategy")
+    p.add_argument("--strategy", choices=runtime.STRATEGIES, help="tf.distribute strategy")
     cli.add_run_arguments(p, "GAN run (multi-worker: the same path on every worker; only the chief writes there)")
 
 
@@ -113,7 +112,6 @@ def _run_gan(args: argparse.Namespace):
 # ----------------------------------------------------------------------------- seg
 def _seg_arguments(p: argparse.ArgumentParser) -> None:
     from cardigan_tf.configs.seg import PRESET_NAMES as SEG_PRESETS  # lazy: see the module docstring
-    from cardigan_tf.configs.seg import STRATEGIES
 
     p.add_argument("--data", help="CAMUS folder (any layout) or seed-layout .h5; default: built-in phantom")
     p.add_argument("--synthetic", help="synthetic seed-layout .h5 to mix into training")
@@ -122,7 +120,7 @@ def _seg_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--epochs", type=int, help="number of epochs (overrides train.epochs)")
     cli.add_config_arguments(p, "SegConfig")
     p.add_argument("--name", help="run name (default: the preset)")
-    p.add_argument("--strategy", choices=STRATEGIES, help="tf.distribute strategy")
+    p.add_argument("--strategy", choices=runtime.STRATEGIES, help="tf.distribute strategy")
     cli.add_run_arguments(p, "U-Net run (multi-worker: the same path on every worker; only the chief writes there)")
 
 

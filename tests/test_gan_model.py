@@ -141,6 +141,23 @@ def test_single_scale_discriminator_and_z_style():
     assert np.isfinite(float(logs["g_total"])) and "g_kl" not in logs
 
 
+def test_num_classes_sets_the_mask_channels():
+    """GanModelConfig.num_classes reaches both networks; integer masks are one-hot encoded to as
+    many channels in the train step and in generate."""
+    from cardigan_tf.configs.gan import network_configs
+    from cardigan_tf.models.discriminator import build_discriminator
+    from cardigan_tf.models.generator import build_generator
+
+    g, d, _ = network_configs("tiny", size=SIZE, ngf=8, ndf=8, style="mask", num_D=1, num_classes=3)
+    gan = SpadeGAN(build_generator(g), build_discriminator(d), ema_decay=0.9)
+    gan.compile(keras.optimizers.Adam(1e-4), keras.optimizers.Adam(4e-4), jit_compile=False)
+    images, masks = _pairs(4)
+    masks = np.minimum(masks, 2)  # labels 0..2
+    logs = gan.train_step((tf.constant(images), tf.constant(masks)))
+    assert gan.num_classes == 3 and np.isfinite(float(logs["g_total"]))
+    assert gan.generate(masks[:2]).shape == (2, SIZE, SIZE, 1)
+
+
 def test_vgg_term_in_the_train_step(tmp_path):
     from cardigan_tf.losses.gan import VGGPerceptualLoss
 

@@ -1,7 +1,7 @@
 """The package's import rules, read from the source with ``ast`` (docs/architecture.md).
 
-Every import counts, also those inside functions, except under ``if __name__ == "__main__":``
-(that code runs only when the file is executed as a script) and ``if TYPE_CHECKING:``.
+Every import counts, also those inside functions and under ``if __name__ == "__main__":``,
+except under ``if TYPE_CHECKING:``.
 """
 
 from __future__ import annotations
@@ -25,11 +25,7 @@ def _module_name(path: Path) -> str:
 
 
 def _skipped(node: ast.If) -> bool:
-    test = node.test
-    if isinstance(test, ast.Name) and test.id == "TYPE_CHECKING":
-        return True
-    return (isinstance(test, ast.Compare) and isinstance(test.left, ast.Name) and test.left.id == "__name__"
-            and any(isinstance(c, ast.Constant) and c.value == "__main__" for c in test.comparators))
+    return isinstance(node.test, ast.Name) and node.test.id == "TYPE_CHECKING"
 
 
 def _imports(path: Path) -> set[str]:

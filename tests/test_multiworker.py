@@ -266,7 +266,7 @@ def test_tfrecord_shards_by_file_when_every_worker_gets_one(tmp_path, monkeypatc
     import tensorflow as tf
 
     from cardigan_tf.data.phantom import write_h5
-    from cardigan_tf.data.pipeline import make_dataset
+    from cardigan_tf.data.pipeline import Training, make_dataset
     from cardigan_tf.data.tfrecord import write_tfrecords
 
     h5 = tmp_path / "p.h5"
@@ -279,7 +279,7 @@ def test_tfrecord_shards_by_file_when_every_worker_gets_one(tmp_path, monkeypatc
                                                 "task": {"type": "worker", "index": 0}}))
 
     def shard_policy(source):
-        ds = make_dataset(str(source), "train", size=32, batch_size=2, training=True, augment=False,
+        ds = make_dataset(str(source), "train", size=32, batch_size=2, training=Training(augment=None),
                           strategy=strategy)
         return ds.options().experimental_distribute.auto_shard_policy
 

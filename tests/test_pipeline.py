@@ -8,8 +8,8 @@ import pytest
 import tensorflow as tf
 
 from cardigan_tf.data import h5layout, phantom
-from cardigan_tf.data.augment import AugmentConfig
-from cardigan_tf.data.pipeline import count_samples, dataset_info, format_info, make_dataset
+from cardigan_tf.data.augment import AugmentConfig, augment_batch
+from cardigan_tf.data.pipeline import Selection, Training, count_samples, dataset_info, format_info, make_dataset
 from cardigan_tf.data.sample import EmptyDatasetError
 
 TAG = 0.123  # constant image value marking synthetic samples
@@ -29,7 +29,7 @@ def _is_syn(images):
 
 
 def test_shapes_and_dtypes(h5):
-    x, y = next(iter(make_dataset(h5, "train", size=32, batch_size=4, training=True)))
+    x, y = next(iter(make_dataset(h5, "train", size=32, batch_size=4, training=Training())))
     assert x.shape == (4, 32, 32, 1) and x.dtype == tf.float32
     assert y.shape == (4, 32, 32) and y.dtype == tf.int32
     assert 0.0 <= float(tf.reduce_min(x)) and float(tf.reduce_max(x)) <= 1.0
@@ -41,7 +41,7 @@ def test_shapes_and_dtypes(h5):
 
 def test_filters(h5):
     def frames(**kw):
-        return sum(int(x.shape[0]) for x, _ in make_dataset(h5, "train", size=16, batch_size=5, **kw))
+        return sum(int(x.shape[0]) for x, _ in make_dataset(h5, "train", size=16, batch_size=5, select=Selection(**kw)))
 
     n_train = len(h5layout.list_patients(h5)["train"])
     assert frames() == 4 * n_train == count_samples(h5, "train")
@@ -53,20 +53,23 @@ def test_filters(h5):
     q = str(arrays["quality"][0])
     assert frames(qualities=[q]) == int((arrays["quality"] == q).sum())
     # a dict source is filtered the same way
-    n = sum(int(x.shape[0]) for x, _ in make_dataset(arrays, "train", size=16, batch_size=5, phases=["ED"]))
+    n = sum(int(x.shape[0]) for x, _ in make_dataset(arrays, "train", size=16, batch_size=5,
+                                                     select=Selection(phases=["ED"])))
     assert n == 2 * n_train
+    assert count_samples(arrays, "train", phases=["ED"]) == n
     with pytest.raises(EmptyDatasetError):
-        make_dataset(h5, "train", patients=["nobody"])
+        make_dataset(h5, "train", select=Selection(patients=["nobody"]))
     with pytest.raises(ValueError, match="views"):
-        make_dataset(h5, "train", views=["3CH"])
+        Selection(views=["3CH"])
+    with pytest.raises(ValueError, match="views"):
+        count_samples(h5, "train", views=["3CH"])
 
 
-def test_validation_is_not_augmented_and_equals_direct_resize(h5):
+def test_validation_is_one_ordered_pass_equal_to_direct_resize(h5):
     arrays = h5layout.load_arrays(h5, "valid")
     want_i = tf.image.resize(arrays["image"], [48, 48], method="area").numpy()
     want_m = tf.image.resize(arrays["mask"][..., None], [48, 48], method="nearest").numpy()[..., 0]
-    with pytest.warns(UserWarning, match="ignored"):
-        got = list(make_dataset(h5, "valid", size=48, batch_size=3, augment=AugmentConfig()))
+    got = list(make_dataset(h5, "valid", size=48, batch_size=3))
     got_i = np.concatenate([x.numpy() for x, _ in got])
     got_m = np.concatenate([y.numpy() for _, y in got])
     np.testing.assert_allclose(got_i, np.clip(want_i, 0, 1), atol=1e-6)
@@ -76,8 +79,8 @@ def test_validation_is_not_augmented_and_equals_direct_resize(h5):
 
 
 def test_training_is_augmented_and_batches_are_full(h5):
-    plain = make_dataset(h5, "train", size=32, batch_size=7, training=True, augment=False, seed=1)
-    aug = make_dataset(h5, "train", size=32, batch_size=7, training=True, seed=1)
+    plain = make_dataset(h5, "train", size=32, batch_size=7, training=Training(seed=1, augment=None))
+    aug = make_dataset(h5, "train", size=32, batch_size=7, training=Training(seed=1))
     for (xp, yp), (xa, ya) in zip(plain.take(3), aug.take(3)):
         assert xp.shape[0] == 7 and xa.shape[0] == 7  # drop_remainder for training
         assert not np.array_equal(xp.numpy(), xa.numpy())
@@ -88,8 +91,8 @@ def test_training_is_augmented_and_batches_are_full(h5):
 
 def test_synthetic_share_matches_fraction(h5):
     for f in (0.25, 0.6):
-        ds = make_dataset(h5, "train", size=48, batch_size=16, training=True, augment=False,
-                          synthetic=_synthetic(), synthetic_fraction=f, seed=3)
+        ds = make_dataset(h5, "train", size=48, batch_size=16,
+                          training=Training(seed=3, augment=None, synthetic=_synthetic(), synthetic_fraction=f))
         n = syn = 0
         for x, y in ds.take(40):
             tagged = _is_syn(x.numpy())
@@ -101,27 +104,22 @@ def test_synthetic_share_matches_fraction(h5):
 
 
 def test_fraction_zero_gives_no_synthetic(h5):
-    ds = make_dataset(h5, "train", size=48, batch_size=16, training=True, augment=False,
-                      synthetic=_synthetic(), synthetic_fraction=0.0)
+    ds = make_dataset(h5, "train", size=48, batch_size=16,
+                      training=Training(augment=None, synthetic=_synthetic(), synthetic_fraction=0.0))
     assert not any(_is_syn(x.numpy()).any() for x, _ in ds.take(20))
-    # and validation is never mixed
-    with pytest.warns(UserWarning, match="ignored"):
-        val = make_dataset(h5, "valid", size=48, batch_size=4, synthetic=_synthetic(), synthetic_fraction=0.5)
-    assert not any(_is_syn(x.numpy()).any() for x, _ in val)
 
 
 def test_synthetic_of_another_size_is_resized(h5):
-    ds = make_dataset(h5, "train", size=40, batch_size=8, training=True, synthetic=_synthetic(size=24),
-                      synthetic_fraction=0.5)
+    ds = make_dataset(h5, "train", size=40, batch_size=8,
+                      training=Training(synthetic=_synthetic(size=24), synthetic_fraction=0.5))
     x, y = next(iter(ds))
     assert x.shape == (8, 40, 40, 1) and y.shape == (8, 40, 40)
 
 
 def test_deterministic_for_a_seed_and_resumable(h5):
-    kw = dict(size=32, batch_size=4, training=True, synthetic=_synthetic(), synthetic_fraction=0.3)
-
     def batches(seed, skip=0, n=4):
-        ds = make_dataset(h5, "train", seed=seed, skip_batches=skip, **kw)
+        training = Training(seed=seed, skip_batches=skip, synthetic=_synthetic(), synthetic_fraction=0.3)
+        ds = make_dataset(h5, "train", size=32, batch_size=4, training=training)
         return [(x.numpy(), y.numpy()) for x, y in ds.take(n)]
 
     a, b, c = batches(5), batches(5), batches(6)
@@ -135,12 +133,36 @@ def test_deterministic_for_a_seed_and_resumable(h5):
         np.testing.assert_array_equal(ya, yr)
 
 
+def test_the_warp_is_passed_in(h5):
+    """Each batch is the plain batch through augment_batch with seed (seed, batch index) and the
+    chosen warp, also after skipped batches."""
+    cfg = AugmentConfig(p_geometric=1.0)
+    plain = list(make_dataset(h5, "train", size=32, batch_size=4, training=Training(seed=2, augment=None)).take(3))
+    for warp in ("pillow", "tf"):
+        aug = make_dataset(h5, "train", size=32, batch_size=4,
+                           training=Training(seed=2, augment=cfg, warp_impl=warp, skip_batches=1))
+        for b, ((x, y), (xa, ya)) in enumerate(zip(plain[1:], aug.take(2)), start=1):
+            want_x, want_y = augment_batch(x, y, tf.constant([2, b], tf.int64), cfg, warp)
+            np.testing.assert_array_equal(xa.numpy(), want_x.numpy())
+            np.testing.assert_array_equal(ya.numpy(), want_y.numpy())
+
+
 def test_bad_arguments(h5):
     for f in (1.0, -0.1, 1.5):
         with pytest.raises(ValueError, match="synthetic_fraction"):
-            make_dataset(h5, "train", training=True, synthetic=_synthetic(), synthetic_fraction=f)
+            Training(synthetic=_synthetic(), synthetic_fraction=f)
     with pytest.raises(ValueError, match="synthetic source"):
-        make_dataset(h5, "train", training=True, synthetic_fraction=0.2)
+        Training(synthetic_fraction=0.2)
+    with pytest.raises(TypeError, match="augment"):
+        Training(augment={"rotation": 5})
+    with pytest.raises(ValueError, match="warp_impl"):
+        Training(warp_impl="cv2")
+    with pytest.raises(ValueError, match="skip_batches"):
+        Training(skip_batches=-1)
+    with pytest.raises(TypeError, match="Training"):
+        make_dataset(h5, "train", training=True)
+    with pytest.raises(TypeError, match="Selection"):
+        make_dataset(h5, "train", select={"views": ["2CH"]})
     with pytest.raises(ValueError, match="split"):
         make_dataset(h5, "training")
     with pytest.raises(ValueError, match="batch_size"):
@@ -151,7 +173,7 @@ def test_bad_arguments(h5):
 
 def test_strategy_global_batch(h5):
     strategy = tf.distribute.get_strategy()
-    x, _ = next(iter(make_dataset(h5, "train", size=16, batch_size=6, training=True, strategy=strategy)))
+    x, _ = next(iter(make_dataset(h5, "train", size=16, batch_size=6, training=Training(), strategy=strategy)))
     assert x.shape[0] == 6
 
 
@@ -163,9 +185,13 @@ def test_tfrecord_source_matches_h5(h5, tmp_path):
     from_tfr = np.concatenate([x.numpy() for x, _ in make_dataset(tmp_path / "tfr", "valid", size=32, batch_size=4)])
     key = lambda a: np.sort(a.reshape(len(a), -1).sum(1))  # noqa: E731  (shard order differs)
     np.testing.assert_allclose(key(from_h5), key(from_tfr), rtol=1e-5)
-    x, y = next(iter(make_dataset(tmp_path / "tfr", "train", size=32, batch_size=4, training=True, one_hot=True)))
+    train = make_dataset(tmp_path / "tfr", "train", size=32, batch_size=4, training=Training(), one_hot=True)
+    x, y = next(iter(train))
     assert x.shape == (4, 32, 32, 1) and y.shape == (4, 32, 32, 4)
     assert count_samples(tmp_path / "tfr", "valid") == len(from_h5)
+    # training streams repeat past one epoch, as from a .h5 file
+    epoch = math.ceil(count_samples(tmp_path / "tfr", "train") / 4)
+    assert sum(1 for _ in train.take(2 * epoch)) == 2 * epoch
 
 
 def test_dataset_info(h5):
@@ -180,7 +206,7 @@ def test_dataset_info(h5):
 def test_iterators_end_without_the_autotune_thread(h5):
     """tf.data's autotuning thread could hold up an iterator's destruction (the end of ``fit``) for
     tens of seconds when two training processes share the cores; every dataset turns it off."""
-    for kw in (dict(training=True), dict(training=True, augment=AugmentConfig()), dict(training=False)):
-        ds = make_dataset(h5, "train" if kw["training"] else "valid", size=16, batch_size=4, **kw)
+    for training in (Training(augment=None), Training(), None):
+        ds = make_dataset(h5, "train" if training else "valid", size=16, batch_size=4, training=training)
         assert ds.options().autotune.enabled is False
         assert next(iter(ds))[0].shape == (4, 16, 16, 1)

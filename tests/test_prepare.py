@@ -149,7 +149,7 @@ def test_cli_subprocess_reports_bad_input(tree2019, tmp_path):
     shutil.copytree(tree2019["root"], bad)
     raw = bad / "testing/patient0005/patient0005_2CH_ED.raw"
     raw.write_bytes(raw.read_bytes()[:-7])
-    cmd = [sys.executable, "-m", "cardigan_tf.data.prepare", "--source", str(bad), "--out", str(tmp_path / "o.h5"),
+    cmd = [sys.executable, "-m", "cardigan_tf.prepare", "--source", str(bad), "--out", str(tmp_path / "o.h5"),
            "--size", "16", "--fold", "1", "--no-progress"]
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert res.returncode == 2 and "patient0005_2CH_ED.raw: truncated data file" in res.stderr

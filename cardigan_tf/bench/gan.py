@@ -17,19 +17,23 @@ measured in isolation, so they do not add up exactly to the step. The number of 
 the train function is printed too (1 = no retracing).
 
 ``--compare`` (cardigan sizes: 256x256, ngf = ndf = 48, batch 4): also times our own compact
-PyTorch SPADE (:mod:`cardigan_tf.bench.torch_spade`, needs ``torch``, skipped cleanly
-without it; 2 threads) and the keras.io-style GauGAN (:mod:`cardigan_tf.bench.keras_gaugan`),
-each in a subprocess, and prints the ratios. Run it under the CPU lock.
+PyTorch SPADE (``experiments/peers/torch_spade.py``, needs ``torch``, skipped cleanly without
+it; 2 threads) and the keras.io-style GauGAN (``experiments/peers/keras_gaugan.py``), each a
+script of the repository run in a subprocess, and prints the ratios. Run it under the CPU lock.
 """
 
 from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 
 import numpy as np
 
 import cardigan_tf.runtime as runtime
+
+#: the comparison scripts of ``--compare`` (in the repository, outside the package)
+PEERS = Path(__file__).resolve().parents[2] / "experiments" / "peers"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -95,7 +99,7 @@ def bench_preset(name: str, args) -> dict:
     b, s = cfg.train.batch_size, cfg.model.size
     rng = np.random.default_rng(0)
     image = tf.constant(rng.uniform(0, 1, (b, s, s, 1)).astype("float32"))
-    mask = tf.constant(rng.integers(0, 4, (b, s, s)).astype("int32"))
+    mask = tf.constant(rng.integers(0, gan.num_classes, (b, s, s)).astype("int32"))
     ds = tf.data.Dataset.from_tensors((image, mask)).repeat()
     traced = []
     train_step = gan.train_step
@@ -114,9 +118,9 @@ def bench_preset(name: str, args) -> dict:
     dt = time.perf_counter() - t0
     traces = len(traced)
     parts = breakdown(gan, image, mask, args.reps) if args.breakdown == "on" else {}
-    g_in = [(b, s, s, 4)] + ([(b, cfg.model.z_dim)] if gan.style else [])
+    g_in = [(b, s, s, gan.num_classes)] + ([(b, cfg.model.z_dim)] if gan.style else [])
     g_flops = forward_flops(gan.generator, g_in)
-    d_flops = forward_flops(gan.discriminator, [(b, s, s, 5)])
+    d_flops = forward_flops(gan.discriminator, [(b, s, s, gan.num_classes + 1)])
     out = {
         "preset": name, "size": s, "batch": b, "ngf": cfg.model.ngf, "ndf": cfg.model.ndf,
         "style": cfg.model.style, "precision": precision, "jit": bool(gan.jit_compile),
@@ -274,16 +278,20 @@ def compare(args) -> list[dict]:
     common = ["--size", "256", "--ngf", "48", "--ndf", "48", "--batch", str(args.batch or 4),
               "--steps", str(args.steps), "--warmup", str(max(1, args.warmup))]
     results = []
-    for module in ("cardigan_tf.bench.torch_spade", "cardigan_tf.bench.keras_gaugan"):
-        if module.endswith("torch_spade") and importlib.util.find_spec("torch") is None:
-            print(f"{module}: skipped (needs PyTorch: pip install torch; not a project requirement)")
+    for name in ("torch_spade", "keras_gaugan"):
+        script = PEERS / f"{name}.py"
+        if not script.is_file():
+            print(f"{name}: skipped ({script} not found: --compare runs from a checkout of the repository)")
             continue
-        extra = ["--threads", "2"] if module.endswith("torch_spade") else []
-        proc = subprocess.run([sys.executable, "-m", module, *common, *extra], capture_output=True,
+        if name == "torch_spade" and importlib.util.find_spec("torch") is None:
+            print(f"{name}: skipped (needs PyTorch: pip install torch; not a project requirement)")
+            continue
+        extra = ["--threads", "2"] if name == "torch_spade" else []
+        proc = subprocess.run([sys.executable, str(script), *common, *extra], capture_output=True,
                               text=True, check=False)
         lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
         if proc.returncode or not lines:
-            print(f"{module}: failed (rc {proc.returncode}): {proc.stderr[-500:]}")
+            print(f"{name}: failed (rc {proc.returncode}): {proc.stderr[-500:]}")
             continue
         results.append(json.loads(lines[-1]))
     return results

@@ -134,7 +134,8 @@ def run(args: argparse.Namespace) -> dict:
               f"NPY_DISABLE_CPU_FEATURES={os.environ.get('NPY_DISABLE_CPU_FEATURES', '(unset)')}")
         return time_ops(args.size, args.batch_size, seed=args.seed)
     from cardigan_tf.data import phantom
-    from cardigan_tf.data.pipeline import make_dataset
+    from cardigan_tf.data.augment import AugmentConfig
+    from cardigan_tf.data.pipeline import Training, make_dataset
     from cardigan_tf.runtime import available_cores
 
     ncpu = available_cores()
@@ -153,25 +154,13 @@ def run(args: argparse.Namespace) -> dict:
             t0 = time.perf_counter()
             phantom.write_h5(data, n_patients=args.patients, seed=args.seed, size=args.size, preview=False)
             print(f"phantom .h5 ({args.patients} patients) written in {time.perf_counter() - t0:.1f} s")
-        from cardigan_tf.data.augment import AugmentConfig
-
         cfg = AugmentConfig() if args.p_geometric is None else AugmentConfig(p_geometric=args.p_geometric)
-        for label, aug in (("no augmentation", False), (f"augmentation (p_geometric {cfg.p_geometric})", cfg)):
-            ds = make_dataset(str(data), "train", size=args.size, batch_size=args.batch_size, training=True,
-                              augment=aug, one_hot=args.one_hot, seed=args.seed)
-            if aug is not False and args.warp_impl != "pillow":
-                from cardigan_tf.data import pipeline as _pl  # the pipeline calls augment_batch's default
-
-                ds = None
-                _orig = _pl.augment_batch
-                _pl.augment_batch = lambda *a: _orig(*a, warp_impl=args.warp_impl)
-                try:
-                    ds = make_dataset(str(data), "train", size=args.size, batch_size=args.batch_size, training=True,
-                                      augment=aug, one_hot=args.one_hot, seed=args.seed)
-                finally:
-                    _pl.augment_batch = _orig
+        for label, aug in (("no augmentation", None), (f"augmentation (p_geometric {cfg.p_geometric})", cfg)):
+            training = Training(seed=args.seed, augment=aug, warp_impl=args.warp_impl)
+            ds = make_dataset(str(data), "train", size=args.size, batch_size=args.batch_size, training=training,
+                              one_hot=args.one_hot)
             rate, cpu, n = time_dataset(ds, args.batches, args.warmup)
-            key = "plain" if aug is False else "augmented"
+            key = "plain" if aug is None else "augmented"
             results[f"pairs_per_s_{key}"] = rate
             results[f"cpu_ms_per_pair_{key}"] = 1e3 * cpu
             print(f"pipeline {args.size}x{args.size}, batch {args.batch_size}, {label}: {rate:.0f} pairs/s wall "

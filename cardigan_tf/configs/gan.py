@@ -8,10 +8,10 @@ generator, discriminator and encoder configs by :func:`network_configs`) + ``tra
 Presets (:data:`PRESETS`, :func:`preset_config`):
 
 - ``tiny``: 64x64, ngf/ndf 16: tests and CPU demos. SPADE's hidden width is scaled with ngf at
-  the paper's ratio (128 for ngf 64, so 32 here): the fixed 128 made the 64x64 SPADE mask
-  convolutions 8x wider than the features they modulate and 2.9x the step's arithmetic
-  (docs/bench_gan.md). ``--set model.hidden=128`` gives the tiny model of releases before it.
-- ``cardigan``: cardiGAN's run of NVIDIA SPADE (REFERENCE.md): 256x256, ngf/ndf 48, batch 4,
+  the paper's ratio (128 for ngf 64, so 32 here), so that the mask convolutions are not wider
+  than the features they modulate (docs/bench_gan.md); ``--set model.hidden=128`` gives the
+  paper's fixed width.
+- ``cardigan``: cardiGAN's run of NVIDIA SPADE (cardiGAN's README): 256x256, ngf/ndf 48, batch 4,
   30 epochs (20 constant + 10 linear decay), Adam beta2 0.999 (cardiGAN passed it), horizontal
   flips, mask-only generator, 2-scale D with 4 layers, synchronised batch norm in SPADE.
 - ``spade``: NVIDIA SPADE's defaults at 256x256: ngf/ndf 64, TTUR with Adam (0, 0.9).
@@ -25,9 +25,9 @@ import dataclasses
 from cardigan_tf.config import ConfigError, from_dict, load_config, load_yaml, to_dict
 from cardigan_tf.data.augment import AugmentConfig
 from cardigan_tf.labels import NUM_CLASSES
+from cardigan_tf.runtime import STRATEGIES
 
 STYLES = ("mask", "z", "encoder")
-STRATEGIES = ("default", "mirrored", "multiworker")
 
 
 @dataclasses.dataclass
@@ -48,7 +48,7 @@ class GanModelConfig:
     spectral: bool = True
     hidden: int = 128
     num_classes: int = NUM_CLASSES
-    fused_spade: bool = False  # gamma and beta as one 2C-output conv (same maths; slower on CPU here)
+    fused_spade: bool = False  # gamma and beta as one 2C-output conv (same maths; docs/bench_gan.md)
 
     def validate(self) -> None:
         if self.style not in STYLES:
@@ -170,7 +170,7 @@ def migrate(data: dict) -> dict:
         aug.update(d.get("augment") or {})
         aug["hflip"] = bool(d.pop("hflip"))
         d["augment"] = aug
-        # the split seed used to be train.seed: keep the patients those runs were trained on
+        # configs of this form split the data with train.seed: keep the patients they were trained on
         d.setdefault("seed", (data.get("train") or {}).get("seed", 0))
     return data
 

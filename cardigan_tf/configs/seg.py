@@ -19,10 +19,11 @@ from typing import Any
 
 from cardigan_tf.config import ConfigError, load_config
 from cardigan_tf.data.augment import AugmentConfig
+from cardigan_tf.labels import PHASES, VIEWS
 from cardigan_tf.models.unet import UNetConfig
+from cardigan_tf.runtime import STRATEGIES
 
 SCHEDULES = ("cosine", "constant", "plateau")
-STRATEGIES = ("default", "mirrored", "multiworker")
 
 
 @dataclass
@@ -57,6 +58,11 @@ class SegTrainConfig:
         if self.strategy not in STRATEGIES:
             raise ConfigError(f"train.strategy: expected one of {STRATEGIES}, got {self.strategy!r}")
 
+    def epoch_steps(self, n_train: int) -> int:
+        """Steps per epoch: ``steps_per_epoch``, or (0) one pass over ``n_train`` training frames,
+        the last batch counted when partial."""
+        return self.steps_per_epoch or max(1, -(-int(n_train) // self.batch_size))
+
 
 @dataclass
 class SegDataConfig:
@@ -68,8 +74,8 @@ class SegDataConfig:
     synthetic_fraction: float = 0.0
     size: int = 64
     augment: AugmentConfig = field(default_factory=AugmentConfig)
-    views: list[str] = field(default_factory=lambda: ["2CH", "4CH"])
-    phases: list[str] = field(default_factory=lambda: ["ED", "ES"])
+    views: list[str] = field(default_factory=lambda: list(VIEWS))
+    phases: list[str] = field(default_factory=lambda: list(PHASES))
     train_patients: list[str] | None = None
     n_phantom: int = 60
     seed: int = 0  # phantom generation / seeded split of the data

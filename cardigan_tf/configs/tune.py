@@ -37,10 +37,11 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from cardigan_tf.config import ConfigError, load_config, load_yaml, parse_override
-from cardigan_tf.configs.seg import SegConfig, STRATEGIES
+from cardigan_tf.config import ConfigError, load_config, load_yaml, parse_override, yaml_number
+from cardigan_tf.configs.seg import SegConfig
 from cardigan_tf.configs.seg import preset_config as seg_preset_config
 from cardigan_tf.models.unet import NORMS
+from cardigan_tf.runtime import STRATEGIES
 
 TUNERS = ("hyperband", "bayesian", "random")
 TYPES = ("float", "int", "choice", "fixed")
@@ -143,11 +144,7 @@ def _check_value(name: str, par: Parameter, value: Any, where: str) -> Any:
         if not isinstance(value, str) or (par.choices and value not in par.choices):
             raise ConfigError(f"{where}: expected one of {list(par.choices or [])}, got {value!r}")
         return value
-    if isinstance(value, str):  # YAML 1.1 reads "1e-4" (no dot) as a string
-        try:
-            value = float(value)
-        except ValueError:
-            pass
+    value = yaml_number(value)
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(float(value)):
         raise ConfigError(f"{where}: expected a number, got {value!r}")
     if par.kind == "int" and int(value) != value:

@@ -264,9 +264,8 @@ def _pillow_warp(images: np.ndarray, masks: np.ndarray, transforms: np.ndarray, 
     outside, TF's reads zeros outside; on the padded image both give the same values (to float
     rounding, < 3e-5). Pillow's nearest rounds halves up where TF rounds them away from zero:
     the masks differ only where a coordinate falls on a half pixel to float precision
-    (~1e-5 of the pixels). Pillow's affine transform is C code that releases the GIL:
-    ~0.5 ms (bilinear float32) and ~0.07 ms (nearest uint8) per 256x256 sample against
-    ~0.75 and ~0.43 ms for the TF op."""
+    (~1e-5 of the pixels). Pillow's affine transform is C code that releases the GIL and costs
+    less CPU than the TF op (docs/bench_pipeline.md)."""
     from PIL import Image
 
     b, h, w, c = images.shape
@@ -297,9 +296,9 @@ def augment_batch(images: tf.Tensor, masks: tf.Tensor, seed: tf.Tensor, cfg: Aug
     ``seed``: int tensor of shape (2,); the same seed gives the same output.
 
     warp_impl: "pillow" (default) warps label masks and their images with Pillow inside a
-        ``tf.numpy_function`` (:func:`_pillow_warp`: same map, same zero fill, ~1.6x less CPU
-        than the TF op; needs Python, so not for graphs that must run without it, e.g. a
-        tf.data service); "tf" uses ``ImageProjectiveTransformV3`` (:func:`warp`). One-hot
+        ``tf.numpy_function`` (:func:`_pillow_warp`: same map, same zero fill, less CPU than
+        the TF op; needs Python, so not for graphs that must run without it, e.g. a tf.data
+        service); "tf" uses ``ImageProjectiveTransformV3`` (:func:`warp`). One-hot
         masks always take the "tf" path.
     """
     if warp_impl not in WARP_IMPLS:

@@ -32,7 +32,7 @@ from cardigan_tf.files import atomic_path, refuse_overwrite
 FORMAT = "cardigan_tf/camus-h5"
 FORMAT_VERSION = 1
 SPLITS = ("train", "valid", "test", "unlabelled")
-DEFAULT_PHASES = ("ED", "ES")
+DEFAULT_PHASES = PHASES  # the frames of a view group that records no ``phases``
 
 
 def _attr_json(value: Any) -> str:

@@ -1,10 +1,6 @@
 """Convert any CAMUS layout into the seed HDF5 layout (and optionally TFRecord shards).
 
-Usage::
-
-    python -m cardigan_tf.data.prepare --source CAMUS_DIR --out camus_256.h5 [--size 256]
-        [--fold K] [--seed S] [--tfrecords DIR --shards N] [--skip-invalid] [--overwrite]
-    python -m cardigan_tf.data.prepare --phantom --patients N --out phantom.h5 [--size] [--seed]
+The command is ``python -m cardigan_tf.prepare`` (:mod:`cardigan_tf.prepare`, its options).
 
 ``im`` and ``gt`` are resized to size x size by :mod:`cardigan_tf.resize` (images: exact area
 averaging when shrinking, bilinear otherwise; masks: nearest with pixel centres), the same code
@@ -227,9 +223,3 @@ def prepare(source: str | Path, out: str | Path, size: int = 256, fold: int | No
     if tfrecords is not None:
         tfrecord.write_tfrecords(out, tfrecords, shards=shards, overwrite=overwrite, image_dtype=tfrecord_dtype)
     return out
-
-
-if __name__ == "__main__":  # ``python -m cardigan_tf.data.prepare``: the command lives in cardigan_tf.prepare
-    from cardigan_tf.prepare import main
-
-    sys.exit(main())

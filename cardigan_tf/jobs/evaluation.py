@@ -37,13 +37,12 @@ import time
 from pathlib import Path
 import numpy as np
 
-from cardigan_tf.labels import PHASES, STRUCTURES
+from cardigan_tf.labels import PHASES, STRUCTURE_TITLES, STRUCTURES
 from cardigan_tf.files import atomic_path, refuse_overwrite, write_json
 from cardigan_tf.runs import open_run
 
 log = logging.getLogger(__name__)
 
-STRUCT_TITLES = {"lv_endo": "LV endo", "lv_epi": "LV epi", "la": "LA"}
 N_WORST = 6
 
 
@@ -151,7 +150,7 @@ def _markdown(run_dir: Path, split: str, summary: dict) -> str:
             st = by_phase.get(ph, {}).get(s)
             if st is None:
                 continue
-            lines.append(f"| {STRUCT_TITLES[s]} | {ph} | {_fmt(st['dice'])} | {_fmt(st['hd'], 2)} | {_fmt(st['mad'], 2)} |")
+            lines.append(f"| {STRUCTURE_TITLES[s]} | {ph} | {_fmt(st['dice'])} | {_fmt(st['hd'], 2)} | {_fmt(st['mad'], 2)} |")
     conv = {"per_phase": "per-phase long axis (clinical method of disks)",
             "camus": "one disk height for ED and ES (as the vital library / CAMUS code)"}.get(summary.get("simpson"), "")
     lines += ["", "## Clinical indices (Simpson biplane)", "",

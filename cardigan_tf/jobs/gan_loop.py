@@ -39,14 +39,14 @@ def decay_start(cfg, steps_per_epoch: int) -> int:
 
 
 def _augment(cfg):
-    """The GAN's typed AugmentConfig, or False when it turns nothing on."""
+    """The GAN's typed AugmentConfig, or None when it turns nothing on."""
     aug = cfg.data.augment
     aug.validate()
     active = (aug.hflip or aug.rotation > 0 or tuple(aug.scale) != (1.0, 1.0) or aug.translation > 0
               or (aug.p_intensity > 0 and (aug.brightness > 0 or tuple(aug.contrast) != (1.0, 1.0)
                                            or tuple(aug.gamma) != (1.0, 1.0) or aug.noise_std > 0
                                            or aug.blur_prob > 0)))
-    return aug if active else False
+    return aug if active else None
 
 
 def _n_train(path: Path, cfg) -> int:
@@ -102,7 +102,7 @@ def fit_gan(cfg, run_dir: Path, resuming: bool = False) -> Path:
     import keras
     import tensorflow as tf
 
-    from cardigan_tf.data.pipeline import make_dataset
+    from cardigan_tf.data.pipeline import Selection, Training, make_dataset
     from cardigan_tf.jobs.gan_callback import GanCallback
     from cardigan_tf.files import write_json
 
@@ -124,12 +124,12 @@ def fit_gan(cfg, run_dir: Path, resuming: bool = False) -> Path:
     if resuming and manager.latest_checkpoint:
         manager.checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
     start = int(gan.step.numpy())
-    common = dict(size=cfg.model.size, views=cfg.data.views, phases=cfg.data.phases)
-    train_ds = make_dataset(str(path), "train", batch_size=t.batch_size, training=True,
-                            augment=_augment(cfg), seed=t.seed, skip_batches=start,
-                            patients=cfg.data.train_patients,
-                            strategy=strategy if strategy.num_replicas_in_sync > 1 else None,
-                            **common)
+    d = cfg.data
+    common = dict(size=cfg.model.size, select=Selection(views=d.views, phases=d.phases))
+    train_ds = make_dataset(str(path), "train", size=cfg.model.size, batch_size=t.batch_size,
+                            select=Selection(views=d.views, phases=d.phases, patients=d.train_patients),
+                            training=Training(seed=t.seed, augment=_augment(cfg), skip_batches=start),
+                            strategy=strategy if strategy.num_replicas_in_sync > 1 else None)
     runtime.fix_keras_fit(gan, strategy, train_ds.element_spec)  # Keras 3 fit under MWMS
     samples = _sample_batch(make_dataset, path, common, t.n_samples)
     cb = GanCallback(run_dir, manager, total, samples, t, start)
@@ -178,7 +178,7 @@ def _sample_batch(make_dataset, path, common, n):
     """Fixed (image [0,1], mask) examples for sample grids: valid split, else train."""
     for split in ("valid", "train"):
         try:
-            ds = make_dataset(str(path), split, batch_size=n, training=False, **common)
+            ds = make_dataset(str(path), split, batch_size=n, **common)
             image, mask = next(iter(ds.take(1)))
             return np.asarray(image), np.asarray(mask)
         except (StopIteration, ValueError, KeyError, LookupError):

@@ -34,12 +34,11 @@ from typing import Any
 
 import numpy as np
 
-from cardigan_tf.labels import STRUCTURES
+from cardigan_tf.labels import STRUCTURE_TITLES, STRUCTURES
 from cardigan_tf.files import atomic_path, refuse_overwrite, write_json
 from cardigan_tf.runs import open_run
 
 log = logging.getLogger(__name__)
-TITLES = {"lv_endo": "LV endo", "lv_epi": "LV epi", "la": "LA"}
 
 
 def _real_source(real_data, provenance: dict, seg_cfg, seg_dir: Path) -> Path:
@@ -210,7 +209,7 @@ def quality_markdown(r: dict) -> str:
         "The real-trained U-Net segments the generated images; Dice against the masks they were generated "
         f"from, beside the same U-Net on real `{split}` images.", "",
         f"| structure | generated images | real {split} images |", "|---|---|---|",
-        *[f"| {TITLES[s]} | {_ms(c[s]['synthetic'])} | {_ms(c[s][f'real_{split}'])} |" for s in STRUCTURES],
+        *[f"| {STRUCTURE_TITLES[s]} | {_ms(c[s]['synthetic'])} | {_ms(c[s][f'real_{split}'])} |" for s in STRUCTURES],
         "", "## FID and KID", "",
         f"Feature network: **{r['feature_network_name']}**"
         + (" — not comparable with published Inception FIDs." if r["feature_network"] != "inceptionv3" else "."),

@@ -32,6 +32,7 @@ from cardigan_tf.configs.seg import SegConfig
 from cardigan_tf.data.source import check_data
 from cardigan_tf.data.synthetic import check_synthetic_set
 from cardigan_tf.files import atomic_write_text, write_json
+from cardigan_tf.labels import STRUCTURES
 from cardigan_tf.runs import plan_run, run_dataset
 
 
@@ -137,13 +138,13 @@ def _train(cfg: SegConfig, run_dir: Path, callbacks: list | None) -> Path:
 
     keras.utils.set_random_seed(cfg.train.seed)  # the same initial weights for the same seed
 
-    from cardigan_tf.data.pipeline import make_dataset
+    from cardigan_tf.data.pipeline import Selection, Training, make_dataset
     from cardigan_tf.models.unet import build_unet
 
     t, d = cfg.train, cfg.data
     data_path = resolve_run_data(cfg, run_dir)
     n_train = count_train_frames(data_path, cfg)
-    steps = t.steps_per_epoch or max(1, -(-n_train // t.batch_size))
+    steps = t.epoch_steps(n_train)
     strategy = runtime.get_strategy(t.strategy)
     jit = runtime.resolve_jit(t.jit)
 
@@ -151,11 +152,13 @@ def _train(cfg: SegConfig, run_dir: Path, callbacks: list | None) -> Path:
     meta_path = backup_dir / "training_metadata.json"
     initial_epoch = json.loads(meta_path.read_text())["epoch"] if meta_path.is_file() else 0
 
-    common = dict(size=d.size, views=d.views, phases=d.phases, strategy=strategy)
-    train_ds = make_dataset(str(data_path), "train", batch_size=t.batch_size, training=True, augment=d.augment,
-                            synthetic=d.synthetic, synthetic_fraction=d.synthetic_fraction if d.synthetic else 0.0,
-                            seed=t.seed, patients=d.train_patients, skip_batches=initial_epoch * steps, **common)
-    val_ds = make_dataset(str(data_path), "valid", batch_size=t.batch_size, training=False, **common)
+    common = dict(size=d.size, batch_size=t.batch_size, strategy=strategy)
+    training = Training(seed=t.seed, augment=d.augment, synthetic=d.synthetic,
+                        synthetic_fraction=d.synthetic_fraction if d.synthetic else 0.0,
+                        skip_batches=initial_epoch * steps)
+    train_ds = make_dataset(str(data_path), "train", training=training,
+                            select=Selection(views=d.views, phases=d.phases, patients=d.train_patients), **common)
+    val_ds = make_dataset(str(data_path), "valid", select=Selection(views=d.views, phases=d.phases), **common)
 
     with strategy.scope():
         model = build_unet(cfg.model)
@@ -206,7 +209,7 @@ def _finish(run_dir: Path, cfg: SegConfig, hist: dict, monitor: str, steps: int,
     metrics = {
         "best_epoch": state.get("best_epoch"),
         "best_val_dice_mean": state.get("best"),
-        "best_val": {k: best_idx.get(f"val_{prefix}dice_{k}") for k in ("lv_endo", "lv_epi", "la", "mean")},
+        "best_val": {k: best_idx.get(f"val_{prefix}dice_{k}") for k in (*STRUCTURES, "mean")},
         "stopped_early": state.get("stopped_early", False),
         "epochs_completed": initial_epoch + epochs_run,
         "steps_per_epoch": steps,

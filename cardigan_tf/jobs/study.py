@@ -61,11 +61,11 @@ from cardigan_tf.jobs.generation import generate_set
 from cardigan_tf.jobs.seg import train_seg
 from cardigan_tf.jobs.study_claims import claim, claims_dir, data_lock, release, work_log
 from cardigan_tf.jobs.study_report import write_study_report
+from cardigan_tf.labels import PHASES, STRUCTURES, VIEWS
+from cardigan_tf.metrics.segmentation import METRICS
 from cardigan_tf.runs import create_run, is_finished, open_run, plan_run
 
 log = logging.getLogger(__name__)
-STRUCTS = ("lv_endo", "lv_epi", "la")
-METRICS = ("dice", "hd", "mad")
 
 
 class _Eta:
@@ -78,7 +78,7 @@ class _Eta:
     def add(self, stage: str, seconds: float) -> None:
         self.seconds[stage].append(seconds)
 
-    def report(self, root: Path, cfg, cells, gan_seed) -> None:
+    def report(self, root: Path, cells, gan_seed) -> None:
         left = {"gan": sum(1 for f, seed in needed_gans(cells, gan_seed) if not _gan_ready(root, f, seed)),
                 "cell": sum(1 for c in cells if not _done(_cell_dir(root, *c)))}
         parts, total, known = [], 0.0, True
@@ -159,13 +159,13 @@ def _cell_result(cell_dir: Path, split: str) -> dict[str, Any]:
         rows = list(csv.DictReader(fh))
     summary = json.loads((eval_dir / "summary.json").read_text())
     out: dict[str, Any] = {"n_images": len(rows)}
-    for s in STRUCTS:
+    for s in STRUCTURES:
         for m in METRICS:
             vals = np.array([float(r[f"{s}_{m}"]) for r in rows], float)
             out[f"{s}_{m}"] = float(np.nanmean(vals)) if np.isfinite(vals).any() else float("nan")
     ef = summary.get("clinical_agreement", {}).get("ef_vs_gt", {})
     out["ef_mae"] = float(ef.get("mae", float("nan")))
-    out["per_image_dice"] = {f"{r['patient']}/{r['view']}/{r['phase']}": {s: float(r[f"{s}_dice"]) for s in STRUCTS}
+    out["per_image_dice"] = {f"{r['patient']}/{r['view']}/{r['phase']}": {s: float(r[f"{s}_dice"]) for s in STRUCTURES}
                              for r in rows}
     return out
 
@@ -266,7 +266,7 @@ def run_study(cfg: StudyConfig | None, resume: str | Path | None = None, runs_di
                         _make_gan(root, cfg, data, patients, frac, gseed)
                         work_log(root, _gan_unit(frac, gseed), "done")
                         eta.add("gan", time.time() - t_gan)
-                        eta.report(root, cfg, cells, gan_seed)
+                        eta.report(root, cells, gan_seed)
                 finally:
                     release(root, _gan_unit(frac, gseed))
                 progressed = True
@@ -282,7 +282,7 @@ def run_study(cfg: StudyConfig | None, resume: str | Path | None = None, runs_di
                     _run_cell(root, cfg, data, patients, frac, synth, seed, gseed)
                     work_log(root, unit, "done")
                     eta.add("cell", time.time() - t_cell)
-                    eta.report(root, cfg, cells, gan_seed)
+                    eta.report(root, cells, gan_seed)
             finally:
                 release(root, unit)
             progressed = True
@@ -317,7 +317,7 @@ def _make_gan(root, cfg, data, patients, frac, seed) -> None:
     train_gan(_gan_config(cfg, data, patients, seed), run_dir=gan_dir)
     synth_path = _synth_path(root, frac, seed)
     if not synth_path.is_file():
-        frames = len(cfg.gan.data.views or ("2CH", "4CH")) * len(cfg.gan.data.phases or ("ED", "ES"))
+        frames = len(cfg.gan.data.views or VIEWS) * len(cfg.gan.data.phases or PHASES)
         n_images = cfg.synthetic_multiplier * frames * len(patients)
         generate_set(gan_dir, synth_path, masks=cfg.masks, per_mask=cfg.per_mask, n=n_images, seed=seed)
 

@@ -1,12 +1,11 @@
 """One study in several local processes, to use every CPU core (library; the commands are
 ``python -m cardigan_tf.train [main|study] --processes N``).
 
-A small study on a 2-core CPU is made of units that use two cores poorly: the 64x64 tiny GAN
-step runs 1.6x faster on two TensorFlow threads than on one, not 2x, and two one-thread
-processes do not slow each other (measured: 0.27 s per step with 2 threads, 0.42 s each for
-two 1-thread processes side by side; docs/benchmarks.md). So N processes with cores / N
-threads each finish the study sooner than one process with every core, as long as there are
-independent units (GANs of different patient subsets, U-Net cells) to share.
+A small study is made of units that use several cores poorly: the 64x64 tiny GAN step gains
+far less than 2x from a second TensorFlow thread, and one-thread processes side by side do not
+slow each other (figures in docs/distributed.md). So N processes with cores / N threads each
+finish the study sooner than one process with every core, as long as there are independent
+units (GANs of different patient subsets, U-Net cells) to share.
 
 The processes share the study folder exactly as processes on several machines do
 (:mod:`cardigan_tf.jobs.study`: every GAN and cell is claimed atomically, a process that needs

@@ -11,10 +11,9 @@ from typing import Any
 
 from cardigan_tf import stats
 from cardigan_tf.files import atomic_write_text
+from cardigan_tf.labels import STRUCTURE_TITLES, STRUCTURES
+from cardigan_tf.metrics.segmentation import METRICS
 
-STRUCTS = ("lv_endo", "lv_epi", "la")
-NAMES = {"lv_endo": "LV endo", "lv_epi": "LV epi", "la": "LA"}
-METRICS = ("dice", "hd", "mad")
 METRIC_NAMES = {"dice": "Dice", "hd": "HD", "mad": "MAD"}
 
 
@@ -65,7 +64,7 @@ def attach_per_image(root: Path, cells: list[dict[str, Any]], split: str) -> Non
             rows = []
             for r in raw:
                 row: dict[str, Any] = {"patient": r["patient"], "view": r["view"], "phase": r["phase"]}
-                for s in STRUCTS:
+                for s in STRUCTURES:
                     for m in METRICS:
                         text = r.get(f"{s}_{m}")
                         row[f"{s}_{m}"] = float(text) if text not in (None, "") else float("nan")
@@ -116,7 +115,7 @@ def wilcoxon_rows(cells: list[dict[str, Any]], n_boot: int = 10000, alpha: float
                 continue
             units = sorted({c.get("distance_unit", "mm") for _, base, other in pairs for c in (base, other)})
             for m in METRICS:
-                for s in STRUCTS:
+                for s in STRUCTURES:
                     key = f"{s}_{m}"
                     records = []
                     for seed, base, other in pairs:
@@ -181,7 +180,7 @@ def _p_text(t: dict[str, Any]) -> str:
             f"over {t['n_tests']} tests (uncorrected {_fmt_p(t['pvalue'])}): {verdict} at {ALPHA:g} after correction")
 
 
-def _findings(summary: list[dict], tests: list[dict]) -> list[str]:
+def _findings(tests: list[dict]) -> list[str]:
     lines = []
     for t in tests:
         if t["structure"] != "lv_endo" or t["metric"] != "dice":
@@ -226,7 +225,7 @@ def test_table_lines(tests: list[dict]) -> list[str]:
         holm = _fmt_p(t["pvalue_holm"])
         if t["significant"] == "yes":
             holm += " (significant)"
-        lines.append(f"| {t['train_fraction']:g} | {t['synthetic_fraction']:g} | {NAMES[t['structure']]} | "
+        lines.append(f"| {t['train_fraction']:g} | {t['synthetic_fraction']:g} | {STRUCTURE_TITLES[t['structure']]} | "
                      f"{METRIC_NAMES[t['metric']]} | {t['n_patients']} | {_effect(t)} | {_seeds(t)} | "
                      f"{_fmt_p(t['pvalue'])} | {holm} |")
     return lines + [""]
@@ -292,7 +291,7 @@ def quality_lines(found: list[dict[str, Any]], skipped: list[str]) -> list[str]:
         for q in found:
             c, d = q["segmentation_consistency"], q["distances"]
             gen, ref = d["synthetic_vs_real_train"], d[f"real_{split}_vs_real_train"]
-            dice = " | ".join(f"{_f(c[s]['synthetic']['mean'])} / {_f(c[s][f'real_{split}']['mean'])}" for s in STRUCTS)
+            dice = " | ".join(f"{_f(c[s]['synthetic']['mean'])} / {_f(c[s][f'real_{split}']['mean'])}" for s in STRUCTURES)
             lines.append(f"| [{q['gan']}](gans/{q['gan']}/quality/quality.md) | {q['n_synthetic']} | {dice} | "
                          f"{_g(gen['fid'])} ({_g(ref['fid'])}) | {_g(1000 * gen['kid'])} ({_g(1000 * ref['kid'])}) |")
         lines.append("")
@@ -363,7 +362,7 @@ def write_study_report(root: Path, cfg) -> Path:
         "",
         "## Does synthetic data help here?",
         "",
-        *_findings(summary, tests),
+        *_findings(tests),
         "",
     ]
     lines += test_table_lines(tests)

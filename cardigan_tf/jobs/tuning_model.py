@@ -22,8 +22,8 @@ from cardigan_tf.config import to_dict
 from cardigan_tf.configs.tune import TuneConfig, apply_values
 from cardigan_tf.files import write_json
 from cardigan_tf.jobs.tuning_report import TRIAL_RECORD
-
-STRUCTURES = ("lv_endo", "lv_epi", "la")
+from cardigan_tf.labels import STRUCTURES
+from cardigan_tf.metrics.segmentation import METRICS
 
 
 # ----------------------------------------------------------------------------- search space
@@ -92,8 +92,7 @@ def trial_steps(cfg: TuneConfig, data_path: Path) -> tuple[int, int]:
     from cardigan_tf.jobs.seg import count_train_frames
 
     n_train = count_train_frames(data_path, cfg.seg)
-    t = cfg.seg.train
-    return n_train, t.steps_per_epoch or max(1, -(-n_train // t.batch_size))
+    return n_train, cfg.seg.train.epoch_steps(n_train)
 
 
 def _hypermodel_base():
@@ -141,19 +140,20 @@ class UNetHyperModel(_hypermodel_base()):
         return model
 
     def fit(self, hp, model, *args, callbacks=None, epochs=None, initial_epoch=0, verbose=None, **kwargs):
-        from cardigan_tf.data.pipeline import make_dataset
+        from cardigan_tf.data.pipeline import Selection, Training, make_dataset
 
         start = time.time()
         seg = self.seg_config(hp)
         t, d = seg.train, seg.data
         epochs = int(epochs or self.cfg.max_epochs)
-        common = dict(size=d.size, views=d.views, phases=d.phases, strategy=self.strategy)
-        train_ds = make_dataset(str(self.data_path), "train", batch_size=t.batch_size, training=True,
-                                augment=d.augment, synthetic=d.synthetic,
-                                synthetic_fraction=d.synthetic_fraction if d.synthetic else 0.0, seed=t.seed,
-                                patients=d.train_patients, skip_batches=int(initial_epoch) * self.steps, **common)
+        common = dict(size=d.size, batch_size=t.batch_size, strategy=self.strategy)
+        training = Training(seed=t.seed, augment=d.augment, synthetic=d.synthetic,
+                            synthetic_fraction=d.synthetic_fraction if d.synthetic else 0.0,
+                            skip_batches=int(initial_epoch) * self.steps)
+        train_ds = make_dataset(str(self.data_path), "train", training=training,
+                                select=Selection(views=d.views, phases=d.phases, patients=d.train_patients), **common)
         # the objective: real validation patients only, never mixed with synthetic images, never augmented
-        val_ds = make_dataset(str(self.data_path), "valid", batch_size=t.batch_size, training=False, **common)
+        val_ds = make_dataset(str(self.data_path), "valid", select=Selection(views=d.views, phases=d.phases), **common)
         n_out = len(model.outputs)
         if n_out > 1:
             train_ds = train_ds.map(lambda x, y: (x, (y,) * n_out))
@@ -222,15 +222,15 @@ class UNetHyperModel(_hypermodel_base()):
             return {}, None
         probs = predict_probabilities(inference_model(model), x, batch_size=max(1, seg.train.batch_size))
         preds = masks_from_probabilities(probs, [g.shape for g in gts])
-        per = {f"{s}_{m}": [] for s in STRUCTURES for m in ("dice", "hd", "mad")}
+        per = {f"{s}_{m}": [] for s in STRUCTURES for m in METRICS}
         for pred, gt, sp in zip(preds, gts, spacings):
             result = evaluate_masks(pred, gt, sp)
             for s in STRUCTURES:
-                for m in ("dice", "hd", "mad"):
+                for m in METRICS:
                     per[f"{s}_{m}"].append(result[s][m])
         out = {}
         for s in STRUCTURES:
-            for m in ("dice", "hd", "mad"):
+            for m in METRICS:
                 vals = np.asarray(per[f"{s}_{m}"], np.float64)
                 name = f"val_{s}_{m}" if m == "dice" else f"val_{s}_{m}_{unit}"
                 out[name] = float(np.nanmean(vals)) if np.isfinite(vals).any() else float("nan")

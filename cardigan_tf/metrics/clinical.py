@@ -1,6 +1,6 @@
 """Clinical indices: LV volumes by Simpson's biplane method of disks, EF, agreement statistics.
 
-Method (as the CAMUS organisers compute it, see docs REFERENCE facts; our own code):
+Method (as the CAMUS organisers compute it; our own code):
 
 1.-5. The LV cavity of each view is checked and cleaned, its mitral base, apex, long axis and
    ``n_disks`` disk diameters are measured: :mod:`cardigan_tf.metrics.long_axis` (method there).

@@ -17,7 +17,7 @@ from keras import ops
 
 from cardigan_tf.labels import STRUCTURES
 
-_ORDER = ("lv_endo", "lv_epi", "la")
+_ORDER = tuple(STRUCTURES)
 
 
 @keras.saving.register_keras_serializable(package="cardigan_tf")

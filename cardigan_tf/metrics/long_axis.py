@@ -1,7 +1,7 @@
 """The LV long axis of one apical view: mitral base, apex, length and disk diameters (mm).
 
 Used by :mod:`cardigan_tf.metrics.clinical` for Simpson's biplane method of disks. Method (as the
-CAMUS organisers compute it, see docs REFERENCE facts; our own code):
+CAMUS organisers compute it; our own code):
 
 1. The LV cavity (label 1, or a boolean mask) is checked and cleaned: stray pieces holding at
    most ``max_debris`` of its pixels are dropped (the largest 8-connected component is kept),

@@ -1,8 +1,8 @@
 """Multi-scale PatchGAN discriminator with spectral + instance normalisation.
 
 Reference: Wang et al., "High-Resolution Image Synthesis ... with Conditional GANs"
-(pix2pixHD, CVPR 2018) multi-scale D, as used by SPADE (Park et al. 2019); facts from NVIDIA's
-defaults (REFERENCE.md), our own code.
+(pix2pixHD, CVPR 2018) multi-scale D, as used by SPADE (Park et al. 2019); facts from the
+defaults of NVIDIA's public SPADE code (github.com/NVlabs/SPADE), our own code.
 
 Input: ``concat(one-hot mask, image)`` (B, H, W, num_classes + 1), image in [-1, 1].
 Scale i sees the input average-pooled i times (3x3, stride 2, pad 1, padding excluded from

@@ -28,8 +28,6 @@ from keras import ops
 
 from cardigan_tf.losses import gan as L
 
-NUM_CLASSES = 4
-
 
 @keras.saving.register_keras_serializable(package="cardigan_tf")
 class ConstantThenLinearDecay(keras.optimizers.schedules.LearningRateSchedule):
@@ -72,8 +70,10 @@ class SpadeGAN(keras.Model):
     """SPADE GAN training wrapper.
 
     Args:
-        generator: mask one-hot (B, H, W, 4) [+ z (B, z_dim)] -> image (B, H, W, 1) in [-1, 1].
-        discriminator: concat(mask one-hot, image) (B, H, W, 5) -> list over scales of lists
+        generator: mask one-hot (B, H, W, K) [+ z (B, z_dim)] -> image (B, H, W, 1) in [-1, 1];
+            K (``num_classes``) is read from its mask input, and integer masks are one-hot
+            encoded to K channels.
+        discriminator: concat(mask one-hot, image) (B, H, W, K + 1) -> list over scales of lists
             of features (last = patch logits).
         encoder: optional style encoder, image (B, H, W, 1) in [-1, 1] -> (mu, logvar).
             When given the generator must take z as its second input.
@@ -87,6 +87,7 @@ class SpadeGAN(keras.Model):
         self.discriminator = discriminator
         self.encoder = encoder
         self.ema_decay = float(ema_decay)
+        self.num_classes = int(generator.inputs[0].shape[-1])  # channels of the one-hot mask input
         self.style = len(generator.inputs) > 1
         self.z_dim = int(generator.inputs[1].shape[-1]) if self.style else 0
         if encoder is not None and not self.style:
@@ -219,12 +220,11 @@ class SpadeGAN(keras.Model):
         losses["g_total"] = total
         return losses
 
-    @staticmethod
-    def _inputs(data):
+    def _inputs(self, data):
         image, mask = data[0], data[1]
         real = tf.cast(image, tf.float32) * 2.0 - 1.0
         if mask.shape.rank == 3:
-            mask = tf.one_hot(tf.cast(mask, tf.int32), NUM_CLASSES, dtype=tf.float32)
+            mask = tf.one_hot(tf.cast(mask, tf.int32), self.num_classes, dtype=tf.float32)
         return real, tf.cast(mask, tf.float32)
 
     @staticmethod
@@ -337,7 +337,7 @@ class SpadeGAN(keras.Model):
         """
         mask = np.asarray(mask)
         if mask.ndim == 3:
-            mask = np.eye(NUM_CLASSES, dtype=np.float32)[mask.astype(np.int64)]
+            mask = np.eye(self.num_classes, dtype=np.float32)[mask.astype(np.int64)]
         mask = mask.astype(np.float32)
         net = self.generator_ema if use_ema else self.generator
         if z is not None:

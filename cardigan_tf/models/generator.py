@@ -57,7 +57,7 @@ class GeneratorConfig:
     hidden: int = 128
     init_gain: float = 0.02
     #: SPADE gamma and beta as one convolution of 2C outputs (same mathematics and weights;
-    #: off: slower on the project's CPU, see docs/bench_gan.md).
+    #: see SPADE's ``fused`` and docs/bench_gan.md).
     fused_spade: bool = False
 
     def validate(self) -> None:

@@ -1,8 +1,8 @@
 """SPADE normalisation and the SPADE residual block (keras.ops only: runs on TF and JAX).
 
 Reference: Park, Liu, Wang, Zhu, "Semantic Image Synthesis with Spatially-Adaptive
-Normalization", CVPR 2019 (arXiv:1903.07291). Facts follow the paper and NVIDIA's defaults
-(see /work/shared/REFERENCE.md); the code is our own.
+Normalization", CVPR 2019 (arXiv:1903.07291). Facts follow the paper and the defaults of
+NVIDIA's public SPADE code (github.com/NVlabs/SPADE); the code is our own.
 
 Call convention for both layers: ``layer(x, segmap, training=None)`` with two positional
 tensors (works eagerly and inside Functional models)::
@@ -98,9 +98,8 @@ class SPADE(layers.Layer):
             start near 0, so SPADE starts close to the plain normalisation).
         fused: compute gamma and beta with ONE 3x3 convolution of 2C outputs whose kernel
             and bias are the concatenation of ``mlp_gamma``'s and ``mlp_beta``'s (same
-            mathematics, same weights and checkpoints). Off by default: on the 2-core
-            Sapphire Rapids CPU it made the cardigan step slower (11.5 vs 10.9 s), see
-            docs/bench_gan.md. False: two convs.
+            mathematics, same weights and checkpoints). False (default): two convs; which is
+            faster depends on the machine (docs/bench_gan.md).
 
     Call: ``call(x, segmap, training=None)``; x (B, h, w, C), segmap (B, H, W, K) one-hot
     float -> (B, h, w, C).  Sub-layers: ``param_free_norm``, ``mlp_shared``, ``mlp_gamma``,

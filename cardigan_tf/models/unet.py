@@ -26,8 +26,8 @@ Presets (run configs with their training values, :mod:`cardigan_tf.configs.seg`)
   ``model.depth=6`` but adds cost for little extra context at this size.
 
 Batch normalisation uses momentum 0.9 (not Keras' 0.99): with the short trainings of the
-phantom study, 0.99 left the moving statistics lagging and validation Dice far below training
-Dice (measured: held-out LV endo Dice 0.85 -> 0.96 with the tiny preset, 200 steps).
+phantom study, 0.99 leaves the moving statistics lagging and validation Dice far below
+training Dice (docs/bench_seg.md).
 
 Example::
 

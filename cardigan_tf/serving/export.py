@@ -36,7 +36,7 @@ import numpy as np
 
 from cardigan_tf import resize
 from cardigan_tf.files import OverwriteError, atomic_path, atomic_write_text, sha256_file, write_json
-from cardigan_tf.labels import LABEL_NAMES
+from cardigan_tf.labels import LABEL_DESCRIPTIONS, LABEL_NAMES, NUM_CLASSES
 from cardigan_tf.runs import RunError, code_revision, library_versions, open_run
 
 log = logging.getLogger(__name__)
@@ -47,7 +47,6 @@ ONNX_FILE = "model.onnx"
 ONNX_OPSET = 17
 PROB_TOLERANCE = 1e-4
 TIE_MARGIN = 1e-3
-LABEL_DESCRIPTIONS = {0: "background", 1: "LV cavity (endocardium)", 2: "myocardium", 3: "left atrium"}
 
 
 class ExportError(RunError):
@@ -270,7 +269,7 @@ def _input_rules(kind: str, z_dim) -> dict:
         return {"serving_default": f"image float32 in [0, 1] (tolerance {RANGE_TOLERANCE}), (B, H, W) or (B, H, W, 1)",
                 "serving_uint8": "image uint8 in [0, 255], (B, H, W) or (B, H, W, 1)",
                 "max_side": MAX_SIDE}
-    rules = {"serving_default": "mask uint8 (B, H, W), labels 0..3" + (
+    rules = {"serving_default": f"mask uint8 (B, H, W), labels 0..{NUM_CLASSES - 1}" + (
         "; z = stateless_normal([z_dim], seed=[0, 0]) for every row (== serving_seeded with seed 0)" if z_dim else ""),
         "max_side": MAX_SIDE, "z_dim": z_dim}
     if z_dim:

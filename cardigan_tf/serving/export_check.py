@@ -153,7 +153,7 @@ def check_export(path, compare_source: bool = True) -> list[str]:
     return lines
 
 
-def reference_outputs(kind: str, model, extra: dict, inputs: dict[str, np.ndarray], signature: str = "serving_default",
+def reference_outputs(kind: str, model, extra: dict, inputs: dict[str, np.ndarray],
                       z_dim: int | None = None) -> dict[str, np.ndarray]:
     """What the Keras model gives through :mod:`cardigan_tf.inference` for one request."""
     from cardigan_tf import inference
@@ -206,7 +206,7 @@ def compare_with_source(src: Path, meta: dict, requests: dict, outputs: dict) ->
         sig = key.split("@")[0]
         if kind == "seg" and sig == "serving_uint8":
             inputs = {"image": inputs["image"]}  # uint8: inference divides by 255 as the signature does
-        ref = reference_outputs(kind, model, extra, inputs, sig, z_dim)
+        ref = reference_outputs(kind, model, extra, inputs, z_dim)
         got = {k.split("/", 1)[1]: v for k, v in outputs.items() if k.startswith(key + "/")}
         worst = max(worst, compare_outputs(kind, ref, got, f"{meta.get('name')} {key}"))
     return worst

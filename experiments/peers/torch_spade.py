@@ -1,12 +1,12 @@
 """A compact PyTorch SPADE (generator + 2-scale PatchGAN) for the side-by-side GAN benchmark.
 
-Needs PyTorch (``pip install torch``; NOT a project requirement). Imported only by
-``cardigan_tf.bench.gan --compare``; run alone with::
+Needs PyTorch (``pip install torch``; NOT a project requirement). ``python -m cardigan_tf.bench
+gan --compare`` runs it in a subprocess; run alone with::
 
-    python -m cardigan_tf.bench.torch_spade --size 256 --ngf 48 --ndf 48 --batch 4 --steps 3
+    python experiments/peers/torch_spade.py --size 256 --ngf 48 --ndf 48 --batch 4 --steps 3
 
-Our own code, written from the SPADE paper (Park et al., CVPR 2019) and the facts of NVIDIA's
-defaults in /work/shared/REFERENCE.md, to time the SAME step as NVIDIA's trainer on CPU:
+Our own code, written from the SPADE paper (Park et al., CVPR 2019) and the defaults of NVIDIA's
+public SPADE code (github.com/NVlabs/SPADE), to time the SAME step as NVIDIA's trainer on CPU:
 
 - generator ("normal" upsampling, mask only): nearest-resized mask -> conv3x3(16nf) at
   size/32; SPADE residual blocks head_0, up, G_middle_0, G_middle_1, then up + block for
@@ -191,7 +191,7 @@ def run_bench(size=256, ngf=48, ndf=48, batch=4, steps=3, warmup=1, threads=2, n
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m cardigan_tf.bench.torch_spade")
+    p = argparse.ArgumentParser(prog="python experiments/peers/torch_spade.py")
     for name, default in (("size", 256), ("ngf", 48), ("ndf", 48), ("batch", 4), ("steps", 3),
                           ("warmup", 1), ("threads", 2), ("num_D", 2)):
         p.add_argument(f"--{name}", type=int, default=default)

@@ -1,8 +1,11 @@
 """A compact Keras GauGAN, after the keras.io example's architecture, for the GAN benchmark.
 
-Imported only by ``cardigan_tf.bench.gan --compare``; run alone with::
+``python -m cardigan_tf.bench gan --compare`` runs it in a subprocess; run alone with::
 
-    python -m cardigan_tf.bench.keras_gaugan --size 256 --ngf 48 --ndf 48 --batch 4 --steps 3
+    python experiments/peers/keras_gaugan.py --size 256 --ngf 48 --ndf 48 --batch 4 --steps 3
+
+It counts parameters and FLOPs with :mod:`cardigan_tf.bench.gan`'s helpers: the package is
+imported from this checkout when it is not installed.
 
 Our own code, from the published description of the keras.io "GauGAN for conditional image
 generation" example (Rakshit & Paul, 2021), with its widths scaled to ngf / ndf (the example
@@ -34,6 +37,12 @@ import json
 import os
 import sys
 import time
+from pathlib import Path
+
+try:
+    import cardigan_tf  # noqa: F401
+except ImportError:  # not installed: the package of this checkout
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 
 def _build(size, ngf, ndf, z_dim=256, label_nc=4):
@@ -176,7 +185,7 @@ def run_bench(size=256, ngf=48, ndf=48, batch=4, steps=3, warmup=1, z_dim=256, s
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m cardigan_tf.bench.keras_gaugan")
+    p = argparse.ArgumentParser(prog="python experiments/peers/keras_gaugan.py")
     for name, default in (("size", 256), ("ngf", 48), ("ndf", 48), ("batch", 4), ("steps", 3),
                           ("warmup", 1)):
         p.add_argument(f"--{name}", type=int, default=default)

@@ -45,7 +45,8 @@ from cardigan_tf.runs import RunError, open_run
 _QUIET_SOURCES = ("port", "cudart_stub", "cpu_feature_guard", "cuda_platform", "cuda_executor", "cuda_diagnostics",
                   "cuda_dnn", "cuda_fft", "cuda_blas", "gpu_device", "cpu_allocator_impl", "loader",
                   "mlir_graph_optimization_pass", "meta_optimizer", "device_compiler", "grappler_item_builder",
-                  "auto_shard")
+                  "auto_shard", "remapper", "constant_folding", "loop_optimizer", "layout_optimizer",
+                  "arithmetic_optimizer", "dependency_optimizer", "function_optimizer", "cpu_utils")
 #: stderr lines dropped by :func:`quiet_output` (TensorFlow's C++ logging and absl)
 NOISE = re.compile(b"|".join((
     rb"WARNING: All log messages before absl::InitializeLog\(\) is called are written to STDERR\s*",

@@ -21,6 +21,8 @@ from typing import Any, TypeVar
 
 import yaml
 
+from cardigan_tf.files import atomic_write_text
+
 T = TypeVar("T")
 
 
@@ -221,6 +223,4 @@ def load_config(
 
 def save_config(cfg: Any, path: str | Path) -> None:
     """Write a dataclass config as YAML, atomically."""
-    from cardigan_tf.files import atomic_write_text
-
     atomic_write_text(Path(path), yaml.safe_dump(to_dict(cfg), sort_keys=False))

@@ -32,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> Path:
-    from cardigan_tf.jobs.evaluation import evaluate_run
+    from cardigan_tf.jobs.evaluation import evaluate_run  # lazy: loads TensorFlow, which --help does not need
 
     evaluate_run(args.run_dir, args.data, args.split, args.postprocess, args.out, args.overwrite, args.batch_size,
                  spacing=args.spacing, simpson=args.simpson)

@@ -34,7 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace):
-    from cardigan_tf.serving.export import export_run
+    from cardigan_tf.serving.export import export_run  # lazy: loads TensorFlow, which --help does not need
     from cardigan_tf.serving.export_check import check_export
 
     if args.check:

@@ -27,7 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run(a: argparse.Namespace) -> Path:
-    from cardigan_tf.jobs.gan_quality import gan_quality_report
+    from cardigan_tf.jobs.gan_quality import gan_quality_report  # lazy: loads TensorFlow, which --help does not need
 
     r = gan_quality_report(a.synthetic, a.seg, real_data=a.real, out_dir=a.out, inception_weights=a.inception_weights,
                            split=a.split, overwrite=a.overwrite)

@@ -32,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace):
-    from cardigan_tf.jobs.generation import generate_set
+    from cardigan_tf.jobs.generation import generate_set  # lazy: loads TensorFlow, which --help does not need
 
     return generate_set(args.gan, args.out, masks=args.masks, per_mask=args.per_mask, n=args.n, seed=args.seed,
                         overwrite=args.overwrite, weights="raw" if args.raw else "ema", vae_epochs=args.vae_epochs)

@@ -13,6 +13,7 @@ import argparse
 import sys
 
 from cardigan_tf import cli
+from cardigan_tf.serving.errors import ServingError
 
 EPILOG = """\
 MODEL is one of
@@ -56,8 +57,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> str:
-    from cardigan_tf.serving.errors import ServingError
-    from cardigan_tf.serving.predict import check_output, collect_inputs, open_backend, predict_files
+    from cardigan_tf.serving.predict import (  # lazy: loads TensorFlow, which --help does not need
+        check_output,
+        collect_inputs,
+        open_backend,
+        predict_files,
+    )
 
     if args.timeout <= 0 or args.retries < 0:
         raise cli.UsageError(f"--timeout must be > 0 and --retries >= 0, got {args.timeout} and {args.retries}")

@@ -15,6 +15,9 @@ import argparse
 import sys
 
 from cardigan_tf import cli
+from cardigan_tf.data import phantom
+from cardigan_tf.data.h5layout import list_patients, read_root_attrs
+from cardigan_tf.data.splits import split_summary
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -41,28 +44,23 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace):
     path = _write(args)
-    from cardigan_tf.data.h5layout import list_patients, read_root_attrs
-    from cardigan_tf.data.prepare import split_summary
-
     print(split_summary(list_patients(path), read_root_attrs(path).get("split_method", "?")))
     return path
 
 
 def _write(args: argparse.Namespace):
     if args.phantom:
-        from cardigan_tf.data import phantom
-
         path = phantom.write_h5(args.out, n_patients=args.patients, seed=args.seed, size=args.size,
                                 overwrite=args.overwrite)
         if args.tfrecords:
-            from cardigan_tf.data import tfrecord
+            from cardigan_tf.data import tfrecord  # lazy: loads TensorFlow, which --help does not need
 
             tfrecord.write_tfrecords(path, args.tfrecords, shards=args.shards, overwrite=args.overwrite,
                                      image_dtype=args.tfrecord_dtype)
         return path
     if not args.source:
         raise cli.UsageError("--source is required (or --phantom)")
-    from cardigan_tf.data.prepare import prepare
+    from cardigan_tf.data.prepare import prepare  # lazy: loads TensorFlow, which --help does not need
 
     return prepare(args.source, args.out, size=args.size, fold=args.fold, seed=args.seed,
                    tfrecords=args.tfrecords, shards=args.shards, skip_invalid=args.skip_invalid,

@@ -26,15 +26,11 @@ from typing import Sequence
 
 import numpy as np
 
+from cardigan_tf.runtime import tensorflow
+
 IMAGE_INTERPOLATION = "area when shrinking both axes, else bilinear (half-pixel centres); clipped to [0, 1]"
 MASK_INTERPOLATION = "nearest, pixel centres: src = floor((i + 0.5) * in / out)"
 PROBABILITY_INTERPOLATION = "bilinear (half-pixel centres), then argmax"
-
-
-def _tf():
-    import tensorflow as tf
-
-    return tf
 
 
 def _hw(size):
@@ -51,7 +47,7 @@ def _hw(size):
 # ----------------------------------------------------------------------------- TensorFlow
 def resize_image(image, size):
     """Resize float image(s) (H, W, C) or (B, H, W, C) to ``size`` (int or (h, w)); float32."""
-    tf = _tf()
+    tf = tensorflow()
     h, w = _hw(size)
     image = tf.convert_to_tensor(image)
     image = tf.cast(image, tf.float32)
@@ -78,7 +74,7 @@ def resize_image(image, size):
 
 
 def _nearest_index(n_in, n_out):
-    tf = _tf()
+    tf = tensorflow()
     n_in64 = tf.cast(n_in, tf.float64)
     n_out64 = tf.cast(n_out, tf.float64)
     idx = tf.cast(tf.floor((tf.range(tf.cast(n_out, tf.int32), dtype=tf.float64) + 0.5) * n_in64 / n_out64), tf.int32)
@@ -87,7 +83,7 @@ def _nearest_index(n_in, n_out):
 
 def resize_mask(mask, size):
     """Nearest (pixel-centre) resize of label mask(s) (H, W) or (B, H, W); dtype kept."""
-    tf = _tf()
+    tf = tensorflow()
     h, w = _hw(size)
     mask = tf.convert_to_tensor(mask)
     shape = tf.shape(mask)
@@ -99,7 +95,7 @@ def resize_mask(mask, size):
 
 def resize_probabilities(probs, size):
     """Bilinear resize of (B, H, W, K) probabilities to ``size`` (float32)."""
-    tf = _tf()
+    tf = tensorflow()
     h, w = _hw(size)
     probs = tf.cast(tf.convert_to_tensor(probs), tf.float32)
     return tf.image.resize(probs, tf.stack([h, w]) if not isinstance(h, int) else [h, w], method="bilinear")
@@ -107,7 +103,7 @@ def resize_probabilities(probs, size):
 
 def probs_to_mask(probs, size=None):
     """Argmax mask (uint8) of (B, H, W, K) probabilities, resized bilinearly to ``size`` first."""
-    tf = _tf()
+    tf = tensorflow()
     if size is not None:
         probs = resize_probabilities(probs, size)
     return tf.cast(tf.argmax(probs, axis=-1), tf.uint8)

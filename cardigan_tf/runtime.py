@@ -15,18 +15,29 @@
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
+import tempfile
+from pathlib import Path
 from typing import Any
 
+import yaml
 
-def _tf():
-    import tensorflow as tf
+# TensorFlow and Keras are imported on first use, through :func:`tensorflow` (and the two
+# ``keras`` imports below, which load it): the commands import this module before they parse
+# their arguments, and a multi-worker job must create its strategy before TensorFlow runs any op.
+
+
+def tensorflow():
+    """The ``tensorflow`` module, imported on first use (see the comment above)."""
+    import tensorflow as tf  # lazy: see the comment above
 
     return tf
 
 
 def gpu_devices() -> list[Any]:
-    return _tf().config.list_physical_devices("GPU")
+    return tensorflow().config.list_physical_devices("GPU")
 
 
 def available_cores() -> int:
@@ -42,7 +53,7 @@ STRATEGIES = ("default", "mirrored", "multiworker")
 
 def get_strategy(name: str = "default"):
     """Return a tf.distribute strategy by name (one of :data:`STRATEGIES`)."""
-    tf = _tf()
+    tf = tensorflow()
     if name in ("default", "", None):
         return tf.distribute.get_strategy()
     if name == "mirrored":
@@ -75,8 +86,6 @@ class WorkerInfo(tuple):
 
 def tf_config() -> dict | None:
     """``TF_CONFIG`` parsed (None when unset); a malformed one raises ValueError naming it."""
-    import json
-
     text = os.environ.get("TF_CONFIG", "").strip()
     if not text:
         return None
@@ -125,11 +134,11 @@ def multiworker_strategy(timeout_s: int | None = None):
     global _MULTIWORKER
     if _MULTIWORKER is not None:
         return _MULTIWORKER
-    tf = _tf()
+    tf = tensorflow()
     timeout = int(timeout_s or worker_timeout())
     cfg = tf_config()
     if cfg is not None:
-        from tensorflow.compiler.xla.tsl.protobuf import coordination_config_pb2
+        from tensorflow.compiler.xla.tsl.protobuf import coordination_config_pb2  # lazy: see the top
         from tensorflow.python.eager import context
 
         cluster = cfg["cluster"]
@@ -163,10 +172,6 @@ def wants_multiworker(strategy: str | None = None, overrides=(), resume=None) ->
     if any(str(o).replace(" ", "") == "train.strategy=multiworker" for o in overrides or ()):
         return True
     if resume is not None:
-        from pathlib import Path
-
-        import yaml
-
         path = Path(resume) / "config.yaml"
         try:
             data = yaml.safe_load(path.read_text()) if path.is_file() else None
@@ -211,15 +216,9 @@ class worker_run_dir:
 
     def result(self, out):
         """A job's return value: ``out`` on the chief; another worker names the chief's folder."""
-        from pathlib import Path
-
         return out if self.chief or self.run_dir is None else Path(self.run_dir)
 
     def __enter__(self):
-        import shutil
-        import tempfile
-        from pathlib import Path
-
         info = worker_info()
         self.chief = not self.multiworker or info.is_chief
         if self.chief:
@@ -237,8 +236,6 @@ class worker_run_dir:
         return path, False
 
     def __exit__(self, *exc):
-        import shutil
-
         if self.tmp is not None and not os.environ.get("CARDIGAN_KEEP_WORKER_DIR"):
             shutil.rmtree(self.tmp, ignore_errors=True)
         return False
@@ -262,7 +259,7 @@ class lost_worker_errors:
     def __exit__(self, typ, exc, tb):
         if not self.multiworker or exc is None:
             return False
-        tf = _tf()
+        tf = tensorflow()
         lost = (tf.errors.UnavailableError, tf.errors.DeadlineExceededError, tf.errors.AbortedError,
                 tf.errors.CancelledError, tf.errors.InternalError)
         if isinstance(exc, lost):
@@ -292,7 +289,7 @@ def fix_keras_fit(model, strategy, element_spec) -> None:
     """
     if not is_multiworker(strategy):
         return
-    tf = _tf()
+    tf = tensorflow()
     with strategy.scope():
         model._symbolic_build(data_batch=element_spec)
     model._maybe_symbolic_build = lambda iterator=None, data_batch=None: None
@@ -309,7 +306,7 @@ def fix_keras_fit(model, strategy, element_spec) -> None:
 
 
 def _gpu_supports_bf16() -> bool:
-    tf = _tf()
+    tf = tensorflow()
     for dev in gpu_devices():
         details = tf.config.experimental.get_device_details(dev)
         cc = details.get("compute_capability")
@@ -328,7 +325,7 @@ def resolve_precision(policy: str = "auto") -> str:
 
 def set_precision(policy: str = "auto") -> str:
     """Resolve and install the global Keras dtype policy; return its name."""
-    import keras
+    import keras  # lazy: see the comment at the top
 
     name = resolve_precision(policy)
     keras.mixed_precision.set_global_policy(name)
@@ -345,7 +342,7 @@ def resolve_jit(jit: Any = "auto") -> bool:
 
 def enable_determinism(seed: int) -> None:
     """Seed Python, NumPy, Keras and TF, and turn on deterministic TF ops (CPU tests, resume)."""
-    import keras
+    import keras  # lazy: see the comment at the top
 
     keras.utils.set_random_seed(seed)
-    _tf().config.experimental.enable_op_determinism()
+    tensorflow().config.experimental.enable_op_determinism()

@@ -28,6 +28,8 @@ import math
 from pathlib import Path
 from typing import Any, Hashable, Iterable, Mapping, Sequence
 
+import matplotlib
+import matplotlib.pyplot as plt
 import numpy as np
 from scipy import stats as sps
 
@@ -302,10 +304,7 @@ def table_markdown(rows: list[dict], digits: int = 3, mm_digits: int = 2, distan
 def plot_dice_vs_synthetic(summary: list[dict], path: str | Path, title: str | None = None) -> Path:
     """PNG: Dice (LV endo, LV epi, LA) against synthetic fraction, one line per training
     fraction, error bars = SD over seeds. Written atomically."""
-    import matplotlib
-
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
     if not summary:
         raise ValueError("plot_dice_vs_synthetic: empty summary")

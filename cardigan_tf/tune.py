@@ -23,7 +23,6 @@ import sys
 
 from cardigan_tf import cli
 
-
 #: flag -> config key (see :func:`cardigan_tf.cli.flag_overrides`)
 FLAGS = {"data": "seg.data.data", "synthetic": "seg.data.synthetic", "tuner": "tuner", "max_trials": "max_trials",
          "max_epochs": "max_epochs"}
@@ -47,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace):
-    from cardigan_tf.configs.tune import build_tune_config  # lazy: TensorFlow, which --help does not need
+    from cardigan_tf.configs.tune import build_tune_config  # lazy: loads TensorFlow, which --help does not need
     from cardigan_tf.jobs.tuning import distributed_role, tune
 
     overrides = cli.flag_overrides(args, FLAGS)

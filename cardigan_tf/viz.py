@@ -6,9 +6,11 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+from matplotlib.figure import Figure  # no pyplot: works with any backend, no global state
 from PIL import Image, ImageDraw
 
 from cardigan_tf.files import atomic_path
+from cardigan_tf.metrics.clinical import agreement
 
 #: RGB colours for labels 0..3 (background, LV cavity, myocardium, left atrium).
 LABEL_COLORS = np.array([[0, 0, 0], [230, 60, 60], [60, 200, 90], [70, 120, 240]], np.uint8)
@@ -115,10 +117,6 @@ def bland_altman_png(pred, ref, path, title: str = "Bland-Altman", unit: str = "
 
     NaN pairs are left out. Returns the :func:`cardigan_tf.metrics.clinical.agreement` statistics shown on the plot.
     """
-    from matplotlib.figure import Figure  # no pyplot: works with any backend, no global state
-
-    from cardigan_tf.metrics.clinical import agreement
-
     p = np.asarray(pred, dtype=np.float64).ravel()
     r = np.asarray(ref, dtype=np.float64).ravel()
     stats = agreement(p, r)

@@ -27,6 +27,9 @@ from pathlib import Path
 
 import numpy as np
 
+from cardigan_tf.files import atomic_write_text
+from cardigan_tf.metrics import clinical
+
 SHAPE = (669, 750)
 SPACING = (0.154, 0.308)
 #: (name, fringe depth mm, lobes); depth 0 = clean outline; None = uniform label noise.
@@ -134,8 +137,6 @@ def _cpu() -> str:
 
 
 def run(args: argparse.Namespace) -> list[dict]:
-    from cardigan_tf.metrics import clinical
-
     ref = _load(args.reference) if args.reference else None
     rows = []
     for name, depth, lobes in CASES:
@@ -176,8 +177,6 @@ def run(args: argparse.Namespace) -> list[dict]:
     text = "\n".join(lines) + "\n"
     print(text)
     if args.markdown:
-        from cardigan_tf.files import atomic_write_text
-
         atomic_write_text(Path(args.markdown), text)
     return rows
 

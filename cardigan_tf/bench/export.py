@@ -19,8 +19,15 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+import onnxruntime as ort
+import tensorflow as tf
 
 from cardigan_tf.bench import median_time
+from cardigan_tf.configs.seg import preset_config
+from cardigan_tf.inference import Preprocessing
+from cardigan_tf.models.unet import build_unet
+from cardigan_tf.serving.export import ONNX_FILE, export_onnx, sample_inputs
+from cardigan_tf.serving.signatures import SegServing
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -33,8 +40,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def conv_flops(model, size: int) -> int:
     """2 x multiply-adds of the convolutions (Conv2D, transposed Conv2D) for one image, read
     from the ops and static shapes of the traced forward graph."""
-    import tensorflow as tf
-
     graph = tf.function(lambda x: model(x, training=False)).get_concrete_function(
         tf.TensorSpec([1, size, size, 1], tf.float32)).graph
     total = 0
@@ -62,8 +67,6 @@ def cpu_name() -> str:
 
 
 def matmul_gflops(n: int = 4096, steps: int = 5) -> float:
-    import tensorflow as tf
-
     a = tf.random.normal([n, n])
     b = tf.random.normal([n, n])
     f = tf.function(lambda: tf.matmul(a, b))
@@ -72,15 +75,6 @@ def matmul_gflops(n: int = 4096, steps: int = 5) -> float:
 
 
 def run(args: argparse.Namespace) -> None:
-    import onnxruntime as ort
-    import tensorflow as tf
-
-    from cardigan_tf.configs.seg import preset_config
-    from cardigan_tf.inference import Preprocessing
-    from cardigan_tf.models.unet import build_unet
-    from cardigan_tf.serving.export import ONNX_FILE, export_onnx, sample_inputs
-    from cardigan_tf.serving.signatures import SegServing
-
     cfg = preset_config(args.preset).model
     s = int(cfg.size)
     model = build_unet(cfg)

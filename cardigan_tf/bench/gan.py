@@ -25,12 +25,23 @@ script of the repository run in a subprocess, and prints the ratios. Run it unde
 from __future__ import annotations
 
 import argparse
+import importlib.util
+import json
+import subprocess
+import sys
 import time
 from pathlib import Path
 
+import keras
 import numpy as np
+import tensorflow as tf
+from keras import ops
 
 import cardigan_tf.runtime as runtime
+from cardigan_tf.configs.gan import build_config
+from cardigan_tf.files import write_json
+from cardigan_tf.jobs.gan_loop import build_gan
+from cardigan_tf.models.spade import SPADE, SPADEResBlock
 
 #: the comparison scripts of ``--compare`` (in the repository, outside the package)
 PEERS = Path(__file__).resolve().parents[2] / "experiments" / "peers"
@@ -65,8 +76,6 @@ def count_params(model) -> int:
 
 def forward_flops(model, input_shapes) -> int:
     """Float ops of one forward pass, from tf.profiler on a traced graph (training=False)."""
-    import tensorflow as tf
-
     specs = [tf.TensorSpec(s, tf.float32) for s in input_shapes]
     fn = tf.function(lambda *xs: model(list(xs) if len(xs) > 1 else xs[0], training=False))
     graph = fn.get_concrete_function(*specs).graph
@@ -77,12 +86,6 @@ def forward_flops(model, input_shapes) -> int:
 
 
 def bench_preset(name: str, args) -> dict:
-    import keras
-    import tensorflow as tf
-
-    from cardigan_tf.jobs.gan import build_config
-    from cardigan_tf.jobs.gan_loop import build_gan
-
     overrides = [f"model.style={args.style}", f"train.jit={args.jit}",
                  f"train.precision={args.precision}", "train.steps=1000", "train.steps_per_epoch=1000",
                  *args.set]
@@ -91,7 +94,6 @@ def bench_preset(name: str, args) -> dict:
     cfg = build_config(name, None, overrides)
     precision = runtime.set_precision(cfg.train.precision)
     gan = build_gan(cfg)
-    from cardigan_tf.models.spade import SPADE
 
     for layer in _sublayers(gan.generator):
         if isinstance(layer, SPADE) and args.spade_fused != "config":
@@ -152,8 +154,6 @@ def _sublayers(model):
 
 def _time(fn, args, reps):
     """Median wall time of ``fn(*args)`` (a tf.function) after one untimed call."""
-    import tensorflow as tf
-
     def sync(out):
         for t in tf.nest.flatten(out):
             if t is not None:
@@ -170,8 +170,6 @@ def _time(fn, args, reps):
 
 def _fwd_bwd(f, weights):
     """A tf.function: forward f(*xs) then gradients of sum(f) wrt the float inputs and weights."""
-    import tensorflow as tf
-
     @tf.function
     def run(*xs):
         with tf.GradientTape() as tape:
@@ -185,8 +183,6 @@ def _fwd_bwd(f, weights):
 
 
 def _modulate(normalized, gamma, beta):
-    from keras import ops
-
     gamma, beta = ops.cast(gamma, normalized.dtype), ops.cast(beta, normalized.dtype)
     return normalized * (1.0 + gamma) + beta
 
@@ -201,11 +197,6 @@ def breakdown(gan, image, mask, reps=2) -> dict:
     ``x * (1 + gamma) + beta``), ``block_convs`` (conv_0, conv_1, conv_s with spectral norm),
     ``spectral_norm_power_iter`` (the power iteration and kernel update alone).
     """
-    import tensorflow as tf
-    from keras import ops
-
-    from cardigan_tf.models.spade import SPADE, SPADEResBlock
-
     real, onehot = gan._inputs((image, mask))
     g, d = gan.generator, gan.discriminator
     out = {}
@@ -270,11 +261,6 @@ def breakdown(gan, image, mask, reps=2) -> dict:
 def compare(args) -> list[dict]:
     """Time the PyTorch SPADE and the keras.io-style GauGAN (subprocesses, same size, batch,
     2 threads, warm-up excluded). The PyTorch one is skipped when torch is not installed."""
-    import importlib.util
-    import json
-    import subprocess
-    import sys
-
     common = ["--size", "256", "--ngf", "48", "--ndf", "48", "--batch", str(args.batch or 4),
               "--steps", str(args.steps), "--warmup", str(max(1, args.warmup))]
     results = []
@@ -328,7 +314,5 @@ def run(args) -> list[dict]:
             print(f"| {ref['impl']} | {ref['step_s']:.3g} | {ratio} | {' | '.join(flops(ref))} |")
         results = results + refs
     if args.json:
-        from cardigan_tf.files import write_json
-
         write_json(args.json, results)
     return results

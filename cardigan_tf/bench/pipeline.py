@@ -11,10 +11,20 @@ generator on one core. Prints one line per figure and a markdown table.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import tempfile
 import time
 from pathlib import Path
+
+import numpy as np
+import tensorflow as tf
+
+from cardigan_tf.data import augment as A
+from cardigan_tf.data import phantom
+from cardigan_tf.data.augment import AugmentConfig
+from cardigan_tf.data.pipeline import Training, make_dataset
+from cardigan_tf.runtime import available_cores
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -36,18 +46,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def time_ops(size: int, batch: int, reps: int = 10, seed: int = 0) -> dict[str, float]:
     """CPU ms per batch of ``batch`` phantom pairs for each augmentation op alone, one TF thread."""
-    import dataclasses
-
-    import numpy as np
-    import tensorflow as tf
-
     try:  # one thread: per-op CPU time without thread-pool overheads
         tf.config.threading.set_intra_op_parallelism_threads(1)
         tf.config.threading.set_inter_op_parallelism_threads(1)
     except RuntimeError:  # TF already initialised (another bench module made a tensor on import)
         print("note: TensorFlow already initialised, thread pools not limited to one thread")
-    from cardigan_tf.data import augment as A
-    from cardigan_tf.data import phantom
     rng = np.random.default_rng(seed)
     pairs = [phantom.make_pair(rng, ("2CH", "4CH")[i % 2], ("ED", "ES")[(i // 2) % 2], size) for i in range(batch)]
     im = tf.constant(np.stack([p[0] for p in pairs])[..., None])
@@ -102,10 +105,6 @@ def time_dataset(ds, batches: int, warmup: int) -> tuple[float, float, int]:
 
 def time_phantom(pairs: int, size: int, seed: int = 0) -> float:
     """Phantom pairs per second in this (single) Python thread, CPU time."""
-    import numpy as np
-
-    from cardigan_tf.data import phantom
-
     rng = np.random.default_rng(seed)
     phantom.make_pair(rng, "4CH", "ED", size)
     start = time.process_time()
@@ -117,8 +116,6 @@ def time_phantom(pairs: int, size: int, seed: int = 0) -> float:
 def time_phantom_patients(pairs: int, size: int, seed: int = 0) -> float:
     """Phantom pairs per second as datasets are written (``make_patient``: one patient drawn
     for its four frames), in this Python thread, CPU time."""
-    from cardigan_tf.data import phantom
-
     phantom.make_patient(0, seed, size)
     n = max(1, pairs // 4)
     start = time.process_time()
@@ -133,10 +130,6 @@ def run(args: argparse.Namespace) -> dict:
               f"ONEDNN_MAX_CPU_ISA={os.environ.get('ONEDNN_MAX_CPU_ISA', '(unset)')}, "
               f"NPY_DISABLE_CPU_FEATURES={os.environ.get('NPY_DISABLE_CPU_FEATURES', '(unset)')}")
         return time_ops(args.size, args.batch_size, seed=args.seed)
-    from cardigan_tf.data import phantom
-    from cardigan_tf.data.augment import AugmentConfig
-    from cardigan_tf.data.pipeline import Training, make_dataset
-    from cardigan_tf.runtime import available_cores
 
     ncpu = available_cores()
     load = os.getloadavg() if hasattr(os, "getloadavg") else (float("nan"),) * 3

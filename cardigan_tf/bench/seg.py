@@ -17,9 +17,15 @@ import os
 import platform
 from pathlib import Path
 
+import keras
 import numpy as np
 
 from cardigan_tf.bench import median_time
+from cardigan_tf.configs.seg import preset_config
+from cardigan_tf.files import atomic_write_text
+from cardigan_tf.losses.segmentation import DiceCELoss
+from cardigan_tf.models.unet import build_unet
+from cardigan_tf.runtime import resolve_jit
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -35,18 +41,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def bench_preset(preset: str, steps: int = 10, warmup: int = 3, train_batch: int = 8,
                  infer_batches=(1, 32)) -> dict:
     """Time one preset; return {"preset", "params", "train_img_s", "infer_ms_per_image": {batch: ms}}."""
-    import keras
-
-    from cardigan_tf.losses.segmentation import DiceCELoss
-    from cardigan_tf.configs.seg import preset_config
-    from cardigan_tf.models.unet import build_unet
-
     cfg = preset_config(preset).model
     rng = np.random.default_rng(0)
     model = build_unet(cfg)
     if keras.backend.backend() == "tensorflow":
-        from cardigan_tf.runtime import resolve_jit
-
         jit = resolve_jit("auto")
     else:
         jit = "auto"
@@ -65,15 +63,13 @@ def bench_preset(preset: str, steps: int = 10, warmup: int = 3, train_batch: int
 
 
 def _device() -> str:
-    import keras
-
     backend = keras.backend.backend()
     if backend == "jax":
-        import jax
+        import jax  # lazy: the benchmark runs on either backend, and a machine has one of them
 
         return f"jax {jax.__version__} on {jax.devices()[0].device_kind}"
     if backend == "tensorflow":
-        import tensorflow as tf
+        import tensorflow as tf  # lazy: as jax above
 
         gpus = tf.config.list_physical_devices("GPU")
         return f"tensorflow {tf.__version__} on {'GPU ' + gpus[0].name if gpus else 'CPU'}"
@@ -92,7 +88,7 @@ def table(results: list[dict], infer_batches) -> str:
 
 def run(args: argparse.Namespace) -> list[dict]:
     if args.threads:
-        import tensorflow as tf
+        import tensorflow as tf  # lazy: as jax above
 
         tf.config.threading.set_intra_op_parallelism_threads(args.threads)
         tf.config.threading.set_inter_op_parallelism_threads(args.threads)
@@ -101,7 +97,5 @@ def run(args: argparse.Namespace) -> list[dict]:
             f"median of {args.steps} calls after {args.warmup} warm-up)\n\n" + table(results, args.infer_batches) + "\n")
     print(text)
     if args.markdown:
-        from cardigan_tf.files import atomic_write_text
-
         atomic_write_text(Path(args.markdown), text)
     return results

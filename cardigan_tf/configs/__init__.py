@@ -8,13 +8,15 @@
 
 Component configs (``UNetConfig``, ``GeneratorConfig``, ``AugmentConfig``, ...) stay with the
 component that reads them (models/, data/); a run config composes them. The YAML / ``--set``
-machinery is :mod:`cardigan_tf.config`. Submodules are imported on demand (``configs.gan``
-imports the networks' config classes); :func:`config_class` maps a run kind to its class.
+machinery is :mod:`cardigan_tf.config`. :func:`config_class` imports the submodule of a run kind
+on demand (they import the networks' config classes, and so TensorFlow).
 """
 
 from __future__ import annotations
 
 import importlib
+
+from cardigan_tf.config import ConfigError
 
 #: run kind -> (module, class name) of its config
 _CLASSES = {
@@ -27,8 +29,6 @@ _CLASSES = {
 
 def config_class(kind: str) -> type:
     """The config dataclass of a run kind (``gan``, ``seg``, ``study``, ``tune``)."""
-    from cardigan_tf.config import ConfigError
-
     if kind not in _CLASSES:
         raise ConfigError(f"run kind: expected one of {list(_CLASSES)}, got {kind!r}")
     module, name = _CLASSES[kind]

@@ -25,6 +25,9 @@ import dataclasses
 from cardigan_tf.config import ConfigError, from_dict, load_config, load_yaml, to_dict
 from cardigan_tf.data.augment import AugmentConfig
 from cardigan_tf.labels import NUM_CLASSES
+from cardigan_tf.models.discriminator import DiscriminatorConfig
+from cardigan_tf.models.encoder import EncoderConfig
+from cardigan_tf.models.generator import GeneratorConfig
 from cardigan_tf.runtime import STRATEGIES
 
 STYLES = ("mask", "z", "encoder")
@@ -189,10 +192,6 @@ def network_configs(model: GanModelConfig | str, **overrides):
     """(GeneratorConfig, DiscriminatorConfig, EncoderConfig) of one GanModelConfig (or of a
     preset's, by name), with optional field overrides: the only place where the run's model
     fields are mapped onto the networks."""
-    from cardigan_tf.models.discriminator import DiscriminatorConfig
-    from cardigan_tf.models.encoder import EncoderConfig
-    from cardigan_tf.models.generator import GeneratorConfig
-
     m = preset_config(model).model if isinstance(model, str) else model
     if overrides:
         m = dataclasses.replace(m, **overrides)

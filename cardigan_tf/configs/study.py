@@ -12,6 +12,7 @@ import dataclasses
 
 from cardigan_tf.config import ConfigError, load_config, load_yaml, parse_override
 from cardigan_tf.configs.gan import GanConfig
+from cardigan_tf.configs.gan import migrate as migrate_gan
 from cardigan_tf.configs.gan import preset_config as gan_preset_config
 from cardigan_tf.configs.seg import SegConfig
 from cardigan_tf.configs.seg import preset_config as seg_preset_config
@@ -59,8 +60,6 @@ class StudyConfig:
 
 
 def migrate(data: dict) -> dict:
-    from cardigan_tf.configs.gan import migrate as migrate_gan
-
     if isinstance(data.get("gan"), dict):
         migrate_gan(data["gan"])
     return data

@@ -37,7 +37,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from cardigan_tf.config import ConfigError, load_config, load_yaml, parse_override, yaml_number
+from cardigan_tf.config import ConfigError, from_dict, load_config, load_yaml, parse_override, yaml_number
 from cardigan_tf.configs.seg import SegConfig
 from cardigan_tf.configs.seg import preset_config as seg_preset_config
 from cardigan_tf.models.unet import NORMS
@@ -159,8 +159,6 @@ def _check_value(name: str, par: Parameter, value: Any, where: str) -> Any:
 
 
 def _as_spec(name: str, entry: Any) -> ParamSpec:
-    from cardigan_tf.config import from_dict
-
     if isinstance(entry, ParamSpec):
         return entry
     if not isinstance(entry, dict):

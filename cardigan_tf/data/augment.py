@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import tensorflow as tf
+from PIL import Image
 
 from cardigan_tf.config import ConfigError
 
@@ -266,8 +267,6 @@ def _pillow_warp(images: np.ndarray, masks: np.ndarray, transforms: np.ndarray, 
     the masks differ only where a coordinate falls on a half pixel to float precision
     (~1e-5 of the pixels). Pillow's affine transform is C code that releases the GIL and costs
     less CPU than the TF op (docs/bench_pipeline.md)."""
-    from PIL import Image
-
     b, h, w, c = images.shape
     out_i, out_m = np.empty_like(images), np.empty_like(masks)
     padded = np.zeros((h + 2, w + 2), np.float32)  # one buffer, its border stays zero

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import SimpleITK as sitk
 
 from cardigan_tf.data.sample import DataError
 from cardigan_tf.files import sha256_file  # noqa: F401  (re-exported: the readers hash their sources)
@@ -158,8 +159,6 @@ def read_frames(path: Path, single: bool) -> tuple[np.ndarray, tuple[float, floa
     have size 1, and returns an (H, W) array; ``single=False`` (sequences) returns (T, H, W).
     Returns ``(array, spacing (row, col) mm, [files read])``.
     """
-    import SimpleITK as sitk
-
     path = Path(path)
     if not path.is_file():
         raise DataError(path, "file not found")

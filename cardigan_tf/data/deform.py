@@ -37,6 +37,7 @@ from collections import Counter
 
 import numpy as np
 from scipy import ndimage
+from tqdm import tqdm
 
 from cardigan_tf.data.masks import MaskRules, check_mask, clean_mask, rule_of
 from cardigan_tf.labels import LA, LV, MYO, NUM_CLASSES
@@ -239,8 +240,6 @@ def deform_set(
     jobs = [(i, k) for i in range(len(masks)) for k in range(per_mask)]
     iterator = jobs
     if progress:
-        from tqdm import tqdm
-
         iterator = tqdm(jobs, desc="deforming masks", unit="mask")
     for i, _ in iterator:
         new, n, _ = _deform_tries(masks[i], rng, cfg, max_tries, rules, by_rule)

@@ -26,8 +26,8 @@ import h5py
 import numpy as np
 
 from cardigan_tf.data.sample import DataError, EmptyDatasetError, Sample
-from cardigan_tf.labels import LABEL_VALUES, PHASES, VIEWS
 from cardigan_tf.files import atomic_path, refuse_overwrite
+from cardigan_tf.labels import LABEL_VALUES, PHASES, VIEWS
 
 FORMAT = "cardigan_tf/camus-h5"
 FORMAT_VERSION = 1

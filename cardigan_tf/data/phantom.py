@@ -36,10 +36,24 @@ from typing import Any
 
 import numpy as np
 from scipy import ndimage
+from scipy.special import ndtri
+from tqdm import tqdm
 
-from cardigan_tf.data.phantom_anatomy import (DEPTH_MM, LA_CENTRE, SECTOR_HALF_ANGLE, SECTOR_RADIUS_MM,
-                                              draw_patient, frame_geometry, simpson_volumes, spacing_for)
+from cardigan_tf import viz
+from cardigan_tf.data.h5layout import H5Writer
+from cardigan_tf.data.phantom_anatomy import (
+    DEPTH_MM,
+    LA_CENTRE,
+    SECTOR_HALF_ANGLE,
+    SECTOR_RADIUS_MM,
+    draw_patient,
+    frame_geometry,
+    simpson_volumes,
+    spacing_for,
+)
 from cardigan_tf.data.sample import Sample
+from cardigan_tf.data.splits import seeded_split
+from cardigan_tf.files import refuse_overwrite
 from cardigan_tf.labels import LA, LV, MYO, PHASES, VIEWS
 
 __all__ = ["make_pair", "make_patient", "write_h5", "draw_patient", "simpson_volumes", "spacing_for"]
@@ -248,8 +262,6 @@ def _rayleigh_table() -> np.ndarray:
 @lru_cache(maxsize=1)
 def _half_normal_table() -> np.ndarray:
     """|N(0, 1)| by its inverse CDF at the 65,536 midpoints: Phi^-1((1 + u) / 2)."""
-    from scipy.special import ndtri
-
     u = (np.arange(65536) + 0.5) / 65536.0
     return ndtri(0.5 + 0.5 * u).astype(np.float32)
 
@@ -315,11 +327,6 @@ def write_h5(path: str | Path, n_patients: int = 50, seed: int = 0, size: int = 
 
     A preview grid (images | colour masks | overlays) is written to ``path.with_suffix(".png")``.
     """
-    from cardigan_tf.data.h5layout import H5Writer
-    from cardigan_tf.data.splits import seeded_split
-
-    from cardigan_tf.files import refuse_overwrite
-
     path = Path(path)
     refuse_overwrite(path, overwrite, "dataset")
     if int(n_patients) < 1:
@@ -329,11 +336,7 @@ def write_h5(path: str | Path, n_patients: int = 50, seed: int = 0, size: int = 
     attrs = {"source_layout": "phantom", "kind": "phantom", "size": int(size), "seed": int(seed),
              "n_patients": int(n_patients), "split_method": f"seeded:{int(seed)}", "n_skipped": 0}
     shown: list[Sample] = []
-    try:
-        from tqdm import tqdm
-        it = tqdm(range(int(n_patients)), desc="phantom", unit="patient", leave=False)
-    except ImportError:  # pragma: no cover
-        it = range(int(n_patients))
+    it = tqdm(range(int(n_patients)), desc="phantom", unit="patient", leave=False)
     with H5Writer(path, attrs=attrs, overwrite=overwrite) as w:
         for i in it:
             samples = make_patient(i, seed=seed, size=size)
@@ -346,8 +349,6 @@ def write_h5(path: str | Path, n_patients: int = 50, seed: int = 0, size: int = 
                              phases=[s.phase for s in vs], spacing=vs[0].spacing, original_shape=vs[0].original_shape,
                              quality=vs[0].quality, cfg=vs[0].meta["cfg"], attrs={"phantom": vs[0].meta["phantom"]})
     if preview:
-        from cardigan_tf import viz
-
         viz.save_sample_grid(path.with_suffix(".png"), {
             "image": [s.image for s in shown],
             "mask": [s.mask for s in shown],

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from cardigan_tf.labels import PHASES, QUALITIES, VIEWS
+from cardigan_tf.metrics.clinical import phase_volumes
 
 __all__ = ["DEPTH_MM", "WIDTH_MM", "SECTOR_RADIUS_MM", "SECTOR_HALF_ANGLE", "QUALITY_PROBS", "LA_CENTRE",
            "spacing_for", "draw_patient", "frame_geometry", "lv_half_width", "simpson_volumes"]
@@ -22,7 +23,6 @@ SECTOR_RADIUS_MM = 146.0
 SECTOR_HALF_ANGLE = np.deg2rad(35.5)
 QUALITY_PROBS = (0.35, 0.45, 0.20)
 LA_CENTRE = 0.55  # atrial ellipse centre below the base, in half-lengths: wide mitral opening
-
 
 
 def spacing_for(size: int) -> tuple[float, float]:
@@ -141,8 +141,6 @@ def simpson_volumes(p: dict[str, Any], n_discs: int = 20) -> dict[str, float]:
     evaluation's own code path and default convention (``metrics.clinical.phase_volumes``,
     per-phase long axis: the longer of each phase's 2CH and 4CH axes).
     """
-    from cardigan_tf.metrics.clinical import phase_volumes
-
     diameters, lengths = {}, {}
     f = (np.arange(n_discs) + 0.5) / n_discs
     for phase in PHASES:

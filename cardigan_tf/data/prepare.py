@@ -27,13 +27,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tqdm import tqdm
 
+from cardigan_tf.data import tfrecord
 from cardigan_tf.data.camus import CamusDataset, read_camus
 from cardigan_tf.data.h5layout import H5Writer
 from cardigan_tf.data.sample import DataError
 from cardigan_tf.data.splits import seeded_split, train_valid_split
-from cardigan_tf.labels import PHASES, VIEWS
 from cardigan_tf.files import refuse_overwrite
+from cardigan_tf.labels import PHASES, VIEWS
 from cardigan_tf.resize import resize_image_np, resize_mask_np
 
 log = logging.getLogger(__name__)
@@ -149,19 +151,6 @@ def _warn_lists(ds: CamusDataset, info: dict[str, Any]) -> None:
             warnings.warn(msg, stacklevel=4)
 
 
-def split_summary(counts: dict[str, list[str]], method: str) -> str:
-    """Lines "train: 360 patients (patient0001 ... patient0450)" per split, then the method."""
-    lines = []
-    for split in ("train", "valid", "test", "unlabelled"):
-        pats = counts.get(split, [])
-        if not pats:
-            continue
-        shown = " ".join(pats) if len(pats) <= 4 else f"{' '.join(pats[:3])} ... {pats[-1]}"
-        lines.append(f"{split}: {len(pats)} patients ({shown})")
-    lines.append(f"split method: {method}")
-    return "\n".join(lines)
-
-
 def _write_patient(w: H5Writer, split: str, samples, size: int, layout: str) -> None:
     for view in VIEWS:
         vs = sorted((s for s in samples if s.view == view), key=lambda s: PHASES.index(s.phase))
@@ -190,15 +179,11 @@ def prepare(source: str | Path, out: str | Path, size: int = 256, fold: int | No
             tfrecords: str | Path | None = None, shards: int = 1, skip_invalid: bool = False,
             overwrite: bool = False, tfrecord_dtype: str = "float32", progress: bool = True) -> Path:
     """Convert ``source`` (any CAMUS layout) into the seed HDF5 layout at ``out``; return ``out``."""
-    from tqdm import tqdm
-
     out = Path(out)
     if int(size) < 1:
         raise ValueError(f"size: expected a positive integer, got {size}")
     refuse_overwrite(out, overwrite, "dataset")
     if tfrecords is not None:
-        from cardigan_tf.data import tfrecord
-
         tfrecord.check_output_dir(tfrecords, overwrite)
     ds = read_camus(source, skip_invalid=skip_invalid)
     split_of, info = assign_splits(ds, fold, seed)

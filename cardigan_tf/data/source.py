@@ -13,9 +13,14 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+import h5py
+
+from cardigan_tf.data import phantom
 from cardigan_tf.data.camus import detect_layout
 from cardigan_tf.data.h5layout import is_h5_layout, read_root_attrs
+from cardigan_tf.data.prepare import prepare
 from cardigan_tf.data.sample import DataError
+from cardigan_tf.data.tfrecord import read_index
 
 log = logging.getLogger(__name__)
 
@@ -52,8 +57,6 @@ def check_data(data: str | Path | None, what: str = "--data") -> None:
         raise DataError(data, f"{what}: does not exist (expected a seed-layout .h5 file, a TFRecord folder "
                               "or a CAMUS folder)")
     if data.is_dir() and (data / "index.json").is_file():
-        from cardigan_tf.data.tfrecord import read_index
-
         read_index(data)
         return
     if data.is_file():
@@ -69,8 +72,6 @@ def resolve_data(data: str | Path | None, work_dir: str | Path, size: int = 256,
     """Return a seed-layout .h5 for ``data`` (None -> the built-in phantom)."""
     work_dir = Path(work_dir)
     if data is None or str(data) == "":
-        from cardigan_tf.data import phantom
-
         want = {"kind": "phantom", "size": int(size), "seed": int(seed), "n_patients": int(n_phantom)}
         path, ready = _target(work_dir / "phantom.h5", want)
         if ready:
@@ -82,8 +83,6 @@ def resolve_data(data: str | Path | None, work_dir: str | Path, size: int = 256,
     if not data.exists():
         raise DataError(data, "does not exist (expected a seed-layout .h5 file or a CAMUS folder)")
     if data.is_dir() and (data / "index.json").is_file():
-        from cardigan_tf.data.tfrecord import read_index
-
         read_index(data)  # DataError unless it is a folder written by tfrecord.write_tfrecords
         return data  # TFRecord shards: the pipeline streams them as they are
     if data.is_file():
@@ -92,7 +91,6 @@ def resolve_data(data: str | Path | None, work_dir: str | Path, size: int = 256,
         raise DataError(data, "not an HDF5 file in the seed layout (expected train/valid/test groups of "
                               "patientXXXX/{2CH,4CH}/{im,gt}) nor a CAMUS folder")
     layout = detect_layout(data)  # DataError with what was expected when it is no CAMUS folder
-    from cardigan_tf.data.prepare import prepare
 
     want = {"source": str(data.resolve()), "size": int(size), "seed": int(seed)}
     path, ready = _target(work_dir / f"camus_{int(size)}.h5", want)
@@ -107,11 +105,8 @@ def prepared_size(path: str | Path) -> int | None:
     ``size`` of a TFRecord index); None when the file holds several sizes or none."""
     path = Path(path)
     if path.is_dir():
-        from cardigan_tf.data.tfrecord import read_index
-
         size = read_index(path).get("size")
         return int(size[0]) if size and size[0] == size[1] else None
-    import h5py
 
     with h5py.File(path, "r") as fh:
         for split in ("train", "valid", "test", "unlabelled"):

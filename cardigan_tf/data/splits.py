@@ -64,3 +64,16 @@ def subset_patients(patients: Iterable[str], fraction: float, seed: int = 0) -> 
     k = max(1, int(round(fraction * len(pats))))
     order = np.random.default_rng(seed).permutation(len(pats))[:k]
     return sorted(pats[i] for i in order)
+
+
+def split_summary(counts: dict[str, list[str]], method: str) -> str:
+    """Lines "train: 360 patients (patient0001 ... patient0450)" per split, then the method."""
+    lines = []
+    for split in ("train", "valid", "test", "unlabelled"):
+        pats = counts.get(split, [])
+        if not pats:
+            continue
+        shown = " ".join(pats) if len(pats) <= 4 else f"{' '.join(pats[:3])} ... {pats[-1]}"
+        lines.append(f"{split}: {len(pats)} patients ({shown})")
+    lines.append(f"split method: {method}")
+    return "\n".join(lines)

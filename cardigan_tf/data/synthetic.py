@@ -27,6 +27,7 @@ from typing import Any
 
 from cardigan_tf.data import h5layout
 from cardigan_tf.data.sample import DataError
+from cardigan_tf.data.source import prepared_size
 
 log = logging.getLogger(__name__)
 
@@ -64,8 +65,6 @@ def check_synthetic_set(synthetic_path: str | Path, data_path: str | Path | None
     patients = h5layout.list_patients(syn)
     if not patients.get("train"):
         raise DataError(syn, f"synthetic set: no images in its 'train' split (splits present: {sorted(patients)})")
-
-    from cardigan_tf.data.source import prepared_size
 
     syn_size = prepared_size(syn)
     if size is not None and syn_size != int(size):

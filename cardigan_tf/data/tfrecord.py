@@ -22,6 +22,8 @@ from pathlib import Path
 from typing import Iterable
 
 import numpy as np
+import tensorflow as tf
+from tqdm import tqdm
 
 from cardigan_tf.data.h5layout import SPLITS, iter_samples, list_patients
 from cardigan_tf.data.sample import DataError, EmptyDatasetError
@@ -46,27 +48,19 @@ def check_output_dir(directory: str | Path, overwrite: bool = False) -> None:
 
 
 def _bytes(v: bytes):
-    import tensorflow as tf
-
     return tf.train.Feature(bytes_list=tf.train.BytesList(value=[v]))
 
 
 def _ints(v: Iterable[int]):
-    import tensorflow as tf
-
     return tf.train.Feature(int64_list=tf.train.Int64List(value=[int(x) for x in v]))
 
 
 def _floats(v: Iterable[float]):
-    import tensorflow as tf
-
     return tf.train.Feature(float_list=tf.train.FloatList(value=[float(x) for x in v]))
 
 
 def encode_example(sample, split: str, image_dtype: str = "float32") -> bytes:
     """One Sample -> serialized tf.train.Example."""
-    import tensorflow as tf
-
     img = sample.image[..., 0] if sample.image.ndim == 3 else sample.image
     if image_dtype == "uint8":
         raw = np.round(np.clip(img, 0, 1) * 255.0).astype(np.uint8)
@@ -97,9 +91,6 @@ def write_tfrecords(source: str | Path, directory: str | Path, shards: int = 1, 
 
     Returns split -> list of shard paths. Splits absent from the file are not written.
     """
-    import tensorflow as tf
-    from tqdm import tqdm
-
     if image_dtype not in IMAGE_DTYPES:
         raise ValueError(f"image_dtype {image_dtype!r} not one of {IMAGE_DTYPES}")
     if int(shards) < 1:
@@ -183,8 +174,6 @@ def read_tfrecords(directory: str | Path, split: str = "train", *, shuffle_files
     ``patient``, ``view``, ``phase``, ``split``, ``quality`` (tf.string); ``spacing`` float32 (2,);
     ``original_shape`` int64 (2,). Shards are read interleaved (``cycle_length`` at a time).
     """
-    import tensorflow as tf
-
     index = read_index(directory)
     files = list_shards(directory, split)
     as_uint8 = index.get("image_dtype") == "uint8"
@@ -224,7 +213,5 @@ def read_tfrecords(directory: str | Path, split: str = "train", *, shuffle_files
 
 def to_pairs(ds, mask_dtype=None):
     """Dataset of dicts (from :func:`read_tfrecords`) -> ``(image float32 (H,W,1), mask int32 (H,W))``."""
-    import tensorflow as tf
-
     dtype = mask_dtype or tf.int32
     return ds.map(lambda d: (d["image"], tf.cast(d["mask"], dtype)), num_parallel_calls=tf.data.AUTOTUNE)

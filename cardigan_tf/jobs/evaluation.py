@@ -35,10 +35,20 @@ import logging
 import math
 import time
 from pathlib import Path
-import numpy as np
 
-from cardigan_tf.labels import PHASES, STRUCTURE_TITLES, STRUCTURES
+import numpy as np
+from tqdm import tqdm
+
+from cardigan_tf import viz
+from cardigan_tf.config import ConfigError
+from cardigan_tf.data.h5layout import iter_samples
+from cardigan_tf.data.sample import EmptyDatasetError
 from cardigan_tf.files import atomic_path, refuse_overwrite, write_json
+from cardigan_tf.inference import masks_from_probabilities, model_input, predict_probabilities
+from cardigan_tf.labels import PHASES, STRUCTURE_TITLES, STRUCTURES
+from cardigan_tf.metrics import segmentation as seg
+from cardigan_tf.metrics.clinical import SIMPSON_CONVENTIONS, agreement, patients_indices
+from cardigan_tf.resize import resize_mask_np
 from cardigan_tf.runs import open_run
 
 log = logging.getLogger(__name__)
@@ -80,8 +90,6 @@ def _clinical(per_patient: dict, volumes: bool = True, simpson: str = "per_phase
     """EDV, ESV, EF per patient from the predicted and the ground-truth LV masks (Simpson
     biplane, ``simpson`` convention), with a reason whenever an index could not be measured,
     and their agreement with the ground-truth masks and the cfg values."""
-    from cardigan_tf.metrics.clinical import agreement, patients_indices
-
     jobs = {}
     for patient, d in sorted(per_patient.items()):
         if len(d["pred"]) < 4:
@@ -90,12 +98,7 @@ def _clinical(per_patient: dict, volumes: bool = True, simpson: str = "per_phase
         jobs[(patient, "gt")] = (d["gt"], d["spacing"])
     bar = None
     if progress and jobs:
-        try:
-            from tqdm import tqdm
-
-            bar = tqdm(total=len(jobs), desc="clinical", unit="mask set", leave=False, disable=None)
-        except ImportError:  # pragma: no cover
-            bar = None
+        bar = tqdm(total=len(jobs), desc="clinical", unit="mask set", leave=False, disable=None)
     try:
         res = patients_indices(jobs, simpson=simpson,
                                progress=(lambda done, total, pid: bar.update(1)) if bar is not None else None)
@@ -182,7 +185,6 @@ def _markdown(run_dir: Path, split: str, summary: dict) -> str:
 def _spacing_override(spacing) -> tuple[float, float] | None:
     if spacing is None:
         return None
-    from cardigan_tf.config import ConfigError
 
     try:
         row, col = (float(v) for v in (spacing.split(",") if isinstance(spacing, str) else spacing))
@@ -203,17 +205,8 @@ def evaluate_run(run_dir, data=None, split: str = "test", postprocess: bool = Fa
     ``simpson``: "per_phase" (clinical method of disks: each phase with its own long axis) or
     "camus" (one disk height for ED and ES, as the vital library computes it).
     """
-    from cardigan_tf.config import ConfigError
-    from cardigan_tf.metrics.clinical import SIMPSON_CONVENTIONS
-
     if simpson not in SIMPSON_CONVENTIONS:
         raise ConfigError(f"--simpson: expected one of {list(SIMPSON_CONVENTIONS)}, got {simpson!r}")
-    from cardigan_tf import viz
-    from cardigan_tf.data.h5layout import iter_samples
-    from cardigan_tf.data.sample import EmptyDatasetError
-    from cardigan_tf.inference import masks_from_probabilities, model_input, predict_probabilities
-    from cardigan_tf.metrics import segmentation as seg
-    from cardigan_tf.resize import resize_mask_np
 
     given_spacing = _spacing_override(spacing)
     stages = _Stages()
@@ -237,12 +230,8 @@ def evaluate_run(run_dir, data=None, split: str = "test", postprocess: bool = Fa
     t = stages.add("load", t)
 
     rows, cases, per_patient, sources = [], [], {}, set()
-    try:
-        from tqdm import tqdm
-    except ImportError:  # pragma: no cover
-        tqdm = None
     chunks = range(0, len(samples), 64)
-    for start in tqdm(chunks, desc="evaluate", unit="chunk", leave=False) if tqdm else chunks:
+    for start in tqdm(chunks, desc="evaluate", unit="chunk", leave=False):
         chunk = samples[start:start + 64]
         t = time.perf_counter()
         x = model_input([s.image for s in chunk], pre)

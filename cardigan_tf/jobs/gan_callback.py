@@ -17,6 +17,10 @@ from pathlib import Path
 
 import keras
 import numpy as np
+import tensorflow as tf
+from PIL import Image
+
+from cardigan_tf.viz import save_sample_grid
 
 LOSS_KEYS = ("d_loss", "g_gan", "g_feat", "g_vgg", "g_kl", "g_total", "d_real", "d_fake")
 
@@ -27,7 +31,6 @@ class GanCallback(keras.callbacks.Callback):
 
     def __init__(self, run_dir: Path, manager, total: int, samples, train_cfg, start: int):
         super().__init__()
-        import tensorflow as tf
 
         self.run_dir = Path(run_dir)
         self.manager = manager
@@ -81,8 +84,6 @@ class GanCallback(keras.callbacks.Callback):
 
     # -------------------------------------------------------------- outputs
     def _scalars(self, step, logs):
-        import tensorflow as tf
-
         with self.writer.as_default(step=step):
             for k, v in logs.items():
                 tf.summary.scalar(k, v)
@@ -90,10 +91,6 @@ class GanCallback(keras.callbacks.Callback):
 
     def write_samples(self, gan, final: bool):
         """PNG grid + TensorBoard image: mask | real | generated | EMA generated."""
-        import tensorflow as tf
-
-        from cardigan_tf.viz import save_sample_grid
-
         step = int(gan.step.numpy())
         masks = self.sample_masks.astype(np.int32)
         fake = gan.generate(masks, use_ema=False, image=self.sample_images)
@@ -102,7 +99,6 @@ class GanCallback(keras.callbacks.Callback):
         path = save_sample_grid(self.run_dir / "samples" / name,
                                 {"mask": list(masks), "real": list(self.sample_images),
                                  "generated": list(fake), "ema": list(ema)})
-        from PIL import Image
 
         grid = np.asarray(Image.open(path).convert("RGB"))
         with self.writer.as_default(step=step):

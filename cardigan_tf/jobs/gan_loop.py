@@ -15,9 +15,21 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import keras
 import numpy as np
+import tensorflow as tf
 
 import cardigan_tf.runtime as runtime
+from cardigan_tf.configs.gan import network_configs
+from cardigan_tf.data.pipeline import Selection, Training, count_samples, make_dataset
+from cardigan_tf.files import atomic_path, atomic_write_text, write_json
+from cardigan_tf.jobs.gan_callback import GanCallback
+from cardigan_tf.losses.gan import VGGPerceptualLoss
+from cardigan_tf.models.discriminator import build_discriminator
+from cardigan_tf.models.encoder import build_encoder
+from cardigan_tf.models.gan import ConstantThenLinearDecay, SpadeGAN
+from cardigan_tf.models.generator import build_generator
+from cardigan_tf.runs import run_dataset
 
 
 class NonFiniteLossError(RuntimeError):
@@ -50,23 +62,12 @@ def _augment(cfg):
 
 
 def _n_train(path: Path, cfg) -> int:
-    from cardigan_tf.data.pipeline import count_samples
-
     return max(1, count_samples(str(path), "train", views=cfg.data.views, phases=cfg.data.phases,
                                 patients=cfg.data.train_patients))
 
 
 def build_gan(cfg, strategy=None):
     """SpadeGAN with compiled optimizers for ``cfg`` (call after set_precision)."""
-    import keras
-
-    from cardigan_tf.losses.gan import VGGPerceptualLoss
-    from cardigan_tf.models.discriminator import build_discriminator
-    from cardigan_tf.models.encoder import build_encoder
-    from cardigan_tf.models.gan import ConstantThenLinearDecay, SpadeGAN
-    from cardigan_tf.models.generator import build_generator
-    from cardigan_tf.configs.gan import network_configs
-
     spe = cfg.train.steps_per_epoch or 1
     total, start = total_steps(cfg, spe), decay_start(cfg, spe)
     g_cfg, d_cfg, e_cfg = network_configs(cfg.model)
@@ -99,13 +100,6 @@ class _null:
 
 
 def fit_gan(cfg, run_dir: Path, resuming: bool = False) -> Path:
-    import keras
-    import tensorflow as tf
-
-    from cardigan_tf.data.pipeline import Selection, Training, make_dataset
-    from cardigan_tf.jobs.gan_callback import GanCallback
-    from cardigan_tf.files import write_json
-
     t = cfg.train
     precision = runtime.set_precision(t.precision)
     if t.deterministic:
@@ -160,14 +154,10 @@ def fit_gan(cfg, run_dir: Path, resuming: bool = False) -> Path:
 
 def _run_data(cfg, run_dir: Path) -> Path:
     """The run's dataset (split with ``data.seed``, the U-Net's key), resolved once and recorded."""
-    from cardigan_tf.runs import run_dataset
-
     return run_dataset(run_dir, cfg.data.data, cfg.model.size, cfg.data.seed, cfg.data.n_phantom)
 
 
 def _save_model(model, path: Path) -> None:
-    from cardigan_tf.files import atomic_path
-
     with atomic_path(path) as tmp:
         keras_path = tmp.with_name(tmp.name + ".keras")  # Keras wants the .keras suffix
         model.save(keras_path)
@@ -187,8 +177,6 @@ def _sample_batch(make_dataset, path, common, n):
 
 
 def _report(run_dir: Path, cfg, m: dict) -> None:
-    from cardigan_tf.files import atomic_write_text
-
     losses = m.get("final", {})
     lines = [
         f"# GAN run {run_dir.name}", "",

@@ -34,17 +34,22 @@ from typing import Any
 
 import numpy as np
 
-from cardigan_tf.labels import STRUCTURE_TITLES, STRUCTURES
+from cardigan_tf.data.h5layout import load_arrays, read_root_attrs
+from cardigan_tf.data.source import resolve_data
 from cardigan_tf.files import atomic_path, refuse_overwrite, write_json
+from cardigan_tf.inference import Preprocessing, model_input, predict_probabilities
+from cardigan_tf.labels import STRUCTURE_TITLES, STRUCTURES
+from cardigan_tf.metrics.synthesis import fid, kid, segmentation_consistency
+from cardigan_tf.models.features import encoder_features, inception_features
+from cardigan_tf.resize import resize_mask_np
 from cardigan_tf.runs import open_run
+from cardigan_tf.viz import save_sample_grid
 
 log = logging.getLogger(__name__)
 
 
 def _real_source(real_data, provenance: dict, seg_cfg, seg_dir: Path) -> Path:
     if real_data is not None:
-        from cardigan_tf.data.source import resolve_data
-
         return Path(resolve_data(real_data, seg_dir / "data", size=seg_cfg.data.size, seed=seg_cfg.data.seed))
     src = provenance.get("source_data")
     if src and Path(src).is_file():
@@ -54,17 +59,11 @@ def _real_source(real_data, provenance: dict, seg_cfg, seg_dir: Path) -> Path:
 
 def _arrays(path, split, pre, patients=None, views=None, phases=None) -> tuple[np.ndarray, np.ndarray]:
     """Images at the working size through the run's resize chain, and their masks (nearest)."""
-    from cardigan_tf.data.h5layout import load_arrays
-    from cardigan_tf.inference import model_input
-    from cardigan_tf.resize import resize_mask_np
-
     a = load_arrays(path, split, views=views, phases=phases, patients=patients)
     return model_input(a["image"], pre), resize_mask_np(a["mask"], pre.working_size).astype(np.uint8)
 
 
 def _segment(model, images: np.ndarray, batch_size: int) -> np.ndarray:
-    from cardigan_tf.inference import predict_probabilities
-
     return predict_probabilities(model, images, batch_size).argmax(-1).astype(np.uint8)
 
 
@@ -76,8 +75,6 @@ def _nanmean_sd(values: np.ndarray) -> dict[str, float]:
 
 
 def _distances(feat_real: np.ndarray, feat_other: np.ndarray, seed: int) -> dict[str, Any]:
-    from cardigan_tf.metrics.synthesis import fid, kid
-
     out: dict[str, Any] = {"n_real": len(feat_real), "n_other": len(feat_other), "dim": int(feat_real.shape[1])}
     try:
         out["fid"] = fid(feat_real, feat_other)
@@ -114,11 +111,6 @@ def gan_quality_report(synthetic_h5: str | Path, seg_run: str | Path, real_data:
         OverwriteError: ``out_dir`` exists and ``overwrite`` is False.
         FileNotFoundError: no model in ``seg_run``, or the Inception weights file is missing.
     """
-    from cardigan_tf.data.h5layout import read_root_attrs
-    from cardigan_tf.inference import Preprocessing
-    from cardigan_tf.metrics.synthesis import segmentation_consistency
-    from cardigan_tf.models.features import encoder_features, inception_features
-
     synthetic_h5 = Path(synthetic_h5)
     out_dir = Path(out_dir) if out_dir is not None else synthetic_h5.with_name(f"{synthetic_h5.stem}-quality")
     refuse_overwrite(out_dir, overwrite, "GAN quality report")
@@ -170,7 +162,6 @@ def gan_quality_report(synthetic_h5: str | Path, seg_run: str | Path, real_data:
         tmp.mkdir()
         write_json(tmp / "quality.json", result)
         (tmp / "quality.md").write_text(quality_markdown(result))
-        from cardigan_tf.viz import save_sample_grid
 
         save_sample_grid(tmp / "consistency.png", {"input mask": list(syn_msk[:k]), "generated": list(syn_img[:k]),
                                                    "U-Net": list(pred)})

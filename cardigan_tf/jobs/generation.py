@@ -37,11 +37,18 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tqdm import tqdm
 
 from cardigan_tf.data import h5layout
-from cardigan_tf.labels import LV, PHASES
+from cardigan_tf.data.deform import NoValidMaskError, deform_until_valid
+from cardigan_tf.data.masks import check_mask, rule_of, validity_check
 from cardigan_tf.files import refuse_overwrite
+from cardigan_tf.inference import synthesize as _synthesize
+from cardigan_tf.labels import LV, PHASES
+from cardigan_tf.models.mask_ae import MaskAEConfig, sample_valid_masks, train_mask_vae
+from cardigan_tf.resize import resize_pairs_np
 from cardigan_tf.runs import open_run
+from cardigan_tf.viz import save_sample_grid
 
 log = logging.getLogger(__name__)
 MASK_SOURCES = ("real", "deformed", "sampled")
@@ -58,8 +65,6 @@ def load_gan_run(run_dir: str | Path, weights: str = "ema"):
 def gan_training_masks(run) -> dict[str, np.ndarray]:
     """The masks the GAN was trained on (the train split, restricted to its training patients),
     at the generator's size."""
-    from cardigan_tf.resize import resize_pairs_np
-
     cfg = run.config
     data = run.dataset()
     patients = getattr(cfg.data, "train_patients", None)
@@ -93,8 +98,6 @@ def build_masks(arrays: dict[str, np.ndarray], source: str, per_mask: int, n: in
     ``vae_epochs`` (``sampled``): mask VAE epochs; None = at least 40 epochs and 300 updates
     (small training subsets get a smaller VAE batch and more epochs).
     """
-    from cardigan_tf.data.masks import check_mask, rule_of
-
     rng = np.random.default_rng(seed)
     masks = arrays["mask"]
     order = [int(i) for i in rng.permutation(len(masks))]  # n < all masks: a seeded, unbiased choice
@@ -123,8 +126,6 @@ def build_masks(arrays: dict[str, np.ndarray], source: str, per_mask: int, n: in
             i = valid[j % len(valid)]
             records.append(dict(base(i), mask=masks[i], k=j // len(valid)))
     elif source == "deformed":
-        from cardigan_tf.data.deform import NoValidMaskError, deform_until_valid
-
         j = 0
         while len(records) < total:
             i = order[j % len(order)]
@@ -139,9 +140,6 @@ def build_masks(arrays: dict[str, np.ndarray], source: str, per_mask: int, n: in
             stats["rejected"] += rejected
             records.append(dict(base(i), mask=m, k=(j - 1) // len(order)))
     elif source == "sampled":
-        from cardigan_tf.data.masks import validity_check
-        from cardigan_tf.models.mask_ae import MaskAEConfig, sample_valid_masks, train_mask_vae
-
         views = sorted(set(arrays["view"].tolist()))
         for v_index, view in enumerate(views):
             sel = arrays["view"] == view
@@ -177,8 +175,6 @@ def build_masks(arrays: dict[str, np.ndarray], source: str, per_mask: int, n: in
 def synthesize(generator, masks: np.ndarray, seed: int, batch_size: int = 16) -> np.ndarray:
     """Generator images in [0, 1] (N, H, W) for label masks (N, H, W); z ~ N(0, 1) if styled
     (:func:`cardigan_tf.inference.synthesize`)."""
-    from cardigan_tf.inference import synthesize as _synthesize
-
     return _synthesize(generator, masks, seed=seed, batch_size=batch_size)
 
 
@@ -191,10 +187,6 @@ def generate_set(gan: str | Path, out: str | Path, masks: str = "real", per_mask
     masks and a mask-only generator it is capped at the number of valid masks (more would be
     identical copies). ``vae_epochs``: training epochs of the mask VAE (``sampled`` only).
     """
-    from tqdm import tqdm
-
-    from cardigan_tf.viz import save_sample_grid
-
     out = Path(out)
     refuse_overwrite(out, overwrite, "synthetic dataset")
     if per_mask < 1 or (n is not None and n < 1):

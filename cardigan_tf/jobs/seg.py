@@ -24,22 +24,28 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 import time
 from pathlib import Path
 
+import keras
+
 import cardigan_tf.runtime as runtime
 from cardigan_tf.configs.seg import SegConfig
+from cardigan_tf.data.pipeline import Selection, Training, count_samples, make_dataset
 from cardigan_tf.data.source import check_data
 from cardigan_tf.data.synthetic import check_synthetic_set
 from cardigan_tf.files import atomic_write_text, write_json
+from cardigan_tf.jobs.seg_callbacks import BestAndEarlyStop, OverlayLogger
 from cardigan_tf.labels import STRUCTURES
+from cardigan_tf.losses.segmentation import DiceCELoss
+from cardigan_tf.metrics.keras_metrics import structure_dice_metrics
+from cardigan_tf.models.unet import build_unet
 from cardigan_tf.runs import plan_run, run_dataset
 
 
 def count_train_frames(data_path, cfg: SegConfig) -> int:
     """Training frames of ``cfg`` in ``data_path`` (.h5 or TFRecord folder)."""
-    from cardigan_tf.data.pipeline import count_samples
-
     d = cfg.data
     return count_samples(str(data_path), "train", views=d.views, phases=d.phases, patients=d.train_patients)
 
@@ -63,8 +69,6 @@ def check_inputs(cfg: SegConfig) -> None:
 
 
 def _schedule(cfg, total_steps: int):
-    import keras
-
     if cfg.schedule == "cosine":
         return keras.optimizers.schedules.CosineDecay(cfg.lr, decay_steps=max(1, total_steps), alpha=0.01)
     return cfg.lr
@@ -73,11 +77,6 @@ def _schedule(cfg, total_steps: int):
 def compile_unet(model, cfg: SegConfig, total_steps: int, jit: bool):
     """Compile a U-Net for ``cfg``: AdamW with its schedule, Dice + CE loss (with deep
     supervision weights), per-structure Dice metrics; build the optimizer."""
-    import keras
-
-    from cardigan_tf.losses.segmentation import DiceCELoss
-    from cardigan_tf.metrics.keras_metrics import structure_dice_metrics
-
     t = cfg.train
     loss = DiceCELoss(t.dice_weight, t.ce_weight, cfg.model.num_classes, class_weights=t.class_weights)
     opt = keras.optimizers.AdamW(learning_rate=_schedule(t, total_steps), weight_decay=t.weight_decay)
@@ -131,15 +130,9 @@ def train_seg(cfg: SegConfig | None, run_dir: str | Path | None = None, resume: 
 
 
 def _train(cfg: SegConfig, run_dir: Path, callbacks: list | None) -> Path:
-    from cardigan_tf.jobs.seg_callbacks import BestAndEarlyStop, OverlayLogger
-
     runtime.set_precision(cfg.train.precision)
-    import keras
 
     keras.utils.set_random_seed(cfg.train.seed)  # the same initial weights for the same seed
-
-    from cardigan_tf.data.pipeline import Selection, Training, make_dataset
-    from cardigan_tf.models.unet import build_unet
 
     t, d = cfg.train, cfg.data
     data_path = resolve_run_data(cfg, run_dir)
@@ -193,8 +186,6 @@ def _train(cfg: SegConfig, run_dir: Path, callbacks: list | None) -> Path:
 
 
 def _interactive() -> bool:
-    import sys
-
     return sys.stdout.isatty()
 
 

@@ -8,7 +8,9 @@ from pathlib import Path
 
 import keras
 import numpy as np
+import tensorflow as tf
 
+from cardigan_tf import viz
 from cardigan_tf.files import write_json
 
 
@@ -82,14 +84,12 @@ class OverlayLogger(keras.callbacks.Callback):
                 break
         if images:
             self.batch = (np.concatenate(images)[: self.n], np.concatenate(masks)[: self.n])
-        import tensorflow as tf
 
         self.writer = tf.summary.create_file_writer(str(self.run_dir / "tensorboard" / "overlays"))
 
     def on_epoch_end(self, epoch, logs=None):
         if self.batch is None:
             return
-        from cardigan_tf import viz
 
         x, gt = self.batch
         out = self.model(x, training=False)
@@ -98,7 +98,6 @@ class OverlayLogger(keras.callbacks.Callback):
         rows = [[viz.to_uint8_gray(x[i]), viz.overlay(x[i], gt[i]), viz.overlay(x[i], pred[i])] for i in range(len(x))]
         grid = viz.make_grid(rows, col_titles=["image", "truth", "prediction"])
         viz.save_png(self.run_dir / "samples" / f"epoch_{epoch + 1:03d}.png", grid)
-        import tensorflow as tf
 
         with self.writer.as_default():
             tf.summary.image("val_overlays", grid[None], step=epoch + 1)

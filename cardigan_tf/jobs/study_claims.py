@@ -10,7 +10,11 @@ event); ``claims/data.lock`` serialises the resolution of the study's data.
 
 from __future__ import annotations
 
+import fcntl
+import json
 import logging
+import os
+import socket
 import time
 from pathlib import Path
 
@@ -25,8 +29,6 @@ def claims_dir(root: Path) -> Path:
 
 
 def _pid_alive(pid: int) -> bool:
-    import os
-
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -39,10 +41,6 @@ def _pid_alive(pid: int) -> bool:
 def claim(root: Path, unit: str) -> bool:
     """Claim ``unit`` for this process (True) or see it held by a live process (False).
     A claim left by a dead process of this host is taken over."""
-    import json
-    import os
-    import socket
-
     path = claims_dir(root) / f"{unit}.claim"
     me = {"host": socket.gethostname(), "pid": os.getpid(), "time": time.time()}
     for _ in range(2):
@@ -73,10 +71,6 @@ def release(root: Path, unit: str) -> None:
 
 def work_log(root: Path, unit: str, event: str) -> None:
     """Append one JSON line (unit, event, host, pid, time) to ``claims/work.log``."""
-    import json
-    import os
-    import socket
-
     line = json.dumps({"unit": unit, "event": event, "host": socket.gethostname(), "pid": os.getpid(),
                        "time": time.time()}) + "\n"
     fd = os.open(claims_dir(root) / "work.log", os.O_CREAT | os.O_APPEND | os.O_WRONLY, 0o644)
@@ -93,15 +87,11 @@ class data_lock:
         self.path = claims_dir(root) / "data.lock"
 
     def __enter__(self):
-        import fcntl
-
         self.fh = open(self.path, "a")
         fcntl.flock(self.fh, fcntl.LOCK_EX)
         return self
 
     def __exit__(self, *exc):
-        import fcntl
-
         fcntl.flock(self.fh, fcntl.LOCK_UN)
         self.fh.close()
         return False

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from cardigan_tf import stats
+from cardigan_tf.data.h5layout import read_root_attrs
 from cardigan_tf.files import atomic_write_text
 from cardigan_tf.labels import STRUCTURE_TITLES, STRUCTURES
 from cardigan_tf.metrics.segmentation import METRICS
@@ -233,8 +234,6 @@ def test_table_lines(tests: list[dict]) -> list[str]:
 
 def _synthetic_counts(root: Path) -> str:
     """"synth-f1-seed0: 192 images, ..." from the synthetic sets' provenance."""
-    from cardigan_tf.data.h5layout import read_root_attrs
-
     parts = []
     for path in sorted((root / "synthetic").glob("*.h5")):
         prov = read_root_attrs(path).get("provenance") or {}

@@ -16,14 +16,24 @@ import time
 from pathlib import Path
 from typing import Any
 
+import keras
+import keras_tuner as kt
 import numpy as np
+import tensorflow as tf
 
 from cardigan_tf.config import to_dict
 from cardigan_tf.configs.tune import TuneConfig, apply_values
+from cardigan_tf.data.h5layout import iter_samples
+from cardigan_tf.data.pipeline import Selection, Training, make_dataset
+from cardigan_tf.data.source import prepared_size
 from cardigan_tf.files import write_json
+from cardigan_tf.inference import Preprocessing, masks_from_probabilities, model_input, predict_probabilities
+from cardigan_tf.jobs.seg import compile_unet, count_train_frames
 from cardigan_tf.jobs.tuning_report import TRIAL_RECORD
 from cardigan_tf.labels import STRUCTURES
-from cardigan_tf.metrics.segmentation import METRICS
+from cardigan_tf.metrics.segmentation import METRICS, evaluate_masks
+from cardigan_tf.models.unet import build_unet, inference_model
+from cardigan_tf.resize import resize_mask_np
 
 
 # ----------------------------------------------------------------------------- search space
@@ -44,40 +54,35 @@ def declare_space(hp, space) -> dict[str, Any]:
     return values
 
 
-
 # ----------------------------------------------------------------------------- hypermodel
-def _callbacks_module():
-    import keras
+class AliasObjective(keras.callbacks.Callback):
+    """Copy the model's log key of the objective (prefixed by the output name with deep
+    supervision) under the objective's own name, for KerasTuner's callbacks."""
 
-    class AliasObjective(keras.callbacks.Callback):
-        """Copy the model's log key of the objective (prefixed by the output name with deep
-        supervision) under the objective's own name, for KerasTuner's callbacks."""
+    def __init__(self, objective: str, key: str):
+        super().__init__()
+        self.objective, self.key = objective, key
 
-        def __init__(self, objective: str, key: str):
-            super().__init__()
-            self.objective, self.key = objective, key
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None and self.key in logs and self.objective not in logs:
+            logs[self.objective] = logs[self.key]
 
-        def on_epoch_end(self, epoch, logs=None):
-            if logs is not None and self.key in logs and self.objective not in logs:
-                logs[self.objective] = logs[self.key]
 
-    class KeepBest(keras.callbacks.Callback):
-        """Keep the weights of the best epoch (by ``key``) in memory."""
+class KeepBest(keras.callbacks.Callback):
+    """Keep the weights of the best epoch (by ``key``) in memory."""
 
-        def __init__(self, key: str, direction: str):
-            super().__init__()
-            self.key, self.sign = key, (1.0 if direction == "max" else -1.0)
-            self.best, self.weights, self.best_epoch = None, None, None
+    def __init__(self, key: str, direction: str):
+        super().__init__()
+        self.key, self.sign = key, (1.0 if direction == "max" else -1.0)
+        self.best, self.weights, self.best_epoch = None, None, None
 
-        def on_epoch_end(self, epoch, logs=None):
-            value = (logs or {}).get(self.key)
-            if value is None or not math.isfinite(float(value)):
-                return
-            if self.best is None or self.sign * float(value) > self.sign * self.best:
-                self.best, self.best_epoch = float(value), epoch + 1
-                self.weights = self.model.get_weights()
-
-    return AliasObjective, KeepBest
+    def on_epoch_end(self, epoch, logs=None):
+        value = (logs or {}).get(self.key)
+        if value is None or not math.isfinite(float(value)):
+            return
+        if self.best is None or self.sign * float(value) > self.sign * self.best:
+            self.best, self.best_epoch = float(value), epoch + 1
+            self.weights = self.model.get_weights()
 
 
 def log_key(objective: str, model) -> str:
@@ -89,19 +94,11 @@ def log_key(objective: str, model) -> str:
 
 def trial_steps(cfg: TuneConfig, data_path: Path) -> tuple[int, int]:
     """(training frames, steps per epoch) as ``train seg`` computes them."""
-    from cardigan_tf.jobs.seg import count_train_frames
-
     n_train = count_train_frames(data_path, cfg.seg)
     return n_train, cfg.seg.train.epoch_steps(n_train)
 
 
-def _hypermodel_base():
-    import keras_tuner as kt
-
-    return kt.HyperModel
-
-
-class UNetHyperModel(_hypermodel_base()):
+class UNetHyperModel(kt.HyperModel):
     """The U-Net search of ``cfg`` on the resolved data ``data_path`` (see module docstring).
 
     ``steps``: training steps per epoch (as ``train seg`` computes them); ``jit``: XLA;
@@ -126,11 +123,6 @@ class UNetHyperModel(_hypermodel_base()):
         return apply_values(self.cfg.seg, declare_space(hp, self.cfg.space))
 
     def build(self, hp):
-        import keras
-
-        from cardigan_tf.jobs.seg import compile_unet
-        from cardigan_tf.models.unet import build_unet
-
         seg = self.seg_config(hp)
         keras.utils.set_random_seed(int(seg.train.seed))  # the same initial weights as retrain_best
         model = build_unet(seg.model)
@@ -140,8 +132,6 @@ class UNetHyperModel(_hypermodel_base()):
         return model
 
     def fit(self, hp, model, *args, callbacks=None, epochs=None, initial_epoch=0, verbose=None, **kwargs):
-        from cardigan_tf.data.pipeline import Selection, Training, make_dataset
-
         start = time.time()
         seg = self.seg_config(hp)
         t, d = seg.train, seg.data
@@ -158,12 +148,11 @@ class UNetHyperModel(_hypermodel_base()):
         if n_out > 1:
             train_ds = train_ds.map(lambda x, y: (x, (y,) * n_out))
             val_ds = val_ds.map(lambda x, y: (x, (y,) * n_out))
-        alias_cls, keep_cls = _callbacks_module()
         key = log_key(self.cfg.objective, model)
-        keep = keep_cls(key, self.cfg.direction)
+        keep = KeepBest(key, self.cfg.direction)
         history = model.fit(train_ds, validation_data=val_ds, epochs=epochs, initial_epoch=int(initial_epoch),
                             steps_per_epoch=self.steps, shuffle=False,
-                            callbacks=[alias_cls(self.cfg.objective, key), *(callbacks or []), keep],
+                            callbacks=[AliasObjective(self.cfg.objective, key), *(callbacks or []), keep],
                             verbose=1 if sys.stdout.isatty() else 2)
         if keep.best is None:
             raise ValueError(f"the objective {self.cfg.objective!r} ({key}) was not logged or not finite; "
@@ -189,10 +178,6 @@ class UNetHyperModel(_hypermodel_base()):
         """(model input (N,s,s,1), working-size truth masks, working-grid spacings, unit)."""
         if self._valid is not None:
             return self._valid
-        from cardigan_tf.data.h5layout import iter_samples
-        from cardigan_tf.data.source import prepared_size
-        from cardigan_tf.inference import Preprocessing, model_input
-        from cardigan_tf.resize import resize_mask_np
 
         size = int(seg.model.size)
         if self.data_path.is_dir():  # TFRecord folder: no spacing per frame to read cheaply
@@ -213,10 +198,6 @@ class UNetHyperModel(_hypermodel_base()):
     def structure_metrics(self, model, seg) -> tuple[dict[str, float], str | None]:
         """Mean Dice, HD and MAD per structure on the validation split (working size):
         ``val_<structure>_dice``, ``val_<structure>_hd_<unit>``, ``val_<structure>_mad_<unit>``."""
-        from cardigan_tf.inference import masks_from_probabilities, predict_probabilities
-        from cardigan_tf.metrics.segmentation import evaluate_masks
-        from cardigan_tf.models.unet import inference_model
-
         x, gts, spacings, unit = self._validation_samples(seg)
         if x is None or not len(x):
             return {}, None
@@ -242,8 +223,6 @@ class UNetHyperModel(_hypermodel_base()):
             write_json(Path(trial_dir) / TRIAL_RECORD, record)
         logdir = next((cb.log_dir for cb in callbacks or [] if type(cb).__name__ == "TensorBoard"), None)
         if logdir:
-            import tensorflow as tf
-
             writer = tf.summary.create_file_writer(str(Path(logdir) / "validation_structures"))
             with writer.as_default():
                 for k, v in record["metrics"].items():

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from matplotlib.figure import Figure
 
 from cardigan_tf.config import to_dict
 from cardigan_tf.configs.tune import PARAMETERS, TuneConfig, apply_values, space_table
@@ -92,8 +93,6 @@ def _table(rows: list[dict], cfg: TuneConfig) -> tuple[list[str], list[list[Any]
 
 
 def _plot(path: Path, rows: list[dict], cfg: TuneConfig) -> None:
-    from matplotlib.figure import Figure
-
     fig = Figure(figsize=(6, 4), dpi=100)
     ax = fig.add_subplot(1, 1, 1)
     xs = np.arange(1, len(rows) + 1)

@@ -29,9 +29,17 @@ from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
 import numpy as np
 
 from cardigan_tf.labels import PHASES, VIEWS
-from cardigan_tf.metrics.long_axis import (DEFAULT_BASE_TOL_MM, MAX_CONTOUR_POINTS, MAX_DEBRIS_FRACTION,
-                                           MAX_HOLE_FRACTION, N_DISKS, LongAxis, LVMissingError, lv_long_axis,
-                                           lv_mask_problem)
+from cardigan_tf.metrics.long_axis import (
+    DEFAULT_BASE_TOL_MM,
+    MAX_CONTOUR_POINTS,
+    MAX_DEBRIS_FRACTION,
+    MAX_HOLE_FRACTION,
+    N_DISKS,
+    LongAxis,
+    LVMissingError,
+    lv_long_axis,
+    lv_mask_problem,
+)
 
 __all__ = ["LVMissingError", "LongAxis", "lv_mask_problem", "lv_long_axis", "disks_volume_ml",
            "phase_volumes", "simpson_biplane", "patient_indices", "iter_patient_indices",

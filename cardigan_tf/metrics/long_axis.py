@@ -36,6 +36,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+import contourpy
 import numpy as np
 from scipy import ndimage
 
@@ -141,8 +142,6 @@ def _isotropic(mask: np.ndarray, spacing, iso_mm: float | None):
 
 def _outer_contour(mask: np.ndarray) -> np.ndarray:
     """Longest closed marching-squares contour of a boolean mask, (N, 2) pixel (row, col)."""
-    import contourpy
-
     padded = np.pad(mask.astype(np.float64), 1)
     gen = contourpy.contour_generator(z=padded, line_type="Separate")
     lines = gen.lines(0.5)

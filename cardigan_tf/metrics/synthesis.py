@@ -28,6 +28,7 @@ from scipy import linalg
 
 from cardigan_tf.labels import STRUCTURES
 
+
 def _stats(feat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     feat = np.asarray(feat, dtype=np.float64)
     if feat.ndim != 2 or feat.shape[0] < 2:

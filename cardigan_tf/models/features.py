@@ -15,6 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
+import keras
 import numpy as np
 
 FeatureFn = Callable[[np.ndarray], np.ndarray]
@@ -48,7 +49,6 @@ def inception_features(weights_path: str | Path, batch_size: int = 32) -> Featur
             f"{weights_path}: InceptionV3 weights file not found (field: inception weights). "
             "FID/KID with InceptionV3 need a local Keras weights file (include_top=False); "
             "nothing is downloaded. Leave it unset to use the U-Net encoder features instead.")
-    import keras
 
     net = keras.applications.InceptionV3(weights=str(path), include_top=False, pooling="avg",
                                          input_shape=(299, 299, 3))
@@ -101,8 +101,6 @@ def encoder_features(unet_model, batch_size: int = 32) -> FeatureFn:
     The bottleneck is found by :func:`bottleneck_layer`; the returned function takes images
     (N, H, W, 1) in [0, 1] at the U-Net's input size. ``features.name`` names the layer.
     """
-    import keras
-
     layer = bottleneck_layer(unet_model)
     inputs = unet_model.inputs[0] if len(unet_model.inputs) == 1 else unet_model.inputs
     sub = keras.Model(inputs, layer.output, name=f"{unet_model.name}_encoder")

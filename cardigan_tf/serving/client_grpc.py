@@ -20,8 +20,19 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import grpc
 import numpy as np
+import tensorflow as tf
+from google.protobuf import json_format
+from tensorflow_serving.apis import (
+    get_model_metadata_pb2,
+    get_model_status_pb2,
+    model_service_pb2_grpc,
+    predict_pb2,
+    prediction_service_pb2_grpc,
+)
 
+from cardigan_tf.serving.client_rest import signature_io
 from cardigan_tf.serving.errors import ServingRequestError, ServingUnavailableError
 
 __all__ = ["GrpcClient", "MAX_MESSAGE_BYTES", "RETRY_CODES"]
@@ -49,9 +60,6 @@ class GrpcClient:
 
     def __init__(self, target: str, model: str, version: int | None = None, timeout: float = 10.0,
                  retries: int = 3, backoff: float = 0.5):
-        import grpc
-        from tensorflow_serving.apis import model_service_pb2_grpc, prediction_service_pb2_grpc
-
         host, sep, port = target.rpartition(":")
         if not sep or not host or not port.isdigit():
             raise ValueError(f"target: expected host:port, got {target!r}")
@@ -120,9 +128,6 @@ class GrpcClient:
         """Run a signature. ``inputs``: ``{name: array}``, or one array for a single-input
         signature (its input name is read from the metadata). ``output_filter``: only these
         outputs (default all). Returns ``{output: array}``."""
-        import tensorflow as tf
-        from tensorflow_serving.apis import predict_pb2
-
         if not isinstance(inputs, dict):
             names = list(self.signature(signature_name)["inputs"])
             if len(names) != 1:
@@ -140,9 +145,6 @@ class GrpcClient:
         """GetModelMetadata, as ``{"model_spec": {...}, "metadata": {"signature_def": {...}}}``
         (the REST metadata shape; cached)."""
         if self._metadata is None:
-            from google.protobuf import json_format
-            from tensorflow_serving.apis import get_model_metadata_pb2
-
             request = get_model_metadata_pb2.GetModelMetadataRequest()
             self._spec(request.model_spec)
             request.metadata_field.append("signature_def")
@@ -157,8 +159,6 @@ class GrpcClient:
 
     def signature(self, signature_name: str = "serving_default") -> dict[str, dict[str, Any]]:
         """Inputs and outputs (name -> NumPy dtype) of a signature."""
-        from cardigan_tf.serving.client_rest import signature_io
-
         try:
             return signature_io(self.metadata(), signature_name)
         except (KeyError, ValueError) as exc:
@@ -166,9 +166,6 @@ class GrpcClient:
 
     def status(self) -> dict:
         """GetModelStatus, as the REST status answer: ``{"model_version_status": [...]}``."""
-        from google.protobuf import json_format
-        from tensorflow_serving.apis import get_model_status_pb2
-
         request = get_model_status_pb2.GetModelStatusRequest()
         self._spec(request.model_spec)
         response = self._call(self._models.GetModelStatus, request, "GetModelStatus")

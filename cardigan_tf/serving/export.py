@@ -33,11 +33,18 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnxruntime as ort
+import tensorflow as tf
+from google.protobuf import text_format
+from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
+from tensorflow_serving.config import model_server_config_pb2
 
 from cardigan_tf import resize
+from cardigan_tf.config import to_dict
 from cardigan_tf.files import OverwriteError, atomic_path, atomic_write_text, sha256_file, write_json
 from cardigan_tf.labels import LABEL_DESCRIPTIONS, LABEL_NAMES, NUM_CLASSES
 from cardigan_tf.runs import RunError, code_revision, library_versions, open_run
+from cardigan_tf.serving.signatures import MAX_SIDE, RANGE_TOLERANCE, GanServing, SegServing
 
 log = logging.getLogger(__name__)
 
@@ -66,8 +73,6 @@ def load_source(run_dir):
 
 
 def build_module(kind: str, model, extra: dict, resize_impl: str = "tf", onnx: bool = False):
-    from cardigan_tf.serving.signatures import GanServing, SegServing
-
     if kind == "seg":
         return SegServing.build(model, extra["pre"].sizes, resize_impl=resize_impl, checks=not onnx,
                                 rank=3 if onnx else None)
@@ -85,7 +90,6 @@ def sample_inputs(kind: str, working_size: int, seed: int = 0) -> list[dict[str,
     for i, (h, w) in enumerate(sizes):
         if kind == "seg":
             coarse = rng.random((2, 5, 7, 1)).astype(np.float32)
-            import tensorflow as tf
 
             img = tf.image.resize(coarse, [h, w], method="bicubic").numpy()[..., 0]
             img = np.clip(img + 0.05 * rng.standard_normal(img.shape), 0, 1).astype(np.float32)
@@ -117,9 +121,6 @@ def model_folders(base: Path) -> list[str]:
 
 
 def models_config_text(base: Path, absolute: bool = False) -> str:
-    from google.protobuf import text_format
-    from tensorflow_serving.config import model_server_config_pb2
-
     cfg = model_server_config_pb2.ModelServerConfig()
     for name in model_folders(base):
         c = cfg.model_config_list.config.add()
@@ -130,9 +131,6 @@ def models_config_text(base: Path, absolute: bool = False) -> str:
 
 
 def parse_models_config(path: Path):
-    from google.protobuf import text_format
-    from tensorflow_serving.config import model_server_config_pb2
-
     try:
         return text_format.Parse(Path(path).read_text(), model_server_config_pb2.ModelServerConfig())
     except text_format.ParseError as exc:
@@ -141,9 +139,6 @@ def parse_models_config(path: Path):
 
 def write_warmup(path: Path, model_name: str, requests: list[tuple[str, dict[str, np.ndarray]]]) -> None:
     """PredictionLog records (TFRecord) that TF-Serving replays at load time."""
-    import tensorflow as tf
-    from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
-
     path.parent.mkdir(parents=True, exist_ok=True)
     with tf.io.TFRecordWriter(str(path)) as writer:
         for signature, inputs in requests:
@@ -155,9 +150,6 @@ def write_warmup(path: Path, model_name: str, requests: list[tuple[str, dict[str
 
 
 def read_warmup(path: Path) -> list[tuple[str, dict[str, np.ndarray]]]:
-    import tensorflow as tf
-    from tensorflow_serving.apis import prediction_log_pb2
-
     if not path.is_file():
         raise ExportError(f"{path}: warm-up file missing")
     out = []
@@ -176,8 +168,6 @@ def read_warmup(path: Path) -> list[tuple[str, dict[str, np.ndarray]]]:
 
 def signature_info(saved_dir: Path) -> dict[str, Any]:
     """{signature: {inputs: [{name, dtype, shape}], outputs: [...]}} of a SavedModel."""
-    import tensorflow as tf
-
     loaded = tf.saved_model.load(str(saved_dir))
     info = {}
     for name, fn in loaded.signatures.items():
@@ -217,15 +207,11 @@ def export_run(run_dir, out="export/models", name: str | None = None, version: i
 
 
 def _config_dict(run) -> dict:
-    from cardigan_tf.config import to_dict
-
     return to_dict(run.config)
 
 
 def write_version(folder: Path, kind: str, model, extra: dict, name: str, source: dict, onnx: bool = False) -> dict:
     """Write one complete version folder (SavedModel, warm-up, metadata, optional ONNX)."""
-    import tensorflow as tf
-
     module = build_module(kind, model, extra)
     tf.saved_model.save(module, str(folder), signatures=module.signatures())
     working = int(extra["pre"].working_size) if kind == "seg" else int(model.inputs[0].shape[1])
@@ -263,8 +249,6 @@ def write_version(folder: Path, kind: str, model, extra: dict, name: str, source
 
 
 def _input_rules(kind: str, z_dim) -> dict:
-    from cardigan_tf.serving.signatures import MAX_SIDE, RANGE_TOLERANCE
-
     if kind == "seg":
         return {"serving_default": f"image float32 in [0, 1] (tolerance {RANGE_TOLERANCE}), (B, H, W) or (B, H, W, 1)",
                 "serving_uint8": "image uint8 in [0, 255], (B, H, W) or (B, H, W, 1)",
@@ -281,8 +265,6 @@ def _input_rules(kind: str, z_dim) -> dict:
 def export_onnx(folder: Path, kind: str, model, extra: dict, samples) -> dict:
     """Convert the matrix-resize variant of the serving graph with tf2onnx and check ONNX Runtime
     against the SavedModel in ``folder`` on ``samples`` (ExportError above 1e-4)."""
-    import tensorflow as tf
-
     module = build_module(kind, model, extra, resize_impl="matrix", onnx=True)
     with tempfile.TemporaryDirectory(prefix=".onnx-", dir=folder.parent) as tmp:
         tf.saved_model.save(module, tmp, signatures={"serving_default": module.serving_default})
@@ -305,9 +287,6 @@ def export_onnx(folder: Path, kind: str, model, extra: dict, samples) -> dict:
 def onnx_parity(folder: Path, samples) -> float:
     """Max abs difference between ONNX Runtime and the SavedModel's serving_default
     (probabilities for seg, image grey levels for GAN) on ``samples``."""
-    import onnxruntime as ort
-    import tensorflow as tf
-
     sess = ort.InferenceSession(str(folder / ONNX_FILE), providers=["CPUExecutionProvider"])
     fn = tf.saved_model.load(str(folder)).signatures["serving_default"]
     out_names = [o.name for o in sess.get_outputs()]

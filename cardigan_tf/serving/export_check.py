@@ -20,12 +20,26 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+import tensorflow as tf
 
-from cardigan_tf import resize
+from cardigan_tf import inference, resize
 from cardigan_tf.files import sha256_file
-from cardigan_tf.serving.export import (ONNX_FILE, PROB_TOLERANCE, TIE_MARGIN, WARMUP_FILE, ExportError,
-                                        load_source, model_folders, onnx_parity, parse_models_config,
-                                        read_warmup, sample_inputs, signature_info, version_dirs)
+from cardigan_tf.serving.export import (
+    ONNX_FILE,
+    PROB_TOLERANCE,
+    TIE_MARGIN,
+    WARMUP_FILE,
+    ExportError,
+    load_source,
+    model_folders,
+    onnx_parity,
+    parse_models_config,
+    read_warmup,
+    sample_inputs,
+    signature_info,
+    version_dirs,
+)
+from cardigan_tf.serving.signatures import default_z, seeded_z
 
 __all__ = ["check_export", "fresh_process_outputs", "reference_outputs", "compare_outputs", "compare_with_source"]
 
@@ -84,8 +98,6 @@ def _resolve_check_target(path: Path) -> tuple[Path, list[Path]]:
 
 def check_export(path, compare_source: bool = True) -> list[str]:
     """Verify an export (see module doc); return one line per checked item; ExportError on a fault."""
-    import tensorflow as tf
-
     base, versions = _resolve_check_target(Path(path))
     lines = []
     cfg_file = base / "models.config"
@@ -156,15 +168,12 @@ def check_export(path, compare_source: bool = True) -> list[str]:
 def reference_outputs(kind: str, model, extra: dict, inputs: dict[str, np.ndarray],
                       z_dim: int | None = None) -> dict[str, np.ndarray]:
     """What the Keras model gives through :mod:`cardigan_tf.inference` for one request."""
-    from cardigan_tf import inference
-
     if kind == "seg":
         images = inputs["image"]
         x = inference.model_input(images, extra["pre"])
         probs = inference.predict_probabilities(model, x)
         probs = resize.resize_probabilities(probs, images.shape[1:3]).numpy()
         return {"probabilities": probs, "mask": np.argmax(probs, -1).astype(np.uint8)}
-    from cardigan_tf.serving.signatures import default_z, seeded_z
 
     masks = inputs["mask"]
     z = None

@@ -24,7 +24,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import tensorflow as tf
+from tensorflow.core.protobuf import error_codes_pb2
 
+from cardigan_tf import resize
+from cardigan_tf.inference import model_input, predict_probabilities
 from cardigan_tf.runs import open_run
 from cardigan_tf.serving.errors import ServingRequestError
 
@@ -81,8 +85,6 @@ class SavedModelBackend:
     """An exported SavedModel called in-process. ``path``: ``BASE/NAME[/VERSION]``."""
 
     def __init__(self, path: str | Path):
-        import tensorflow as tf
-
         self.path = resolve_export(path)
         self.meta = export_metadata(self.path)
         self.model = tf.saved_model.load(str(self.path))
@@ -107,8 +109,6 @@ class SavedModelBackend:
         return self.model.signatures[signature_name]
 
     def predict(self, inputs, signature_name: str = "serving_default") -> dict[str, np.ndarray]:
-        import tensorflow as tf
-
         fn = self._fn(signature_name)
         specs = fn.structured_input_signature[1]
         if not isinstance(inputs, dict) and len(specs) == 1:
@@ -127,8 +127,6 @@ class SavedModelBackend:
         try:
             out = fn(**feed)
         except tf.errors.OpError as exc:
-            from tensorflow.core.protobuf import error_codes_pb2
-
             raise ServingRequestError(self.where, tf_error_message(exc),
                                       status=error_codes_pb2.Code.Name(exc.error_code)) from None
         except (TypeError, ValueError) as exc:
@@ -173,9 +171,6 @@ class RunBackend:
         return ServingRequestError(self.where, message, status="INVALID_ARGUMENT")
 
     def predict(self, inputs, signature_name: str = "serving_default") -> dict[str, np.ndarray]:
-        from cardigan_tf import resize
-        from cardigan_tf.inference import model_input, predict_probabilities
-
         self._check_signature(signature_name)
         arrays = _named(inputs)
         if set(arrays) != {"image"}:

@@ -33,11 +33,18 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tqdm import tqdm
 
+from cardigan_tf import viz
 from cardigan_tf.data.sample import DataError
 from cardigan_tf.files import atomic_path, atomic_write_text, refuse_overwrite
 from cardigan_tf.labels import LV, PHASES, VIEWS
+from cardigan_tf.metrics.clinical import patient_indices
+from cardigan_tf.metrics.segmentation import postprocess as clean
+from cardigan_tf.serving.client_grpc import GrpcClient
+from cardigan_tf.serving.client_rest import RestClient
 from cardigan_tf.serving.errors import ServingError
+from cardigan_tf.serving.local import RunBackend, SavedModelBackend, export_metadata, resolve_export
 from cardigan_tf.serving.predict_files import FORMATS, InputFile, collect_inputs, read_input, write_mask
 
 __all__ = ["open_backend", "collect_inputs", "read_input", "write_mask", "predict_files", "InputFile",
@@ -71,13 +78,9 @@ def open_backend(spec: str, timeout: float = 10.0, retries: int = 3, fmt: str = 
     if re.match(r"^[a-z]+://", spec):
         scheme, netloc, name, version = _remote_spec(spec)
         if scheme in ("http", "https"):
-            from cardigan_tf.serving.client_rest import RestClient
-
             client = RestClient(f"{scheme}://{netloc}", name, version, timeout=timeout, retries=retries)
             backend = _Remote(client, fmt, spec)
         elif scheme == "grpc":
-            from cardigan_tf.serving.client_grpc import GrpcClient
-
             backend = _Remote(GrpcClient(netloc, name, version, timeout=timeout, retries=retries), None, spec)
         else:
             raise ValueError(f"--model {spec}: unknown scheme {scheme!r} (expected http://, https:// or grpc://)")
@@ -87,10 +90,7 @@ def open_backend(spec: str, timeout: float = 10.0, retries: int = 3, fmt: str = 
     if not path.exists():
         raise FileNotFoundError(f"--model {spec}: no such export or run folder")
     if (path / "config.yaml").is_file():
-        from cardigan_tf.serving.local import RunBackend
-
         return RunBackend(path)
-    from cardigan_tf.serving.local import SavedModelBackend, export_metadata, resolve_export
 
     version_dir = resolve_export(path)
     kind = export_metadata(version_dir).get("kind")
@@ -146,8 +146,6 @@ def _fmt(v) -> str:
 # ============================================================================ clinical
 def _clinical_rows(frames: dict[str, dict[tuple[str, str], dict]]) -> list[dict]:
     """One row per patient with any named frame: EDV/ESV/EF, or NaN and the reason."""
-    from cardigan_tf.metrics.clinical import patient_indices
-
     rows = []
     nan = float("nan")
     for patient in sorted(frames):
@@ -223,10 +221,6 @@ def predict_files(backend, inputs, out: str | Path, overwrite: bool = False, pro
     the largest component of each label and fill holes (as ``evaluate --postprocess``) before
     writing and measuring. Returns the rows of both CSVs; the caller decides what no successful
     prediction means."""
-    from tqdm import tqdm
-
-    from cardigan_tf import viz
-
     stderr = stderr or sys.stderr
     out = check_output(out, inputs, overwrite)
     items = collect_inputs(inputs)
@@ -262,8 +256,6 @@ def predict_files(backend, inputs, out: str | Path, overwrite: bool = False, pro
                     raise DataError(item.path, f"the model returned a mask of shape {mask.shape}, expected (1, {h}, {w})")
                 mask = mask[0].astype(np.uint8)
                 if postprocess:
-                    from cardigan_tf.metrics.segmentation import postprocess as clean
-
                     mask = clean(mask).astype(np.uint8)
                 folder = tmp / item.subdir
                 write_mask(item, mask, image, folder)

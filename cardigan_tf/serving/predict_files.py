@@ -18,7 +18,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import SimpleITK as sitk
+from PIL import Image as PILImage
+from PIL import UnidentifiedImageError
 
+from cardigan_tf.data.camus_io import read_frames, to_unit
 from cardigan_tf.data.sample import DataError
 from cardigan_tf.files import atomic_path
 from cardigan_tf.labels import PHASES, VIEWS
@@ -122,8 +126,6 @@ class Image:
 
 
 def _sitk_geometry(path: Path) -> dict[str, Any]:
-    import SimpleITK as sitk
-
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     reader.ReadImageInformation()
@@ -133,15 +135,11 @@ def _sitk_geometry(path: Path) -> dict[str, Any]:
 
 def read_input(item: InputFile) -> Image:
     """Read one input (DataError naming the file when it cannot be used)."""
-    from cardigan_tf.data.camus_io import read_frames, to_unit
-
     path = item.path
     if item.ext in (".mhd", ".mha", ".nii", ".nii.gz"):
         arr, spacing, _ = read_frames(path, single=True)
         return Image(to_unit(arr, path), tuple(float(s) for s in spacing), _sitk_geometry(path))
     if item.ext == ".png":
-        from PIL import Image as PILImage, UnidentifiedImageError
-
         try:
             with PILImage.open(path) as im:
                 im.load()
@@ -172,8 +170,6 @@ def read_input(item: InputFile) -> Image:
 # ----------------------------------------------------------------------------- outputs
 def _write_sitk(path: Path, mask: np.ndarray, geometry: dict[str, Any]) -> None:
     """Write a uint8 mask with the input's geometry, atomically (MetaImage: .raw, then .mhd)."""
-    import SimpleITK as sitk
-
     arr = mask.astype(np.uint8)
     if geometry["dimension"] > 2:
         arr = arr.reshape((1,) * (geometry["dimension"] - 2) + arr.shape)
@@ -198,8 +194,6 @@ def write_mask(item: InputFile, mask: np.ndarray, image: Image, folder: Path) ->
     if item.ext in (".mhd", ".mha", ".nii", ".nii.gz"):
         _write_sitk(path, mask, image.geometry)
     elif item.ext == ".png":
-        from PIL import Image as PILImage
-
         with atomic_path(path) as tmp:
             PILImage.fromarray(mask.astype(np.uint8), mode="L").save(tmp, format="PNG")
     else:

@@ -32,6 +32,7 @@ from __future__ import annotations
 from typing import Sequence
 
 import numpy as np
+import tensorflow as tf
 
 from cardigan_tf import resize
 from cardigan_tf.labels import NUM_CLASSES
@@ -52,17 +53,10 @@ MESSAGES = {
 }
 
 
-def _tf():
-    import tensorflow as tf
-
-    return tf
-
-
 # ----------------------------------------------------------------------------- input checks
 def checked_batch(x, name: str, check_range: bool = False):
     """Validate a serving input (rank 3, or rank 4 with one channel; non-empty; sides 1..MAX_SIDE;
     optional [0, 1] range for floats) and return it as (B, H, W) of the same dtype."""
-    tf = _tf()
     rank = tf.rank(x)
     ok_rank = tf.logical_or(tf.equal(rank, 3), tf.equal(rank, 4))
     a_rank = tf.debugging.Assert(ok_rank, [f"{name}: {MESSAGES['rank']}; got rank", rank, "shape", tf.shape(x)])
@@ -95,13 +89,11 @@ def checked_batch(x, name: str, check_range: bool = False):
 
 # ----------------------------------------------------------------------------- resizing
 def _sizes(n_in, n_out):
-    tf = _tf()
     return tf.cast(n_in, tf.float32), tf.cast(n_out, tf.float32)
 
 
 def bilinear_weights(n_in, n_out):
     """(n_out, n_in) float32 weights of TF's bilinear resize (half-pixel centres, no antialias)."""
-    tf = _tf()
     fin, fout = _sizes(n_in, n_out)
     scale = fin / fout
     src = (tf.range(fout, dtype=tf.float32) + 0.5) * scale - 0.5
@@ -116,7 +108,6 @@ def bilinear_weights(n_in, n_out):
 def area_weights(n_in, n_out):
     """(n_out, n_in) float32 weights of TF's area resize (shrinking): overlap of each input
     pixel [i, i+1) with the output pixel's span [o*s, (o+1)*s), divided by s = n_in / n_out."""
-    tf = _tf()
     fin, fout = _sizes(n_in, n_out)
     scale = fin / fout
     o = tf.range(fout, dtype=tf.float32)[:, None]
@@ -127,7 +118,6 @@ def area_weights(n_in, n_out):
 
 
 def _axis_weights(n_in, n_out, shrink_both):
-    tf = _tf()
     return tf.where(shrink_both, area_weights(n_in, n_out), bilinear_weights(n_in, n_out))
 
 
@@ -135,7 +125,6 @@ def matrix_resize(images, size):
     """:func:`cardigan_tf.resize.resize_image` as matrix products: (B, H, W, C) float -> (B, h, w, C)
     float32, area when shrinking both axes, else bilinear, clipped to [0, 1]. ``size``: int,
     (h, w) ints or scalar tensors."""
-    tf = _tf()
     images = tf.cast(images, tf.float32)
     h, w = (size, size) if isinstance(size, (int, np.integer)) else size
     shape = tf.shape(images)
@@ -148,7 +137,6 @@ def matrix_resize(images, size):
 
 def matrix_resize_bilinear(images, size):
     """Bilinear resize (half-pixel centres) of (B, H, W, C) as matrix products (probabilities)."""
-    tf = _tf()
     h, w = size
     shape = tf.shape(images)
     return _apply(tf.cast(images, tf.float32), bilinear_weights(shape[1], h), bilinear_weights(shape[2], w))
@@ -157,7 +145,6 @@ def matrix_resize_bilinear(images, size):
 def _apply(images, wy, wx):
     """(B, H, W, C) -> (B, h, w, C) with plain 2-D matrix products (no batch broadcasting:
     robust in TF's CPU kernels and in ONNX)."""
-    tf = _tf()
     shape = tf.shape(images)
     b, h_in, w_in, c = shape[0], shape[1], shape[2], shape[3]
     h, w = tf.shape(wy)[0], tf.shape(wx)[0]
@@ -172,7 +159,6 @@ def resize_image_to(images, size):
     """:func:`cardigan_tf.resize.resize_image` with a target size given as scalar tensors (the
     same rule: identity at the same size, area when shrinking both axes, else bilinear;
     clipped). ``resize.resize_image`` itself takes Python ints."""
-    tf = _tf()
     h, w = size
     images = tf.cast(images, tf.float32)
     shape = tf.shape(images)
@@ -186,7 +172,6 @@ def resize_image_to(images, size):
 
 def resize_probabilities_to(probs, size):
     """:func:`cardigan_tf.resize.resize_probabilities` (bilinear) to a size of scalar tensors."""
-    tf = _tf()
     return tf.image.resize(tf.cast(probs, tf.float32), tf.stack(list(size)), method="bilinear")
 
 
@@ -205,7 +190,6 @@ class SegServing:
         ``sizes``: the resize chain (``inference.Preprocessing.sizes``); ``resize_impl``: "tf"
         (:mod:`cardigan_tf.resize`) or "matrix" (ONNX); ``rank``: None (any) or 3 for the
         input spec (ONNX needs a known rank)."""
-        tf = _tf()
         sizes = tuple(int(s) for s in sizes)
         if resize_impl not in ("tf", "matrix"):
             raise ValueError(f"resize_impl: expected 'tf' or 'matrix', got {resize_impl!r}")
@@ -248,13 +232,11 @@ class SegServing:
 
 def default_z(z_dim: int) -> np.ndarray:
     """The z of seed 0 (``serving_default`` of a style generator): stateless N(0, 1), (z_dim,)."""
-    tf = _tf()
     return tf.random.stateless_normal([int(z_dim)], seed=tf.constant([0, 0], tf.int64)).numpy()
 
 
 def seeded_z(seeds, z_dim: int):
     """(B, z_dim) float32: row i ~ N(0, 1) from ``stateless_normal(seed=[seeds[i], 0])``."""
-    tf = _tf()
     seeds = tf.cast(seeds, tf.int64)
     return tf.map_fn(lambda s: tf.random.stateless_normal([int(z_dim)], seed=tf.stack([s, tf.constant(0, tf.int64)])),
                      seeds, fn_output_signature=tf.float32)
@@ -265,7 +247,6 @@ class GanServing:
 
     @staticmethod
     def build(generator, resize_impl: str = "tf", checks: bool = True):
-        tf = _tf()
         size = int(generator.inputs[0].shape[1])
         num_classes = int(generator.inputs[0].shape[-1])
         z_dim = int(generator.inputs[1].shape[-1]) if len(generator.inputs) > 1 else None

@@ -17,8 +17,15 @@ import threading
 from pathlib import Path
 from typing import Any
 
+import keras
 import numpy as np
+import tensorflow as tf
+from tensorflow.core.protobuf import error_codes_pb2, saved_model_pb2
 
+from cardigan_tf.files import atomic_path, atomic_write_text
+from cardigan_tf.inference import Preprocessing
+from cardigan_tf.models.unet import UNetConfig, build_unet
+from cardigan_tf.serving.export import models_config_text, write_version
 from cardigan_tf.serving.local import tf_error_message
 
 __all__ = ["make_test_export", "write_models_config", "tiny_test_unet", "ModelStore", "ServingStatus",
@@ -28,10 +35,6 @@ __all__ = ["make_test_export", "write_models_config", "tiny_test_unet", "ModelSt
 # ----------------------------------------------------------------------------- the stand-in export
 def tiny_test_unet(size: int, seed: int):
     """A tiny random U-Net (seeded) whose masks mix all four labels."""
-    import keras
-
-    from cardigan_tf.models.unet import UNetConfig, build_unet
-
     keras.utils.set_random_seed(seed)
     model = build_unet(UNetConfig(size=size, depth=4, base_filters=4, norm="batch"), name="unet_test")
     # untrained, one class would win almost everywhere: centre the per-class log-probabilities
@@ -47,9 +50,6 @@ def tiny_test_unet(size: int, seed: int):
 def write_models_config(base: str | Path) -> Path:
     """``BASE/models.config`` (ModelServerConfig text) listing every ``BASE/NAME`` with versions,
     with absolute paths: the exporter's :func:`cardigan_tf.serving.export.models_config_text`."""
-    from cardigan_tf.files import atomic_write_text
-    from cardigan_tf.serving.export import models_config_text
-
     base = Path(base)
     atomic_write_text(base / "models.config", models_config_text(base, absolute=True))
     return base / "models.config"
@@ -72,10 +72,6 @@ def make_test_export(base: str | Path, name: str = "seg", version: int = 1, *, m
 
     Returns the version folder. Refuses an existing one (FileExistsError).
     """
-    from cardigan_tf.files import atomic_path
-    from cardigan_tf.inference import Preprocessing
-    from cardigan_tf.serving.export import write_version
-
     base = Path(base)
     out = base / name / str(int(version))
     if out.exists():
@@ -128,8 +124,6 @@ class ModelStore:
         return name, int(version)
 
     def load(self, name: str, version: int | None):
-        import tensorflow as tf
-
         key = self.resolve(name, version)
         with self._lock:
             if key not in self._loaded:
@@ -138,8 +132,6 @@ class ModelStore:
 
     def signature_defs(self, name: str, version: int | None):
         """(name, version), the SignatureDef map (proto) read from saved_model.pb."""
-        from tensorflow.core.protobuf import saved_model_pb2
-
         key = self.resolve(name, version)
         with self._lock:
             if key not in self._sigdefs:
@@ -161,8 +153,6 @@ class ModelStore:
     def predict(self, name: str, version: int | None, signature_name: str,
                 inputs: dict[str, np.ndarray]) -> tuple[tuple[str, int], dict[str, np.ndarray]]:
         """Run a signature on NumPy inputs (dtypes must match the signature's)."""
-        import tensorflow as tf
-
         key, model = self.load(name, version)
         specs = self.input_specs(name, version, signature_name)
         missing, extra = sorted(set(specs) - set(inputs)), sorted(set(inputs) - set(specs))
@@ -183,8 +173,6 @@ class ModelStore:
         try:
             out = fn(**feed)
         except tf.errors.OpError as exc:
-            from tensorflow.core.protobuf import error_codes_pb2
-
             raise ServingStatus(error_codes_pb2.Code.Name(exc.error_code), tf_error_message(exc)) from None
         except (TypeError, ValueError) as exc:
             raise ServingStatus("INVALID_ARGUMENT", str(exc)) from None

@@ -11,6 +11,17 @@ from __future__ import annotations
 from concurrent import futures
 from pathlib import Path
 
+import grpc
+import tensorflow as tf
+from tensorflow_serving.apis import (
+    get_model_metadata_pb2,
+    get_model_status_pb2,
+    model_service_pb2_grpc,
+    predict_pb2,
+    prediction_service_pb2_grpc,
+)
+
+from cardigan_tf.serving.client_grpc import channel_options
 from cardigan_tf.serving.stand_in import ServingStatus, TestServerBase
 
 __all__ = ["GrpcTestServer"]
@@ -32,11 +43,6 @@ class GrpcTestServer(TestServerBase):
         return f"127.0.0.1:{self.port}"
 
     def start(self) -> "GrpcTestServer":
-        import grpc
-        from tensorflow_serving.apis import model_service_pb2_grpc, prediction_service_pb2_grpc
-
-        from cardigan_tf.serving.client_grpc import channel_options
-
         server = grpc.server(futures.ThreadPoolExecutor(max_workers=self._workers), options=channel_options())
         # the generated bases answer UNIMPLEMENTED for the methods not written here (Classify, ...)
         predict = type("PredictionServicer", (_PredictionServicer, prediction_service_pb2_grpc.PredictionServiceServicer), {})
@@ -57,8 +63,6 @@ class GrpcTestServer(TestServerBase):
 
 
 def _abort(context, err: ServingStatus):
-    import grpc
-
     context.abort(getattr(grpc.StatusCode, err.code, grpc.StatusCode.UNKNOWN), err.message)
 
 
@@ -80,8 +84,6 @@ class _PredictionServicer:
         self.owner = owner
 
     def Predict(self, request, context):  # noqa: N802 - gRPC method name
-        import tensorflow as tf
-        from tensorflow_serving.apis import predict_pb2
 
         self.owner.calls += 1
         try:
@@ -103,7 +105,6 @@ class _PredictionServicer:
         return response
 
     def GetModelMetadata(self, request, context):  # noqa: N802
-        from tensorflow_serving.apis import get_model_metadata_pb2
 
         try:
             if list(request.metadata_field) != ["signature_def"]:
@@ -127,7 +128,6 @@ class _ModelServicer:
         self.owner = owner
 
     def GetModelStatus(self, request, context):  # noqa: N802
-        from tensorflow_serving.apis import get_model_status_pb2
 
         try:
             key = self.owner.store.resolve(request.model_spec.name, _spec_version(request.model_spec))

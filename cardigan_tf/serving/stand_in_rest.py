@@ -15,6 +15,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
+from google.protobuf import json_format
+from tensorflow_serving.apis import get_model_metadata_pb2
 
 from cardigan_tf.serving.stand_in import ServingStatus, TestServerBase
 
@@ -123,9 +125,6 @@ class _RestHandler(BaseHTTPRequestHandler):
                     {"version": str(v), "state": "AVAILABLE", "status": {"error_code": "OK", "error_message": ""}}
                     for v in versions]})
             elif rest == "/metadata":
-                from google.protobuf import json_format
-                from tensorflow_serving.apis import get_model_metadata_pb2
-
                 key, defs = store.signature_defs(name, version)
                 sigs = get_model_metadata_pb2.SignatureDefMap()
                 for k, v in defs.items():

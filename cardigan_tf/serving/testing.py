@@ -18,8 +18,13 @@ to exercise the clients' retries.
 the real exporter around any Keras model (default: a tiny random U-Net).
 """
 
-from cardigan_tf.serving.stand_in import (ModelStore, ServingStatus, make_test_export, tiny_test_unet,
-                                          write_models_config)
+from cardigan_tf.serving.stand_in import (
+                                          ModelStore,
+                                          ServingStatus,
+                                          make_test_export,
+                                          tiny_test_unet,
+                                          write_models_config,
+)
 from cardigan_tf.serving.stand_in_grpc import GrpcTestServer
 from cardigan_tf.serving.stand_in_rest import RestTestServer
 

@@ -28,9 +28,8 @@ import math
 from pathlib import Path
 from typing import Any, Hashable, Iterable, Mapping, Sequence
 
-import matplotlib
-import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib.figure import Figure
 from scipy import stats as sps
 
 from cardigan_tf.files import atomic_path
@@ -304,14 +303,13 @@ def table_markdown(rows: list[dict], digits: int = 3, mm_digits: int = 2, distan
 def plot_dice_vs_synthetic(summary: list[dict], path: str | Path, title: str | None = None) -> Path:
     """PNG: Dice (LV endo, LV epi, LA) against synthetic fraction, one line per training
     fraction, error bars = SD over seeds. Written atomically."""
-    matplotlib.use("Agg")
-
     if not summary:
         raise ValueError("plot_dice_vs_synthetic: empty summary")
     structures = [s for s in STRUCTURES if f"{s}_dice_mean" in summary[0]]
     if not structures:
         raise ValueError("plot_dice_vs_synthetic: summary rows have no '<structure>_dice_mean' column")
-    fig, axes = plt.subplots(1, len(structures), figsize=(4.2 * len(structures), 3.6), squeeze=False)
+    fig = Figure(figsize=(4.2 * len(structures), 3.6))
+    axes = fig.subplots(1, len(structures), squeeze=False)
     fractions = sorted({r["train_fraction"] for r in summary})
     for ax, s in zip(axes[0], structures):
         for tf in fractions:
@@ -331,5 +329,4 @@ def plot_dice_vs_synthetic(summary: list[dict], path: str | Path, title: str | N
     path = Path(path)
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
     return path

@@ -201,21 +201,28 @@ def data_fingerprint(path: str | Path) -> dict[str, Any]:
 
 
 def record_data(run_dir: str | Path, data_path: str | Path, requested: Any = None) -> dict:
-    """Write ``run_dir/data.json``: the resolved dataset, what was asked for, its fingerprint."""
-    record = {"path": str(Path(data_path).resolve()), "requested": None if requested is None else str(requested),
-              "fingerprint": data_fingerprint(data_path)}
+    """Write ``run_dir/data.json``: the resolved dataset (its absolute path, and its path
+    relative to the run folder, so that a run moved together with its data still finds it),
+    what was asked for, its fingerprint."""
+    resolved = Path(data_path).resolve()
+    record = {"path": str(resolved), "relative": os.path.relpath(resolved, Path(run_dir).resolve()),
+              "requested": None if requested is None else str(requested), "fingerprint": data_fingerprint(data_path)}
     write_json(Path(run_dir) / "data.json", record)
     return record
 
 
 def recorded_dataset(run_dir: str | Path) -> Path | None:
-    """The dataset recorded in ``run_dir/data.json``, when the record and the file exist."""
+    """The dataset recorded in ``run_dir/data.json`` when the record and the file exist: at its
+    absolute path, else at its path relative to the run folder (a study or tuning folder
+    renamed or moved with the data inside it)."""
     record = Path(run_dir) / "data.json"
-    if record.is_file():
-        path = Path(json.loads(record.read_text())["path"])
-        if path.exists():
-            return path
-    return None
+    if not record.is_file():
+        return None
+    data = json.loads(record.read_text())
+    candidates = [Path(data["path"])]
+    if data.get("relative"):
+        candidates.append(Path(run_dir) / data["relative"])
+    return next((path.resolve() for path in candidates if path.exists()), None)
 
 
 def _resolve_into(run_dir: str | Path, data: Any, size: int, seed: int, n_phantom: int) -> Path:
@@ -449,6 +456,14 @@ def config_differences(saved: Any, given: Any) -> dict[str, tuple[Any, Any]]:
     return out
 
 
+def _relocated(saved: Any, given: Any) -> bool:
+    """Whether a path value changed only because its file moved: the saved file is gone and the
+    given one, of the same name, exists (a study or tuning folder renamed with its data)."""
+    if not (isinstance(saved, str) and isinstance(given, str)) or Path(saved).name != Path(given).name:
+        return False
+    return not Path(saved).exists() and Path(given).exists()
+
+
 @dataclasses.dataclass
 class RunPlan:
     """What a job will do with its run folder (from :func:`plan_run`; nothing is written yet):
@@ -483,7 +498,8 @@ def plan_run(kind: str, cfg: Any = None, *, resume: str | Path | None = None,
 
     - ``resume`` (or a ``run_dir`` that already holds a run): continue that run of ``kind``.
       Its saved config is used; a given ``cfg`` must equal it except for the kind's
-      ``resumable`` keys (which then take the given value); any other difference raises
+      ``resumable`` keys and for paths whose file moved (the saved one is gone, the given one
+      of the same name exists), which then take the given value; any other difference raises
       ConfigError naming the key, the saved and the given value. A finished run whose resumable
       values did not change has status "finished".
     - otherwise a new run with ``cfg`` (ValueError when there is none), in ``run_dir`` when
@@ -506,7 +522,8 @@ def plan_run(kind: str, cfg: Any = None, *, resume: str | Path | None = None,
     config, changed = run.config, {}
     if cfg is not None:
         diff = config_differences(run.config, cfg)
-        fixed = {k: v for k, v in diff.items() if not any(k == r or k.startswith(r + ".") for r in spec.resumable)}
+        fixed = {k: v for k, v in diff.items() if not any(k == r or k.startswith(r + ".") for r in spec.resumable)
+                 and not _relocated(*v)}
         if fixed:
             listed = "; ".join(f"{k}: saved {old!r}, given {new!r}" for k, (old, new) in fixed.items())
             allowed = f" (a resume may change only {', '.join(spec.resumable)})" if spec.resumable else ""

@@ -182,3 +182,28 @@ def test_unet_keras_model_round_trip_is_kept_by_load_model_file(tmp_path):
     model.save(tmp_path / "m.keras")
     loaded = load_model_file(tmp_path / "m.keras")
     assert isinstance(loaded, keras.Model) and loaded.count_params() == model.count_params()
+
+
+def test_a_run_moved_with_its_data_finds_it_and_resumes_with_the_new_path(tmp_path):
+    from cardigan_tf.runs import record_data, recorded_dataset
+
+    old = tmp_path / "study-a"
+    (old / "data").mkdir(parents=True)
+    (old / "data" / "phantom.h5").write_bytes(b"h5")
+    cfg = seg_preset("tiny")
+    cfg.data.data = str(old / "data" / "phantom.h5")
+    run = plan_run("seg", cfg, run_dir=old / "cells" / "seg-1").open()
+    record_data(run, old / "data" / "phantom.h5")
+    new = tmp_path / "study-b"
+    old.rename(new)
+    moved = new / "cells" / "seg-1"
+    assert recorded_dataset(moved) == (new / "data" / "phantom.h5").resolve()  # through the relative path
+    given = seg_preset("tiny")
+    given.data.data = str(new / "data" / "phantom.h5")
+    plan = plan_run("seg", given, run_dir=moved)
+    assert plan.status == "resume" and set(plan.changed) == {"data.data"}
+    elsewhere = seg_preset("tiny")
+    (tmp_path / "other.h5").write_bytes(b"h5")
+    elsewhere.data.data = str(tmp_path / "other.h5")  # another file: not a move
+    with pytest.raises(ConfigError, match="data.data: saved"):
+        plan_run("seg", elsewhere, run_dir=moved)

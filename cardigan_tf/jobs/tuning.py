@@ -56,7 +56,7 @@ from cardigan_tf.files import OverwriteError, write_json
 from cardigan_tf.jobs.seg import resolve_run_data, train_seg
 from cardigan_tf.jobs.tuning_model import UNetHyperModel, trial_steps
 from cardigan_tf.jobs.tuning_report import PROJECT, write_report
-from cardigan_tf.runs import RunError, create_run, open_run, plan_run
+from cardigan_tf.runs import RunError, create_run, is_run, open_run, plan_run
 
 log = logging.getLogger(__name__)
 
@@ -287,9 +287,12 @@ def retrain_best(tune_dir: str | Path, cfg: TuneConfig | None = None, best: dict
     best = best or json.loads((tune_dir / "best_hyperparameters.json").read_text())
     data_path = data_path or run.data_path()
     run_dir = tune_dir / f"best-trial_{best['trial_id']}"
-    seg = best_seg_config(cfg, best, data_path)
-    keras.utils.set_random_seed(int(seg.train.seed))
-    path = train_seg(seg, run_dir=run_dir)  # kept when finished, resumed when interrupted
+    if is_run(run_dir):  # kept when finished, resumed when interrupted: with the config it started with
+        path = train_seg(None, resume=run_dir)
+    else:
+        seg = best_seg_config(cfg, best, data_path)
+        keras.utils.set_random_seed(int(seg.train.seed))
+        path = train_seg(seg, run_dir=run_dir)
     metrics = json.loads((path / "metrics.json").read_text())
     summary_file = tune_dir / "metrics.json"
     summary = json.loads(summary_file.read_text()) if summary_file.is_file() else {}

@@ -1,8 +1,8 @@
 """Comparisons that count patients and training runs (issue 19): the Wilcoxon method label
 against what scipy ran; the hierarchical bootstrap calibrated on simulated studies of known
 truth (false-positive rate, power, coverage; the seed-averaged test beside it); the interval and
-p-value as one statement; the one-seed reduction; the detectable difference against hand values
-and by simulation. Every simulation has a fixed seed."""
+p-value as one statement; the one-seed reduction; the detectable difference and the failure-rate
+tests against hand values and by simulation. Every simulation has a fixed seed."""
 
 import math
 from dataclasses import replace
@@ -13,6 +13,7 @@ import pytest
 from scipy import stats as sps
 
 from cardigan_tf.stats import paired_patient_test, wilcoxon_method, wilcoxon_paired, wilcoxon_test
+from cardigan_tf.stats_failures import failure_sign_test, mcnemar_exact
 from cardigan_tf.stats_hierarchical import (
     NOTE_ONE_SEED,
     compare_cell_means,
@@ -278,3 +279,52 @@ def test_power_at_the_detectable_difference():
     mdd_normal = round(minimal_detectable_difference(se), 4)
     assert _rejects(_simulated("reference", mdd_normal)[2]) < 0.6
 
+
+def test_mcnemar_exact_by_hand():
+    # 8 images fail under B only, 2 under A only, 3 under both, 7 under neither
+    fail_a = [0] * 8 + [1] * 2 + [1] * 3 + [0] * 7
+    fail_b = [1] * 8 + [0] * 2 + [1] * 3 + [0] * 7
+    res = mcnemar_exact(fail_a, fail_b)
+    assert res["pvalue"] == pytest.approx(2 * sps.binom.cdf(2, 10, 0.5)) == pytest.approx(0.109375)
+    assert (res["b_only"], res["a_only"], res["both"], res["neither"], res["n_pairs"]) == (8, 2, 3, 7, 20)
+    assert res["rate_a"] == pytest.approx(5 / 20) and res["rate_b"] == pytest.approx(11 / 20)
+    assert "exploratory" in res["method"] and res["note"] == ""
+    assert mcnemar_exact(fail_b, fail_a)["pvalue"] == pytest.approx(0.109375)
+    assert mcnemar_exact([1, 0, 1], [1, 0, 1])["pvalue"] == 1.0 and mcnemar_exact([1, 0], [1, 0])["note"]
+    assert mcnemar_exact([1, np.nan, 0], [0, 1, 0])["n_pairs"] == 2  # NaN: not scored
+    assert mcnemar_exact([True] * 6, [False] * 6)["pvalue"] == pytest.approx(2 / 2 ** 6)
+    with pytest.raises(ValueError, match="0/1"):
+        mcnemar_exact([2, 0], [1, 0])
+    with pytest.raises(ValueError, match="same length"):
+        mcnemar_exact([1, 0], [1])
+
+
+def test_failure_sign_test_by_hand():
+    # six patients with more failures under B, one tied, none with more under A: p = 2 / 2**6
+    patient = [f"p{i}" for i in range(7) for _ in range(2)]
+    fail_a = [0, 0] * 6 + [1, 0]
+    fail_b = [1, 0] * 5 + [1, 1] + [0, 1]
+    res = failure_sign_test(patient, fail_a, fail_b)
+    assert (res["patients_more_b"], res["patients_more_a"], res["patients_tied"], res["n_patients"]) == (6, 0, 1, 7)
+    assert res["pvalue"] == pytest.approx(0.03125) and res["rate_a"] == pytest.approx(1 / 14)
+    assert res["rate_b"] == pytest.approx(8 / 14) and "sign test" in res["method"]
+    with pytest.raises(ValueError, match="same length"):
+        failure_sign_test(["p1"], [1, 0], [1, 0])
+
+
+def test_failure_tests_false_positive_rate():
+    """Same failure distribution in both arms. Independent images: McNemar holds alpha (exact,
+    so at or below it). Failures clustered in patients (each patient has its own propensity under
+    each arm): McNemar, counting images, rejects too often; the patient-level sign test holds."""
+    rng = np.random.default_rng(11)
+    n_studies, n_patients, n_images = 400, 30, 8
+    flat = rng.random((2, n_studies, n_patients * n_images)) < 0.1
+    mcnemar_flat = np.mean([mcnemar_exact(a, b)["pvalue"] < ALPHA for a, b in zip(*flat)])
+    assert 0.005 <= mcnemar_flat <= ALPHA
+    propensity = sps.norm.cdf(-1.4 + rng.normal(0.0, 1.0, (2, n_studies, n_patients, 1)))
+    clustered = (rng.random((2, n_studies, n_patients, n_images)) < propensity).reshape(2, n_studies, -1)
+    patient = np.repeat(np.arange(n_patients), n_images)
+    mcnemar_clustered = np.mean([mcnemar_exact(a, b)["pvalue"] < ALPHA for a, b in zip(*clustered)])
+    sign_clustered = np.mean([failure_sign_test(patient, a, b)["pvalue"] < ALPHA for a, b in zip(*clustered)])
+    assert mcnemar_clustered > 0.15
+    assert 0.005 <= sign_clustered <= ALPHA

@@ -16,9 +16,11 @@ Comparisons count patients, not images: :func:`patient_mean_differences` average
 patient's paired differences over its views, phases and seeds (images of one patient are not
 independent, nor are the seeds' evaluations of the same patient); :func:`paired_patient_test`
 then gives the mean difference with a percentile bootstrap confidence interval over patients
-(:func:`bootstrap_ci`) and a Wilcoxon signed-rank test of the per-patient differences (exact
-for up to 50 patients without ties); :func:`holm` corrects a family of p-values.
-:func:`wilcoxon_paired` is the plain signed-rank test of two paired samples.
+(:func:`bootstrap_ci`) and a Wilcoxon signed-rank test of the per-patient differences, its
+``method`` naming the null distribution scipy used (:func:`wilcoxon_method`: exact for up to 50
+patients without ties or zeros); :func:`holm` corrects a family of p-values.
+:func:`wilcoxon_paired` is the plain signed-rank test of two paired samples. These seed-averaged
+tests do not see training-run variance; :mod:`cardigan_tf.stats_hierarchical` does.
 """
 
 from __future__ import annotations
@@ -45,14 +47,55 @@ PRETTY = {**STRUCTURE_TITLES, "dice": "Dice", "hd": "HD (mm)",
           "synthetic_fraction": "synthetic fraction", "n_seeds": "seeds"}
 
 
-def wilcoxon_paired(a: Sequence[float], b: Sequence[float], min_n: int = 6) -> dict:
+#: fewest pairs for which a two-sided signed-rank test can give p < 0.05 (exact: 2 / 2**6 = 0.031)
+MIN_PAIRS_FOR_005 = 6
+#: scipy's ``wilcoxon(method="auto")`` rule: the exact null distribution up to this many pairs
+#: (zeros included) when there are no ties and no zeros ...
+WILCOXON_EXACT_MAX_N = 50
+#: ... and, with ties or zeros, exhaustive sign permutations up to this many (2**13 < 9999 resamples)
+WILCOXON_PERMUTATION_MAX_N = 13
+WILCOXON_METHODS = {"exact": "exact", "permutation": "exact permutation (ties or zeros)",
+                    "asymptotic": "normal approximation"}
+
+
+def wilcoxon_method(d: Sequence[float]) -> str:
+    """Which null distribution scipy's ``wilcoxon(method="auto")`` uses for differences ``d``.
+
+    ``"exact"`` (at most 50 pairs, no zero and no tied absolute difference), ``"permutation"``
+    (ties or zeros and at most 13 pairs: all 2**n sign flips, an exact conditional test) or
+    ``"asymptotic"`` (the normal approximation: more than 50 pairs, or ties or zeros with more
+    than 13). ``n`` counts the zero differences, as scipy does; :func:`wilcoxon_test` passes the
+    result to scipy explicitly, so the label is the method that ran.
+    """
+    d = np.asarray(d, dtype=np.float64).ravel()
+    n = d.size
+    nz = np.abs(d[d != 0])
+    ties_or_zeros = nz.size < n or np.unique(nz).size < nz.size
+    if n > WILCOXON_EXACT_MAX_N:
+        return "asymptotic"
+    if not ties_or_zeros:
+        return "exact"
+    return "permutation" if n <= WILCOXON_PERMUTATION_MAX_N else "asymptotic"
+
+
+def wilcoxon_test(a: Sequence[float], b: Sequence[float] | None = None):
+    """scipy's two-sided signed-rank test of ``a - b`` (or of ``a``) with the method of
+    :func:`wilcoxon_method` named explicitly; returns ``(scipy result, method key)``."""
+    d = np.asarray(a, dtype=np.float64) - (0.0 if b is None else np.asarray(b, dtype=np.float64))
+    method = wilcoxon_method(d)
+    arg = sps.PermutationMethod() if method == "permutation" else method
+    return sps.wilcoxon(d, zero_method="wilcox", method=arg), method
+
+
+def wilcoxon_paired(a: Sequence[float], b: Sequence[float], min_n: int = MIN_PAIRS_FOR_005) -> dict:
     """Paired Wilcoxon signed-rank test of ``a`` against ``b`` (two-sided, scipy).
 
     Pairs with a NaN are dropped. Returns ``{"statistic", "pvalue", "n", "median_diff",
-    "note"}`` where ``median_diff`` is the median of ``a - b`` and ``n`` the number of pairs
-    used. When every difference is zero the result is ``statistic 0, pvalue 1`` with a note;
-    with fewer than ``min_n`` pairs (no two-sided p below 0.05 is possible under 6) the
-    p-value is NaN with a note.
+    "method", "note"}`` where ``median_diff`` is the median of ``a - b``, ``n`` the number of
+    pairs used and ``method`` the null distribution scipy used (:data:`WILCOXON_METHODS`; empty
+    when no test ran). When every difference is zero the result is ``statistic 0, pvalue 1``
+    with a note; with fewer than ``min_n`` pairs (no two-sided p below 0.05 is possible under 6)
+    the p-value is NaN with a note.
     """
     a = np.asarray(a, dtype=np.float64).ravel()
     b = np.asarray(b, dtype=np.float64).ravel()
@@ -64,19 +107,16 @@ def wilcoxon_paired(a: Sequence[float], b: Sequence[float], min_n: int = 6) -> d
     median = float(np.median(d)) if n else float("nan")
     if n == 0:
         return {"statistic": float("nan"), "pvalue": float("nan"), "n": 0, "median_diff": median,
-                "note": "no finite pairs"}
+                "method": "", "note": "no finite pairs"}
     if np.all(d == 0):
-        return {"statistic": 0.0, "pvalue": 1.0, "n": n, "median_diff": 0.0, "note": "all differences are zero"}
+        return {"statistic": 0.0, "pvalue": 1.0, "n": n, "median_diff": 0.0, "method": "",
+                "note": "all differences are zero"}
     if n < min_n:
         return {"statistic": float("nan"), "pvalue": float("nan"), "n": n, "median_diff": median,
-                "note": f"too few pairs ({n} < {min_n}) for a signed-rank test"}
-    res = sps.wilcoxon(a[keep], b[keep])
+                "method": "", "note": f"too few pairs ({n} < {min_n}) for a signed-rank test"}
+    res, method = wilcoxon_test(a[keep], b[keep])
     return {"statistic": float(res.statistic), "pvalue": float(res.pvalue), "n": n, "median_diff": median,
-            "note": ""}
-
-
-#: fewest pairs for which a two-sided signed-rank test can give p < 0.05 (exact: 2 / 2**6 = 0.031)
-MIN_PAIRS_FOR_005 = 6
+            "method": WILCOXON_METHODS[method], "note": ""}
 
 
 def holm(pvalues: Sequence[float]) -> list[float]:
@@ -153,10 +193,12 @@ def paired_patient_test(diffs: Sequence[float], level: float = 0.95, n_boot: int
 
     Returns ``{"n", "mean_diff", "ci_low", "ci_high", "median_diff", "statistic", "pvalue",
     "method", "note"}``: the mean difference with its ``level`` percentile bootstrap interval
-    over patients, and scipy's two-sided Wilcoxon signed-rank test (zeros dropped; exact null
-    distribution for n <= 50 without ties, exhaustive permutations for n <= 13 with ties,
-    normal approximation otherwise). With fewer than ``min_n`` patients no two-sided test can
-    reach 0.05: the p-value is NaN and the note says so (the interval is still given).
+    over patients, and scipy's two-sided Wilcoxon signed-rank test (zeros dropped), whose null
+    distribution :func:`wilcoxon_method` chooses and ``method`` names (:data:`WILCOXON_METHODS`):
+    exact for n <= 50 without ties or zeros, exhaustive sign permutations for n <= 13 with ties
+    or zeros, the normal approximation otherwise (n counts the zeros). With fewer than ``min_n``
+    patients no two-sided test can reach 0.05: the p-value is NaN and the note says so (the
+    interval is still given).
     """
     d = np.asarray(diffs, dtype=np.float64).ravel()
     d = d[np.isfinite(d)]
@@ -173,16 +215,8 @@ def paired_patient_test(diffs: Sequence[float], level: float = 0.95, n_boot: int
     elif np.all(d == 0):
         out.update(statistic=0.0, pvalue=1.0, note="all differences are zero")
     else:
-        nz = d[d != 0]
-        ties = np.unique(np.abs(nz)).size < nz.size or nz.size < n
-        res = sps.wilcoxon(d, zero_method="wilcox", method="auto")
-        out["statistic"], out["pvalue"] = float(res.statistic), float(res.pvalue)
-        if nz.size <= 50 and not ties:
-            out["method"] = "exact"
-        elif nz.size <= 13:
-            out["method"] = "exact permutation (ties or zeros)"
-        else:
-            out["method"] = "normal approximation"
+        res, method = wilcoxon_test(d)
+        out.update(statistic=float(res.statistic), pvalue=float(res.pvalue), method=WILCOXON_METHODS[method])
     return out
 
 

@@ -3,6 +3,7 @@ synthetic fraction) contrast with the hierarchical comparison, Holm over that fa
 the detectable difference; read from per-image CSVs in the evaluation's format. No training."""
 
 import csv
+import json
 import math
 
 import numpy as np
@@ -12,7 +13,7 @@ from cardigan_tf.config import ConfigError, from_dict, to_dict
 from cardigan_tf.configs import migrate
 from cardigan_tf.configs.study import PrimaryEndpoint, StudyConfig, build_study_config
 from cardigan_tf.jobs.study_primary import primary_lines, primary_rows
-from cardigan_tf.jobs.study_report import attach_per_image, wilcoxon_rows
+from cardigan_tf.jobs.study_report import attach_per_image, wilcoxon_rows, write_study_report
 from cardigan_tf.labels import STRUCTURES
 from cardigan_tf.metrics.segmentation import METRICS, flatten_result
 
@@ -54,7 +55,10 @@ def _write_study(root, fail_rate_synthetic=0.05):
                     w = csv.DictWriter(fh, fieldnames=list(rows[0]))
                     w.writeheader()
                     w.writerows(rows)
-                cells.append({"cell": name, "train_fraction": tf, "synthetic_fraction": sf, "seed": seed})
+                cell = {"train_fraction": tf, "synthetic_fraction": sf, "seed": seed}
+                means = {f"{s}_{m}": float(np.nanmean([r[f"{s}_{m}"] for r in rows])) for s in STRUCTURES for m in METRICS}
+                (root / "cells" / name / "result.json").write_text(json.dumps({**cell, **means}))
+                cells.append({"cell": name, **cell})
     attach_per_image(root, cells, "test")
     return cells
 
@@ -140,3 +144,22 @@ def test_old_study_config_without_the_key_loads():
     del old["primary"]
     cfg = from_dict(StudyConfig, migrate("study", old))
     assert cfg.primary == PrimaryEndpoint()
+
+
+def test_study_report_writes_primary_csv_first_and_marks_the_rest_secondary(tmp_path):
+    _write_study(tmp_path)
+    write_study_report(tmp_path, StudyConfig(primary=ENDPOINT))
+    with open(tmp_path / "primary.csv", newline="") as fh:
+        primary = list(csv.DictReader(fh))
+    with open(tmp_path / "wilcoxon.csv", newline="") as fh:
+        secondary = list(csv.DictReader(fh))
+    assert len(primary) == 4 and {r["n_contrasts"] for r in primary} == {"4"}
+    assert [r["significant"] for r in primary] == ["yes", "yes", "no", "no"]
+    for column in ("estimate", "ci_low", "ci_high", "pvalue", "pvalue_holm", "method", "note", "se", "df",
+                   "seed_sd_none", "seed_sd_synthetic", "patient_sd", "n_patients", "n_seeds_none", "mdd",
+                   "failure_pvalue"):
+        assert column in primary[0]
+    assert {r["role"] for r in secondary} == {"secondary"} and "mean_diff" in secondary[0]
+    report = (tmp_path / "report.md").read_text()
+    assert report.index("## Primary endpoint") < report.index("## Results") < report.index("## Secondary")
+    assert "Secondary, exploratory (not corrected for the primary family; intervals only for interpretation)" in report

@@ -13,6 +13,7 @@ compared per patient (:func:`cardigan_tf.stats_failures.failure_sign_test`), a s
 from __future__ import annotations
 
 import math
+import re
 from typing import Any
 
 from cardigan_tf import stats
@@ -140,6 +141,20 @@ def _p(p: float) -> str:
     return "–" if not math.isfinite(p) else (f"{p:.3g}" if p >= 1e-4 else "<1e-4")
 
 
+def _df(df: float) -> str:
+    return "–" if not math.isfinite(df) else f"{df:.1f}"
+
+
+def _p_is(p: float) -> str:
+    text = _p(p)
+    return text.replace("<", "< ") if text.startswith("<") else f"= {text}"
+
+
+def _method(method: str) -> str:
+    """A contrast's method string without its own degrees of freedom (the table lists them)."""
+    return re.sub(r"(Satterthwaite df) [0-9.]+", r"\1 (per contrast: table)", method)
+
+
 def _sentence(r: dict[str, Any]) -> str:
     m, unit = r["metric"], f" {r['unit']}" if r["unit"] else ""
     head = (f"- {100 * r['train_fraction']:g}% of the training patients, synthetic fraction "
@@ -147,15 +162,15 @@ def _sentence(r: dict[str, Any]) -> str:
     if not math.isfinite(r["pvalue"]):
         return f"{head}; no test ({r['note'] or 'no comparison possible'})."
     verdict = "significant" if r["significant"] == "yes" else "not significant"
-    mdd = (f"; the design could detect {abs(r['mdd']):.4g}{unit} with {100 * r['power']:g} % power"
+    mdd = (f"; the design could detect {_num(r['mdd'], m).lstrip('+')}{unit} with {100 * r['power']:g} % power"
            if math.isfinite(r["mdd"]) else "")
     failures = ""
     if math.isfinite(r.get("failure_pvalue", NAN)):
         failures = (f" Failures (empty structure, secondary): {100 * r['failure_rate_none']:.1f} % without, "
                     f"{100 * r['failure_rate_synthetic']:.1f} % with synthetic images, sign test over patients "
-                    f"p = {_p(r['failure_pvalue'])}.")
+                    f"p {_p_is(r['failure_pvalue'])}.")
     note = f" ({r['note']})" if r["note"] else ""
-    return f"{head}, p = {_p(r['pvalue'])} (Holm {_p(r['pvalue_holm'])}): {verdict}{mdd}{note}.{failures}"
+    return f"{head}, p {_p_is(r['pvalue'])} (Holm {_p(r['pvalue_holm'])}): {verdict}{mdd}{note}.{failures}"
 
 
 def primary_lines(rows: list[dict[str, Any]]) -> list[str]:
@@ -165,7 +180,7 @@ def primary_lines(rows: list[dict[str, Any]]) -> list[str]:
     r0 = rows[0]
     name = f"{STRUCTURE_TITLES[r0['structure']]} {METRIC_NAMES[r0['metric']]}"
     level = f"{100 * (1 - r0['alpha']):g} %"
-    methods = sorted({r["method"] for r in rows if r["method"]})
+    methods = sorted({_method(r["method"]) for r in rows if r["method"]})
     lines = [
         "## Primary endpoint",
         "",
@@ -178,14 +193,14 @@ def primary_lines(rows: list[dict[str, Any]]) -> list[str]:
         f"{100 * r0['power']:g} % power. Everything after this section is secondary (primary.csv holds this table).",
         "",
         f"| train fraction | synthetic fraction | patients | seeds (none / synthetic) | difference [{level} CI] | "
-        "p | p (Holm) | MDD | seed SD (none / synthetic) | patient SD |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "df | p | p (Holm) | MDD | seed SD (none / synthetic) | patient SD |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         m = r["metric"]
         lines.append(f"| {r['train_fraction']:g} | {r['synthetic_fraction']:g} | {r['n_patients']} | "
                      f"{r['n_seeds_none']} / {r['n_seeds_synthetic']} | {_num(r['estimate'], m)} "
-                     f"[{_num(r['ci_low'], m)}, {_num(r['ci_high'], m)}] | {_p(r['pvalue'])} | {_p(r['pvalue_holm'])} | "
+                     f"[{_num(r['ci_low'], m)}, {_num(r['ci_high'], m)}] | {_df(r['df'])} | {_p(r['pvalue'])} | {_p(r['pvalue_holm'])} | "
                      f"{_num(r['mdd'], m).lstrip('+')} | {_num(r['seed_sd_none'], m).lstrip('+')} / "
                      f"{_num(r['seed_sd_synthetic'], m).lstrip('+')} | {_num(r['patient_sd'], m).lstrip('+')} |")
     return lines + ["", *(_sentence(r) for r in rows), ""]

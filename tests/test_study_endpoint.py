@@ -126,6 +126,16 @@ def test_fewer_patients_than_a_test_needs_are_estimated_not_tested(study):
     assert "significant" not in "\n".join(primary_lines(rows)).replace('"significant" means', "")
 
 
+def test_one_seed_per_arm_is_estimated_not_tested(study):
+    """Two training runs differ by their own noise: without the training-run variance no verdict."""
+    cells, _ = study
+    rows = primary_rows([c for c in cells if c["seed"] == 0], ENDPOINT)
+    assert len(rows) == 4 and all(r["n_seeds_none"] == r["n_seeds_synthetic"] == 1 for r in rows)
+    assert all(math.isnan(r["pvalue"]) and math.isnan(r["mdd"]) and r["significant"] == "" for r in rows)
+    assert all(r["training_variance_estimated"] == "no" and "two training runs only" in r["note"] for r in rows)
+    assert "): significant" not in "\n".join(primary_lines(rows))
+
+
 def test_config_default_and_validation():
     cfg = StudyConfig()
     assert (cfg.primary.metric, cfg.primary.structure, cfg.primary.alpha) == ("dice", "lv_endo", 0.05)

@@ -6,6 +6,9 @@ synthetic fraction 0 at the same training fraction give a long per-image table (
 fraction, seed, patient, value); :func:`cardigan_tf.stats_hierarchical.hierarchical_paired_comparison`
 averages images within (seed, patient) and resamples patients (paired) and seeds. Holm runs over
 these contrasts only; the minimal detectable difference says what "not significant" rules out.
+A contrast is tested only with at least two seeds per arm (one seed leaves the training-run
+variance unknown: a difference between two runs is not an effect of synthetic data) and
+:data:`MIN_PATIENTS` test patients; otherwise its estimate and interval are reported untested.
 Where the per-image rows carry ``<structure>_missing`` flags, the failure counts of both arms are
 compared per patient (:func:`cardigan_tf.stats_failures.failure_sign_test`), a secondary line.
 """
@@ -86,12 +89,14 @@ def _contrast(base: dict, other: dict, sf: float, endpoint) -> dict[str, Any]:
     dropped = sum(res["n_dropped"].values())
     if dropped:
         notes.append(f"{dropped} image(s) with an undefined value left out")
-    pvalue = res["pvalue"]
+    tested = res["training_variance_estimated"] and res["n_patients"] >= MIN_PATIENTS
+    if not res["training_variance_estimated"]:
+        notes.append("the interval holds for these two training runs only, not for retrained U-Nets: no test")
     if res["n_patients"] < MIN_PATIENTS:
         notes.append(f"{res['n_patients']} test patient(s), fewer than {MIN_PATIENTS}: interval for "
                      "interpretation only, no test")
-        pvalue = NAN
-    finite_se = math.isfinite(res["se"]) and res["se"] > 0 and math.isfinite(res["df"])
+    pvalue = res["pvalue"] if tested else NAN
+    finite_se = tested and math.isfinite(res["se"]) and res["se"] > 0 and math.isfinite(res["df"])
     mdd = detectable_difference(res, alpha=endpoint.alpha, power=endpoint.power)["mdd"] if finite_se else NAN
     return {
         "unit": "" if endpoint.metric == "dice" else units[0],

@@ -22,7 +22,10 @@ from typing import Any
 from cardigan_tf import stats
 from cardigan_tf.labels import STRUCTURE_TITLES
 from cardigan_tf.stats_failures import failure_sign_test
-from cardigan_tf.stats_hierarchical import detectable_difference, hierarchical_paired_comparison
+from cardigan_tf.stats_hierarchical import (
+    detectable_difference,
+    hierarchical_paired_comparison,
+)
 
 METRIC_NAMES = {"dice": "Dice", "hd": "HD", "mad": "MAD"}
 #: below this many test patients the primary contrast is estimated but not tested (as the secondary table)
@@ -193,7 +196,7 @@ def primary_lines(rows: list[dict[str, Any]]) -> list[str]:
         f"phases, each synthetic fraction against none at the same training fraction (synthetic minus none), "
         f"seeds {'paired (seed k of both arms trains on the same patients)' if r0['paired_seeds'] == 'yes' else 'independent'}. "
         f"Method: {'; '.join(methods) or '–'}. The {level} interval excludes 0 exactly when p < {r0['alpha']:g}; "
-        f"Holm corrects over the {r0['n_contrasts']} contrast(s) of this family only; \"significant\" means "
+        f"Holm corrects over the {r0['n_contrasts'] or 'no'} tested contrast(s) of this family only; \"significant\" means "
         f"Holm-adjusted p <= {r0['alpha']:g}. MDD: the smallest true difference this design detects with "
         f"{100 * r0['power']:g} % power. Everything after this section is secondary (primary.csv holds this table).",
         "",

@@ -16,8 +16,44 @@ from cardigan_tf.configs.gan import migrate as migrate_gan
 from cardigan_tf.configs.gan import preset_config as gan_preset_config
 from cardigan_tf.configs.seg import SegConfig
 from cardigan_tf.configs.seg import preset_config as seg_preset_config
+from cardigan_tf.labels import STRUCTURES
+from cardigan_tf.metrics.segmentation import METRICS
 
 MASK_SOURCES = ("real", "deformed", "sampled")
+
+
+@dataclasses.dataclass
+class PrimaryEndpoint:
+    """The one endpoint the study's conclusion rests on, fixed before any result exists.
+
+    Per test patient the ``metric`` of ``structure`` is averaged over its views and phases (and a
+    run's images); each synthetic fraction > 0 is contrasted with synthetic fraction 0 at the same
+    training fraction by :func:`cardigan_tf.stats_hierarchical.hierarchical_paired_comparison`
+    (patients paired, seeds resampled), with a ``1 - alpha`` interval, Holm over these contrasts
+    only, and the difference detectable with ``power``. ``paired_seeds``: seed k of both arms
+    trains on the same seeded subset of training patients (and the synthetic arm's GAN saw that
+    subset), so seed k of one arm pairs with seed k of the other.
+    """
+
+    metric: str = "dice"
+    structure: str = "lv_endo"
+    alpha: float = 0.05
+    power: float = 0.80
+    paired_seeds: bool = True
+    n_boot: int = 10000
+    rng_seed: int = 0
+
+    def validate(self) -> None:
+        if self.metric not in METRICS:
+            raise ConfigError(f"primary.metric: expected one of {list(METRICS)}, got {self.metric!r}")
+        if self.structure not in STRUCTURES:
+            raise ConfigError(f"primary.structure: expected one of {list(STRUCTURES)}, got {self.structure!r}")
+        if not 0 < self.alpha < 1:
+            raise ConfigError(f"primary.alpha: expected a value in (0, 1), got {self.alpha}")
+        if not 0 < self.power < 1:
+            raise ConfigError(f"primary.power: expected a value in (0, 1), got {self.power}")
+        if self.n_boot < 100:
+            raise ConfigError(f"primary.n_boot: expected at least 100 bootstrap replicates, got {self.n_boot}")
 
 
 @dataclasses.dataclass
@@ -42,8 +78,10 @@ class StudyConfig:
     seg: SegConfig = dataclasses.field(default_factory=lambda: seg_preset_config("tiny"))
     inception_weights: str | None = None  # local InceptionV3 no-top weights for FID/KID (else U-Net encoder)
     simpson: str = "per_phase"  # Simpson convention of the EF figures: per_phase (clinical) | camus (vital)
+    primary: PrimaryEndpoint = dataclasses.field(default_factory=PrimaryEndpoint)
 
     def validate(self) -> None:
+        self.primary.validate()
         if not self.train_fractions or any(not 0 < f <= 1 for f in self.train_fractions):
             raise ConfigError(f"train_fractions: expected values in (0, 1], got {self.train_fractions}")
         if not self.synthetic_fractions or any(not 0 <= f < 1 for f in self.synthetic_fractions):
@@ -60,6 +98,8 @@ class StudyConfig:
 
 
 def migrate(data: dict) -> dict:
+    """A study saved before ``primary`` existed takes the default primary endpoint."""
+    data.setdefault("primary", {})
     if isinstance(data.get("gan"), dict):
         migrate_gan(data["gan"])
     return data

@@ -15,8 +15,9 @@ For every training-set fraction x synthetic fraction x seed:
 4. the U-Net is evaluated on the fixed test split (Dice, HD, MAD in mm, EF).
 
 Output in ``runs/study-<name>-<UTC>/``: ``results.csv`` / ``results.md`` (mean and SD per cell
-over seeds), ``cells.csv`` (one row per trained U-Net), ``wilcoxon.csv`` (synthetic fraction 0 vs
-each other fraction, per test patient: mean Dice/HD/MAD difference with a bootstrap interval, each
+over seeds), ``cells.csv`` (one row per trained U-Net), ``primary.csv`` (the config's primary
+endpoint per (training fraction, synthetic fraction) contrast; see study_primary), ``wilcoxon.csv``
+(secondary, exploratory: synthetic fraction 0 vs each other fraction, per test patient: mean Dice/HD/MAD difference with a bootstrap interval, each
 seed's difference, signed-rank p-values Holm-corrected; see study_report), ``dice_vs_synthetic.png``,
 ``report.md``; ``gans/<gan>/quality/`` (GAN quality report: segmentation consistency with the
 same (training fraction, seed) U-Net trained without synthetic images, FID/KID; see

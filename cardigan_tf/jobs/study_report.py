@@ -12,10 +12,12 @@ from typing import Any
 from cardigan_tf import stats
 from cardigan_tf.data.h5layout import read_root_attrs
 from cardigan_tf.files import atomic_write_text
+from cardigan_tf.jobs.study_primary import primary_lines, primary_rows
 from cardigan_tf.labels import STRUCTURE_TITLES, STRUCTURES
 from cardigan_tf.metrics.segmentation import METRICS
 
 METRIC_NAMES = {"dice": "Dice", "hd": "HD", "mad": "MAD"}
+SECONDARY = "Secondary, exploratory (not corrected for the primary family; intervals only for interpretation)"
 
 
 def load_cells(root: Path) -> list[dict[str, Any]]:
@@ -48,8 +50,8 @@ def _read_unit(eval_dir: Path, rows: list[dict[str, str]]) -> str:
 
 
 def attach_per_image(root: Path, cells: list[dict[str, Any]], split: str) -> None:
-    """Give every cell ``per_image`` (rows with patient, view, phase and ``<structure>_<metric>``
-    floats) and ``distance_unit``, read from ``cells/<cell>/eval-<split>/per_image.csv``.
+    """Give every cell ``per_image`` (rows with patient, view, phase, ``<structure>_<metric>``
+    floats and, where the CSV has them, ``<structure>_missing`` 0/1 flags) and ``distance_unit``, read from ``cells/<cell>/eval-<split>/per_image.csv``.
 
     A cell without that CSV keeps its ``per_image_dice`` (Dice only; unit "mm")."""
     for cell in cells:
@@ -69,6 +71,8 @@ def attach_per_image(root: Path, cells: list[dict[str, Any]], split: str) -> Non
                     for m in METRICS:
                         text = r.get(f"{s}_{m}")
                         row[f"{s}_{m}"] = float(text) if text not in (None, "") else float("nan")
+                    if r.get(f"{s}_missing") not in (None, ""):
+                        row[f"{s}_missing"] = float(r[f"{s}_missing"].strip().lower() in ("true", "1", "1.0"))
                 rows.append(row)
             cell["per_image"], cell["distance_unit"] = rows, _read_unit(eval_dir, raw)
         elif "per_image_dice" in cell:
@@ -103,6 +107,7 @@ def wilcoxon_rows(cells: list[dict[str, Any]], n_boot: int = 10000, alpha: float
     the mean over patients). ``seed_diffs`` gives each seed's mean difference. The p-values are
     Holm-corrected over every test of the returned table (``pvalue_holm``, ``n_tests``);
     ``significant`` is "yes"/"no" after correction at ``alpha`` and empty when no test was possible.
+    Every row has ``role`` "secondary": the study's conclusion rests on :mod:`cardigan_tf.jobs.study_primary`.
     """
     rows = []
     by_key = {(c["train_fraction"], c["synthetic_fraction"], c["seed"]): c for c in cells}
@@ -141,7 +146,7 @@ def wilcoxon_rows(cells: list[dict[str, Any]], n_boot: int = 10000, alpha: float
                         "seed_diff_min": min(seed_vals) if seed_vals else float("nan"),
                         "seed_diff_max": max(seed_vals) if seed_vals else float("nan"),
                         "statistic": res["statistic"], "pvalue": res["pvalue"], "test_method": res["method"],
-                        "note": note,
+                        "note": note, "role": "secondary",
                     })
     adjusted = stats.holm([r["pvalue"] for r in rows])
     n_tests = sum(math.isfinite(r["pvalue"]) for r in rows)
@@ -210,7 +215,7 @@ def test_table_lines(tests: list[dict]) -> list[str]:
     n_tests = tests[0]["n_tests"]
     correction = f"Holm over {n_tests} tests" if n_tests else "no test possible"
     lines = [
-        "Paired comparisons, synthetic fraction 0 against each other fraction, counting test patients: each "
+        f"{SECONDARY}: every metric and structure. Paired comparisons, synthetic fraction 0 against each other fraction, counting test patients: each "
         "patient's difference (synthetic minus none) is averaged over its views, phases and seeds; mean over "
         "patients with a 95 % percentile bootstrap interval over patients, each seed's mean difference, and the "
         "two-sided Wilcoxon signed-rank test of the per-patient differences. Higher Dice and lower HD/MAD are "
@@ -336,6 +341,9 @@ def write_study_report(root: Path, cfg) -> Path:
     tests = wilcoxon_rows(cells)
     if tests:
         stats.write_table_csv(tests, root / "wilcoxon.csv")
+    primary = primary_rows(cells, cfg.primary)
+    if primary:
+        stats.write_table_csv(primary, root / "primary.csv")
     stats.plot_dice_vs_synthetic(summary, root / "dice_vs_synthetic.png",
                                  title=f"Dice vs synthetic fraction ({'phantom' if not cfg.data else cfg.data})")
     previews = sorted((root / "synthetic").glob("*.png"))
@@ -354,12 +362,16 @@ def write_study_report(root: Path, cfg) -> Path:
         "The GAN of each (training fraction, seed) saw only that subset of training patients; "
         "validation and test patients never reached a GAN or a synthetic set." + _gan_sharing(cells),
         "",
+        *primary_lines(primary),
         "## Results (mean ± SD over seeds)",
         "",
         table,
         "![Dice against synthetic fraction](dice_vs_synthetic.png)",
         "",
-        "## Does synthetic data help here?",
+        "## Secondary comparisons (exploratory)",
+        "",
+        f"{SECONDARY}: LV endo Dice by the seed-averaged test of the table below, which resamples patients but "
+        "not training runs (its intervals are too narrow when seeds differ; docs/statistics.md).",
         "",
         *_findings(tests),
         "",
@@ -373,7 +385,8 @@ def write_study_report(root: Path, cfg) -> Path:
                    "sampled": "Sampled mask | synthetic image:"}.get(cfg.masks, "Mask | synthetic image:")
         lines += ["## Synthetic samples", "", caption, "",
                   "![synthetic samples](samples.png)", ""]
-    lines += ["Files: `results.csv` (per cell), `cells.csv` (per U-Net), `wilcoxon.csv`, `cells/*/eval-*/` "
+    lines += ["Files: `primary.csv` (the primary endpoint), `results.csv` (per cell), `cells.csv` (per U-Net), "
+              "`wilcoxon.csv` (secondary comparisons), `cells/*/eval-*/` "
               "(per-image CSV, worst cases, Bland-Altman), `gans/` (GAN runs; `gans/*/quality/` GAN quality reports), "
               "`synthetic/` (CAMUSx sets and their preview grids).", ""]
     report = root / "report.md"

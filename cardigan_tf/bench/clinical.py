@@ -134,13 +134,13 @@ def _cpu() -> str:
 
 
 def run(args: argparse.Namespace) -> list[dict]:
-    from cardigan_tf.metrics import clinical
+    from cardigan_tf.metrics import clinical, long_axis
 
     ref = _load(args.reference) if args.reference else None
     rows = []
     for name, depth, lobes in CASES:
         masks, spacings = make_patient(depth, lobes)
-        points = max(contour_points(clinical, m) for m in masks.values())
+        points = max(contour_points(long_axis, m) for m in masks.values())
         times = []
         for _ in range(max(1, args.repeats)):
             dt, res = _timed(lambda: clinical.patient_indices(masks, spacings))

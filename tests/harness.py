@@ -43,24 +43,27 @@ GAN_TINY = ["model.size=32", "model.ngf=8", "model.ndf=8", "model.num_D=1", "tra
 GAN_Z = ["model.size=32", "model.ngf=8", "model.ndf=8", "model.num_D=1", "model.style=z", "model.z_dim=8",
          "train.batch_size=2", "data.n_phantom=6", "train.steps=2", "train.run_eagerly=true",
          "train.checkpoint_every=2", "train.sample_every=2", "train.verbose=0", "train.n_samples=2"]
-#: a mask-only GAN at the tiny preset's 64x64 for ``generate``: 2 steps.
+#: a mask-only GAN at the tiny preset's 64x64 for ``generate``: 2 eager steps.
 GAN_GENERATE = ["model.ngf=8", "model.ndf=8", "model.num_D=1", "train.steps=2", "train.batch_size=2",
-                "train.checkpoint_every=2", "train.sample_every=2", "train.n_samples=2", "train.verbose=0"]
-#: ``train study``: one training fraction (0.5), synthetic fractions 0 and 0.5, one seed, 2 GAN steps.
+                "train.checkpoint_every=2", "train.sample_every=2", "train.n_samples=2", "train.verbose=0",
+                "train.run_eagerly=true"]
+#: ``train study``: one training fraction (0.5), synthetic fractions 0 and 0.5, one seed, 2 eager GAN
+#: steps (no tf.function trace; the traced GAN step is the ``gan_run`` fixture's).
 STUDY_TINY = ["name=tiny", "n_phantom=10", "train_fractions=[0.5]", "synthetic_fractions=[0.0, 0.5]", "seeds=[0]",
               "synthetic_multiplier=1",
               "gan.model.ngf=8", "gan.model.ndf=8", "gan.model.num_D=1", "gan.train.steps=2",
               "gan.train.batch_size=2", "gan.train.checkpoint_every=2", "gan.train.sample_every=2",
-              "gan.train.n_samples=2", "gan.train.verbose=0",
+              "gan.train.n_samples=2", "gan.train.verbose=0", "gan.train.run_eagerly=true",
               "seg.train.epochs=1", "seg.train.steps_per_epoch=2", "seg.train.batch_size=4", "seg.train.patience=0"]
 #: ``tune``: base 4 filters, depth 4, norm batch | instance, 3 steps per epoch.
 TUNE_TINY = ["seg.model.base_filters=4", "space.base_filters={type: fixed, value: 4}",
              "space.depth={type: fixed, value: 4}", "space.norm.values=[batch, instance]",
              "seg.train.steps_per_epoch=3", "seg.train.batch_size=4", "seg.train.n_overlays=1", "seg.train.patience=0"]
-#: multi-worker GAN (64x64, 8 filters, batch 4 = 2 workers x 2).
+#: multi-worker GAN (64x64, 8 filters, batch 4 = 2 workers x 2), eager steps (no tf.function trace
+#: in each of the processes; the replicas still run through ``strategy.run`` and its all-reduce).
 MW_GAN = ["model.size=64", "model.ngf=8", "model.ndf=8", "model.num_D=1", "train.batch_size=4", "data.n_phantom=6",
           "train.verbose=0", "train.n_samples=2", "train.checkpoint_every=3", "train.sample_every=3",
-          "train.deterministic=true"]
+          "train.deterministic=true", "train.run_eagerly=true"]
 #: multi-worker U-Net; group norm: per-sample statistics, so 2 replicas of batch 2 compute what
 #: 1 replica of batch 4 does.
 MW_SEG = ["model.base_filters=4", "model.max_filters=16", "model.norm=group", "model.groups=2", "data.n_phantom=8",

@@ -9,27 +9,22 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from cardigan_tf.configs.gan import network_configs
+from cardigan_tf.losses.gan import VGGPerceptualLoss
+from cardigan_tf.models.discriminator import build_discriminator
+from cardigan_tf.models.encoder import build_encoder
 from cardigan_tf.models.gan import ConstantThenLinearDecay, SpadeGAN
+from cardigan_tf.models.generator import build_generator
+
 
 SIZE = 32
 
 
 def _pairs(n=8, seed=0):
-    from cardigan_tf.data.phantom import make_pair
-
-    rng = np.random.default_rng(seed)
-    pairs = [make_pair(rng, ("2CH", "4CH")[i % 2], ("ED", "ES")[i // 2 % 2], size=SIZE) for i in range(n)]
-    images = np.stack([p[0] for p in pairs])[..., None].astype("float32")
-    masks = np.stack([p[1] for p in pairs]).astype("int32")
-    return images, masks
+    return phantom_pairs(n, SIZE, seed, pattern="cycle")
 
 
 def _gan(style="encoder", num_d=2, seed=0, run_eagerly=False):
-    from cardigan_tf.models.discriminator import build_discriminator
-    from cardigan_tf.models.encoder import build_encoder
-    from cardigan_tf.models.generator import build_generator
-    from cardigan_tf.configs.gan import network_configs
-
     g, d, e = network_configs("tiny", size=SIZE, ngf=8, ndf=8, nef=8, z_dim=16, style=style, num_D=num_d)
     enc = build_encoder(e) if style == "encoder" else None
     gan = SpadeGAN(build_generator(g), build_discriminator(d), enc, ema_decay=0.9, seed=seed)
@@ -142,8 +137,6 @@ def test_single_scale_discriminator_and_z_style():
 
 
 def test_vgg_term_in_the_train_step(tmp_path):
-    from cardigan_tf.losses.gan import VGGPerceptualLoss
-
     path = tmp_path / "vgg19_notop.weights.h5"
     keras.applications.VGG19(weights=None, include_top=False, input_shape=(None, None, 3)).save_weights(path)
     images, masks = _pairs(2)
@@ -190,6 +183,7 @@ MIRRORED = textwrap.dedent(
     print("MIRRORED_OK", strategy.num_replicas_in_sync)
     """
 )
+from harness import phantom_pairs
 
 
 def test_mirrored_strategy_two_logical_cpus():

@@ -6,7 +6,8 @@ from scipy import ndimage
 
 from cardigan_tf.data import h5layout, phantom, phantom_anatomy
 from cardigan_tf.labels import LA, LV, MYO, PHASES, VIEWS
-from cardigan_tf.runs import OverwriteError
+from cardigan_tf.files import OverwriteError
+
 
 CROSS = ndimage.generate_binary_structure(2, 1)
 

@@ -9,7 +9,11 @@ overwrite) copies it into its own ``tmp_path`` first (``shutil.copytree``).
 import contextlib
 import dataclasses
 import io
+import json
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -50,6 +54,27 @@ def phantom_h5(tmp_path_factory):
                             preview=False)
 
 
+@pytest.fixture(scope="session")
+def two_cpus(phantom_h5, tmp_path_factory):
+    """Every script of :data:`harness.TWO_CPU_SCRIPTS` run in a fresh process with two logical
+    CPU devices (configured before TensorFlow starts), one process for all but those that ask for
+    their own: ``{name: {"ok", "stdout", "error"}}``."""
+    folder = tmp_path_factory.mktemp("two_cpus")
+    shared = {name: src for name, (src, own) in harness.TWO_CPU_SCRIPTS.items() if not own}
+    groups = ([shared] if shared else []) + [{name: src} for name, (src, own) in harness.TWO_CPU_SCRIPTS.items() if own]
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]), KERAS_BACKEND="tensorflow")
+    results = {}
+    for i, scripts in enumerate(groups):
+        (folder / f"scripts{i}.json").write_text(json.dumps(scripts))
+        res = subprocess.run([sys.executable, "-c", harness.TWO_CPU_RUNNER, str(folder / f"scripts{i}.json"),
+                              json.dumps({"phantom_h5": str(phantom_h5)})], env=env, capture_output=True,
+                             text=True, timeout=600)
+        lines = [line for line in res.stdout.splitlines() if line.startswith("TWO-CPUS ")]
+        assert res.returncode == 0 and lines, res.stderr[-3000:]
+        results.update(json.loads(lines[-1][len("TWO-CPUS "):]))
+    return results
+
+
 # ----------------------------------------------------------------------------- U-Net runs
 @pytest.fixture(scope="session")
 def seg_run(tmp_path_factory):
@@ -81,11 +106,12 @@ def key_seg_evaluation(key_seg_run):
 # ----------------------------------------------------------------------------- GAN runs
 @pytest.fixture(scope="session")
 def gan_run(tmp_path_factory):
-    """``python -m cardigan_tf.train gan --steps 6`` with :data:`harness.GAN_TINY` (32x32) and
-    a traced (tf.function) train step, checkpoints and samples every 3 steps: the run folder."""
+    """``python -m cardigan_tf.train gan --steps 6`` with :data:`harness.GAN_TINY` (32x32),
+    eager steps, checkpoints and samples every 3 steps, straight through: the run folder. (The
+    traced GAN step runs in the main job's GAN and in ``bench gan``.)"""
     runs = tmp_path_factory.mktemp("gan_runs")
     argv = ["gan", "--steps", "6", "--runs-dir", str(runs), "--name", "straight",
-            *harness.sets(harness.GAN_TINY, ["train.checkpoint_every=3", "train.sample_every=3"])]
+            *harness.sets(harness.GAN_TINY, harness.GAN_EAGER_6)]
     assert train_main(argv) == 0
     return harness.latest(runs.glob("gan-straight-*"))
 

@@ -19,6 +19,7 @@ The session-scoped trained runs built from these presets live in ``tests/conftes
 from __future__ import annotations
 
 import inspect
+import textwrap
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
@@ -39,6 +40,9 @@ SEG_KEY = ["train.epochs=6", "train.steps_per_epoch=20", "train.batch_size=8", "
 GAN_TINY = ["model.size=32", "model.ngf=8", "model.ndf=8", "model.num_D=1", "train.batch_size=2",
             "data.n_phantom=10", "train.deterministic=true", "train.seed=3", "train.verbose=0",
             "train.n_samples=2"]
+#: with :data:`GAN_TINY`: 6 eager steps, checkpoints and samples every 3 steps (``gan_run``, and
+#: the interrupted and resumed run compared with it).
+GAN_EAGER_6 = ["train.run_eagerly=true", "train.steps=6", "train.checkpoint_every=3", "train.sample_every=3"]
 #: a style (z) GAN for the export: 32x32, z_dim 8, 2 eager steps.
 GAN_Z = ["model.size=32", "model.ngf=8", "model.ndf=8", "model.num_D=1", "model.style=z", "model.z_dim=8",
          "train.batch_size=2", "data.n_phantom=6", "train.steps=2", "train.run_eagerly=true",
@@ -228,6 +232,43 @@ def run_model_saving_test(model, inputs, tmp_path: str | Path, atol: float = 0.0
     assert_outputs_equal(got, want, atol=atol, what=f"{name} loaded")
     assert loaded.count_params() == model.count_params()
     return loaded
+
+
+# ----------------------------------------------------------------------------- two logical CPUs
+#: Scripts that need 2 replicas: name -> (source, own process). They run in fresh processes whose
+#: CPU is split into two logical devices before TensorFlow starts (conftest's ``two_cpus``
+#: fixture): all in ONE process, except those that ask for their own (two MirroredStrategy
+#: objects of one process reuse the same collective instance keys, so a script whose collective
+#: ops must not meet another strategy's runs alone). Each sees ``ARGS`` (a dict: ``phantom_h5``)
+#: and prints what its test looks for. A test module registers its script at import with
+#: :func:`two_cpu_script`.
+TWO_CPU_SCRIPTS: dict[str, tuple[str, bool]] = {}
+
+TWO_CPU_RUNNER = r"""
+import contextlib, io, json, sys, traceback
+import tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+with open(sys.argv[1]) as fh:
+    scripts = json.load(fh)
+args = json.loads(sys.argv[2])
+results = {}
+for name, source in scripts.items():
+    out = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(out):
+            exec(compile(source, name, "exec"), {"__name__": "two_cpus_" + name, "ARGS": args})
+        results[name] = {"ok": True, "stdout": out.getvalue(), "error": ""}
+    except BaseException:
+        results[name] = {"ok": False, "stdout": out.getvalue(), "error": traceback.format_exc()[-4000:]}
+print("TWO-CPUS " + json.dumps(results))
+"""
+
+
+def two_cpu_script(name: str, source: str, own_process: bool = False) -> str:
+    """Register ``source`` to run on two logical CPUs under ``name`` (see :data:`TWO_CPU_SCRIPTS`)."""
+    TWO_CPU_SCRIPTS[name] = (textwrap.dedent(source), own_process)
+    return name
 
 
 # ----------------------------------------------------------------------------- configs

@@ -1,6 +1,8 @@
 """Export for TF-Serving and ONNX (cardigan_tf.export, cardigan_tf.serving.export) of the session's
 tiny seg run (``seg_run``) and style-z GAN run (``gan_z_run``), exported once (``exported``, conftest)."""
 
+import contextlib
+import io
 import json
 import re
 import shutil
@@ -163,18 +165,45 @@ def test_onnx_parity(exported):
     assert ex.onnx_parity(exported / "seg" / "1", ex.sample_inputs("seg", SEG_SIZE, seed=7)) <= 1e-4
 
 
-def test_fresh_process_imports_nothing_of_the_project(exported):
-    img = np.random.default_rng(0).random((1, 40, 30)).astype(np.float32)
-    out = chk.fresh_process_outputs(exported / "seg" / "1", {"serving_default@0": {"image": img}})
-    ref = _load(exported / "seg" / "1").signatures["serving_default"](image=tf.constant(img))
-    assert np.allclose(out["serving_default@0/probabilities"], ref["probabilities"].numpy(), atol=1e-6)
+@pytest.fixture(scope="module")
+def checked(exported):
+    """``python -m cardigan_tf.export --check BASE`` once: (exit status, stdout, and every call of
+    the fresh-process run it makes: [(version folder, requests, outputs)])."""
+    calls = []
+    fresh = chk.fresh_process_outputs
+
+    def recorded(folder, requests):
+        outputs = fresh(folder, requests)
+        calls.append((Path(folder), requests, outputs))
+        return outputs
+
+    out = io.StringIO()
+    with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stdout(out):
+        mp.setattr(chk, "fresh_process_outputs", recorded)
+        rc = main(["--check", str(exported)])
+    return rc, out.getvalue(), calls
 
 
-def test_refuses_overwrite_and_check(exported, seg_run, tmp_path, capsys):
+def test_fresh_process_imports_nothing_of_the_project(exported, checked):
+    """The check loads each version in a fresh Python process that may import no project module
+    (it fails otherwise); its outputs equal this process's for every request."""
+    rc, _, calls = checked
+    assert rc == 0
+    assert sorted(folder for folder, _, _ in calls) == [exported / "gan" / "1", exported / "seg" / "1"]
+    for folder, requests, outputs in calls:
+        sigs = _load(folder).signatures
+        assert {key.split("@")[0] for key in requests} >= {"serving_default"}
+        for key, inputs in requests.items():
+            ref = sigs[key.split("@")[0]](**{k: tf.constant(v) for k, v in inputs.items()})
+            for name, value in ref.items():
+                assert np.allclose(outputs[f"{key}/{name}"], value.numpy(), atol=1e-6), (folder, key, name)
+
+
+def test_refuses_overwrite_and_check(exported, checked, seg_run, tmp_path, capsys):
     assert main([str(seg_run), "--out", str(exported), "--version", "1"]) == 2
     assert "already exists" in capsys.readouterr().err
-    assert main(["--check", str(exported)]) == 0
-    out = capsys.readouterr().out
+    rc, out, _ = checked  # main(["--check", exported])
+    assert rc == 0
     assert "matches the Keras model" in out and "ONNX Runtime matches" in out
     broken = tmp_path / "models"
     shutil.copytree(exported, broken)

@@ -1,11 +1,7 @@
 """tf.data pipeline: shapes, filters, no augmentation outside training, mixing ratio, determinism."""
 
 import math
-import os
-import subprocess
-import sys
 import types
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,10 +11,11 @@ from cardigan_tf.data import h5layout
 from cardigan_tf.data.augment import AugmentConfig
 from cardigan_tf.data.pipeline import count_samples, dataset_info, format_info, make_dataset
 from cardigan_tf.data.sample import EmptyDatasetError
+
+from harness import two_cpu_script
 from cardigan_tf.data.tfrecord import write_tfrecords
 
 
-REPO = Path(__file__).resolve().parents[1]
 TAG = 0.123  # constant image value marking synthetic samples
 
 
@@ -151,17 +148,14 @@ def test_bad_arguments(phantom_h5):
         make_dataset(phantom_h5.with_name("missing.h5"), "train")
 
 
-GLOBAL_BATCH_SCRIPT = """
-import sys
+GLOBAL_BATCH = two_cpu_script("global_batch", """
 import numpy as np
 import tensorflow as tf
-cpu = tf.config.list_physical_devices("CPU")[0]
-tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 from cardigan_tf.data.pipeline import make_dataset
 strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
 assert strategy.num_replicas_in_sync == 2, strategy.num_replicas_in_sync
 def dataset(batch_size=6):
-    return make_dataset(sys.argv[1], "train", size=16, batch_size=batch_size, training=True, seed=4,
+    return make_dataset(ARGS["phantom_h5"], "train", size=16, batch_size=batch_size, training=True, seed=4,
                         strategy=strategy)
 x, y = next(iter(dataset()))
 assert tuple(x.shape) == (6, 16, 16, 1) and tuple(y.shape) == (6, 16, 16), (x.shape, y.shape)  # the global batch
@@ -178,19 +172,19 @@ except ValueError as exc:
 else:
     raise AssertionError("a global batch of 5 for 2 replicas was accepted")
 print("GLOBAL-BATCH-OK")
-"""
+""")
 
 
-def test_strategy_global_batch(phantom_h5):
+def test_strategy_global_batch(phantom_h5, two_cpus):
     """batch_size is the GLOBAL batch: 2 replicas (two logical CPUs, configured before TF starts,
-    in a fresh process) get half of each batch each; the default strategy gets all of it."""
+    in a fresh process: conftest's ``two_cpus``) get half of each batch each; the default
+    strategy gets all of it."""
     strategy = tf.distribute.get_strategy()
     x, _ = next(iter(make_dataset(phantom_h5, "train", size=16, batch_size=6, training=True, strategy=strategy)))
     assert strategy.num_replicas_in_sync == 1 and x.shape[0] == 6
-    env = dict(os.environ, PYTHONPATH=str(REPO), KERAS_BACKEND="tensorflow")
-    res = subprocess.run([sys.executable, "-c", GLOBAL_BATCH_SCRIPT, str(phantom_h5)], env=env, capture_output=True,
-                         text=True, timeout=300)
-    assert res.returncode == 0 and "GLOBAL-BATCH-OK" in res.stdout, res.stderr[-3000:]
+    result = two_cpus[GLOBAL_BATCH]
+    assert result["ok"], result["error"]
+    assert "GLOBAL-BATCH-OK" in result["stdout"]
 
 
 def test_tfrecord_source_matches_h5(phantom_h5, tmp_path):

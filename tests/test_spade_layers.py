@@ -1,9 +1,6 @@
 """SPADE, SPADEResBlock and NearestResize: shapes, values against numpy, config round trips."""
 
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import keras
@@ -14,7 +11,7 @@ import tensorflow as tf
 from cardigan_tf.models.generator import GeneratorConfig, build_generator
 from cardigan_tf.models.spade import SPADE, NearestResize, SPADEResBlock
 
-from harness import onehot, run_layer_test
+from harness import onehot, run_layer_test, two_cpu_script
 
 
 MODEL_FILES = ["spade.py", "generator.py", "discriminator.py", "encoder.py", "saving.py", "features.py"]
@@ -206,10 +203,8 @@ def test_init_gain_sets_xavier_normal_std():
     assert np.std(np.asarray(plain.mlp_gamma.kernel)) > 10 * expected
 
 
-SYNC_BN_SCRIPT = """
+SYNC_BN = two_cpu_script("sync_bn", """
 import numpy as np, tensorflow as tf
-cpu = tf.config.list_physical_devices("CPU")[0]
-tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 from cardigan_tf.models.spade import SPADE
 strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
 rng = np.random.default_rng(0)
@@ -231,15 +226,13 @@ mean = x.mean(axis=(0, 1, 2)); var = x.var(axis=(0, 1, 2))
 ref = (x - mean) / np.sqrt(var + 1e-5)
 np.testing.assert_allclose(out, ref, atol=1e-4)
 print("SYNC-OK")
-"""
+""", own_process=True)  # its collective ops must not meet another strategy's
 
 
-def test_spade_batch_norm_is_synchronised_across_replicas():
-    repo = Path(__file__).resolve().parents[1]
-    env = dict(os.environ, PYTHONPATH=str(repo), KERAS_BACKEND="tensorflow")
-    res = subprocess.run([sys.executable, "-c", SYNC_BN_SCRIPT], env=env, capture_output=True,
-                         text=True, timeout=300)
-    assert res.returncode == 0 and "SYNC-OK" in res.stdout, res.stderr[-3000:]
+def test_spade_batch_norm_is_synchronised_across_replicas(two_cpus):
+    result = two_cpus[SYNC_BN]  # in a fresh process with two logical CPUs (conftest)
+    assert result["ok"], result["error"]
+    assert "SYNC-OK" in result["stdout"]
 
 
 @pytest.mark.parametrize("norm", ["batch", "instance"])

@@ -8,13 +8,13 @@ import pytest
 import tensorflow as tf
 import yaml
 
-from cardigan_tf.config import ConfigError
+from cardigan_tf.config import ConfigError, to_dict
 from cardigan_tf.configs.gan import PRESET_NAMES, build_config
 from cardigan_tf.jobs import gan_callback
 from cardigan_tf.jobs.gan import train_gan
 from cardigan_tf.jobs.gan_loop import NonFiniteLossError, decay_start, total_steps
 
-from harness import GAN_TINY, assert_config_round_trip
+from harness import GAN_EAGER_6, GAN_TINY, assert_config_round_trip
 
 
 def _ckpt_weights(run_dir):
@@ -26,11 +26,9 @@ def _ckpt_weights(run_dir):
     return {k: reader.get_tensor(k) for k in keys}
 
 
-EAGER = ["train.run_eagerly=true", "train.steps=6", "train.checkpoint_every=3", "train.sample_every=3"]
-
 
 def test_cli_writes_a_complete_run_folder(gan_run):
-    """The session's ``gan_run``: the CLI with a traced (tf.function) train step, 6 steps."""
+    """The session's ``gan_run``: the CLI straight through 6 (eager) steps."""
     run = gan_run
     cfg = yaml.safe_load((run / "config.yaml").read_text())
     assert cfg["model"]["size"] == 32 and cfg["train"]["steps"] == 6
@@ -53,11 +51,11 @@ class _Interrupt(Exception):
     pass
 
 
-def test_interrupted_and_resumed_run_matches_straight_run(tmp_path, monkeypatch):
-    """Eager steps keep this test fast; the resume logic is the same as in graph mode."""
-    straight_run = train_gan(build_config("tiny", None, [*GAN_TINY, *EAGER]),
-                                 run_dir=tmp_path / "gan-straight")
-
+def test_interrupted_and_resumed_run_matches_straight_run(gan_run, tmp_path, monkeypatch):
+    """The same config as the CLI's straight run (``gan_run``), interrupted after step 3 and
+    resumed. Eager steps keep this test fast; the resume logic is the same as in graph mode."""
+    straight_run = gan_run
+    straight = yaml.safe_load((straight_run / "config.yaml").read_text())
     original = gan_callback.GanCallback.on_train_batch_end
 
     def interrupt_at_3(self, batch, logs=None):
@@ -65,7 +63,9 @@ def test_interrupted_and_resumed_run_matches_straight_run(tmp_path, monkeypatch)
         if self.step == 3:
             raise _Interrupt("simulated crash after step 3")
 
-    cfg = build_config("tiny", None, [*GAN_TINY, *EAGER])
+    cfg = build_config("tiny", None, [*GAN_TINY, *GAN_EAGER_6])
+    assert {k: v for k, v in to_dict(cfg).items() if k != "name"} == \
+        {k: v for k, v in straight.items() if k not in ("name", "kind")}  # the straight run's config
     run_dir = tmp_path / "gan-resumed"
     monkeypatch.setattr(gan_callback.GanCallback, "on_train_batch_end", interrupt_at_3)
     with pytest.raises(_Interrupt):

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+
 VIEWS = ("2CH", "4CH")
 PHASES = ("ED", "ES")
 SPACING_XY = (0.308, 0.154)  # ElementSpacing order: x (lateral, cols), y (depth, rows)

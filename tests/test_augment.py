@@ -8,18 +8,27 @@ import tensorflow as tf
 from scipy import ndimage
 
 from cardigan_tf.config import ConfigError
-from cardigan_tf.data import phantom
-from cardigan_tf.data.augment import (AugmentConfig, _pillow_warp, affine_transforms, augment_batch, augment_pair,
-                                      batch_noise, blur, intensity, warp)
+from cardigan_tf.data.augment import (
+    AugmentConfig,
+    _pillow_warp,
+    affine_transforms,
+    augment_batch,
+    augment_pair,
+    batch_noise,
+    blur,
+    intensity,
+    warp,
+)
+
+from harness import phantom_pairs
+
 
 GEOMETRY_ONLY = AugmentConfig(rotation=25, scale=(0.8, 1.2), translation=0.1, p_geometric=1.0, brightness=0.0,
                               contrast=(1.0, 1.0), gamma=(1.0, 1.0), noise_std=0.0, blur_prob=0.0)
 
 
 def _masks(n=6, size=64):
-    rng = np.random.default_rng(0)
-    pairs = [phantom.make_pair(rng, ("2CH", "4CH")[i % 2], ("ED", "ES")[i % 2], size) for i in range(n)]
-    return np.stack([p[0] for p in pairs])[..., None], np.stack([p[1] for p in pairs]).astype(np.int32)
+    return phantom_pairs(n, size, seed=0)
 
 
 @pytest.mark.parametrize("warp_impl", ["pillow", "tf"])

@@ -9,9 +9,10 @@ import h5py
 import numpy as np
 import pytest
 
-import camus_fixtures as cf
 from cardigan_tf.data.camus import detect_layout, read_camus
 from cardigan_tf.data.sample import DataError, EmptyDatasetError
+
+import camus_fixtures as cf
 
 
 @pytest.fixture(scope="module")

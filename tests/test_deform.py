@@ -1,5 +1,7 @@
 """Mask deformation: shapes, labels, real change, identity limit, validity and rejection counting."""
 
+import copy
+
 import numpy as np
 import pytest
 
@@ -14,18 +16,16 @@ from cardigan_tf.data.deform import (
 )
 from cardigan_tf.data.masks import MaskRules, check_mask
 from cardigan_tf.labels import LA, LV, MYO
-from _heart_masks import draw_heart  # noqa: E402
+
+from harness import phantom_masks
+
 
 NO_CHANGE = DeformConfig(rotation_deg=0, scale=0, shear=0, translate=0, elastic_sigma=0,
                          epi_scale=0, lv_rel_scale=0, la_scale=0)
 
 
 def _masks(rng, n=6, size=64):
-    try:
-        from cardigan_tf.data import phantom
-    except ImportError:
-        return [draw_heart(rng, size) for _ in range(n)]
-    return [phantom.make_pair(rng, ("2CH", "4CH")[i % 2], ("ED", "ES")[i % 2], size)[1] for i in range(n)]
+    return list(phantom_masks(n, size, rng))
 
 
 def test_zero_deformation_is_identity(rng):
@@ -86,12 +86,20 @@ def test_structure_scaling_about_the_base(rng):
 
 
 def test_deform_until_valid_returns_valid_masks(rng):
+    """The first valid draw is returned, and ``n`` is the number of invalid draws before it:
+    counted here by replaying the same random stream through ``deform_mask`` and ``check_mask``."""
     cfg = DeformConfig()
     rejected = 0
     for m in _masks(rng, 6):
+        replay = copy.deepcopy(rng)
         d, n = deform_until_valid(m, rng, cfg, max_tries=30)
         assert check_mask(d) == []
-        assert n >= 0
+        invalid = 0
+        while check_mask(first := deform_mask(m, replay, cfg)):
+            invalid += 1
+        assert n == invalid
+        np.testing.assert_array_equal(d, first)
+        assert replay.bit_generator.state == rng.bit_generator.state  # no draw left uncounted
         rejected += n
     assert rejected < 6 * 30
 

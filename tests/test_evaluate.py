@@ -1,34 +1,24 @@
 """The key test (tiny U-Net on the phantom reaches Dice LV endo >= 0.80 on held-out patients)
-and the evaluate CLI's outputs. One tiny model is trained once for the whole module."""
+and the evaluate CLI's outputs, on the session's ``key_seg_run`` and its ``key_seg_evaluation``."""
 
 import csv
 import json
 import math
+import shutil
 
+import h5py
 import numpy as np
 import pytest
+import yaml
+from PIL import Image
 
-KEY_SET = ["train.epochs=6", "train.steps_per_epoch=20", "train.batch_size=8", "train.n_overlays=2",
-           "train.patience=0"]
-
-
-@pytest.fixture(scope="module")
-def trained_run(tmp_path_factory):
-    from cardigan_tf import runtime
-    from cardigan_tf.config import load_config
-    from cardigan_tf.configs.seg import SegConfig
-    from cardigan_tf.jobs.seg import train_seg
-
-    runtime.enable_determinism(0)
-    cfg = load_config(SegConfig, None, KEY_SET)  # preset "tiny": 64x64, depth 4, base 16; phantom data
-    return train_seg(cfg, runs_dir=tmp_path_factory.mktemp("runs"))
-
-
-@pytest.fixture(scope="module")
-def evaluated(trained_run):
-    from cardigan_tf.jobs.evaluation import evaluate_run
-
-    return evaluate_run(trained_run, split="test"), trained_run / "eval-test"
+from cardigan_tf.data.h5layout import H5Writer, iter_samples, list_patients
+from cardigan_tf.evaluate import main
+from cardigan_tf.files import OverwriteError
+from cardigan_tf.jobs.evaluation import evaluate_run
+from cardigan_tf.jobs.seg import train_seg
+from cardigan_tf.metrics.segmentation import resize_to_original
+from cardigan_tf.runs import open_run
 
 
 def _read_csv(path):
@@ -36,11 +26,9 @@ def _read_csv(path):
         return list(csv.DictReader(f))
 
 
-def test_tiny_unet_reaches_dice_on_held_out_phantom_patients(trained_run, evaluated):
-    from cardigan_tf.data.h5layout import list_patients
-
-    summary, out = evaluated
-    data = json.loads((trained_run / "data.json").read_text())["path"]
+def test_tiny_unet_reaches_dice_on_held_out_phantom_patients(key_seg_run, key_seg_evaluation):
+    summary, out = key_seg_evaluation
+    data = json.loads((key_seg_run / "data.json").read_text())["path"]
     splits = list_patients(data)
     rows = _read_csv(out / "per_image.csv")
     assert {r["patient"] for r in rows} == set(splits["test"])
@@ -50,13 +38,12 @@ def test_tiny_unet_reaches_dice_on_held_out_phantom_patients(trained_run, evalua
     assert dice["mean"] >= 0.80, summary["by_phase"]["all"]
 
 
-def test_evaluate_writes_report_files(evaluated):
-    summary, out = evaluated
+def test_evaluate_writes_report_files(key_seg_evaluation):
+    summary, out = key_seg_evaluation
     for name in ("per_image.csv", "clinical.csv", "summary.json", "report.md", "bland_altman_ef.png"):
         assert (out / name).is_file(), name
     worst = sorted((out / "worst").glob("*.png"))
     assert len(worst) == 6
-    from PIL import Image
 
     assert Image.open(worst[0]).size[0] > 3 * 64
     clin = _read_csv(out / "clinical.csv")
@@ -69,8 +56,8 @@ def test_evaluate_writes_report_files(evaluated):
     assert worst[0].name == f"01_{lowest['patient']}_{lowest['view']}_{lowest['phase']}.png"
 
 
-def test_csv_json_markdown_are_consistent(evaluated):
-    summary, out = evaluated
+def test_csv_json_markdown_are_consistent(key_seg_evaluation):
+    summary, out = key_seg_evaluation
     rows = _read_csv(out / "per_image.csv")
     assert set(rows[0]) >= {"patient", "view", "phase", "quality", "lv_endo_dice", "lv_endo_hd", "lv_endo_mad",
                             "lv_endo_missing", "lv_epi_dice", "la_hd", "la_missing"}
@@ -93,34 +80,26 @@ def test_csv_json_markdown_are_consistent(evaluated):
     assert "EF (%)" in report and "Bland-Altman" in report
 
 
-def test_evaluate_refuses_overwrite_and_cli(trained_run, evaluated, tmp_path, capsys):
-    from cardigan_tf.evaluate import main
-    from cardigan_tf.jobs.evaluation import evaluate_run
-    from cardigan_tf.files import OverwriteError
-
+def test_evaluate_refuses_overwrite_and_cli(key_seg_run, key_seg_evaluation, tmp_path, capsys):
     with pytest.raises(OverwriteError):
-        evaluate_run(trained_run, split="test")
+        evaluate_run(key_seg_run, split="test")
     out = tmp_path / "ev"
-    assert main([str(trained_run), "--postprocess", "--out", str(out), "--split", "valid"]) == 0
+    assert main([str(key_seg_run), "--postprocess", "--out", str(out), "--split", "valid"]) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["postprocess"] is True and summary["split"] == "valid"
     capsys.readouterr()
-    assert main([str(trained_run), "--out", str(out)]) == 2  # one line, no traceback
+    assert main([str(key_seg_run), "--out", str(out)]) == 2  # one line, no traceback
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("error: ") and "--overwrite" in err[-1] and "Traceback" not in "".join(err)
-    assert main([str(trained_run), "--out", str(out), "--overwrite"]) == 0
+    assert main([str(key_seg_run), "--out", str(out), "--overwrite"]) == 0
     assert json.loads((out / "summary.json").read_text())["postprocess"] is False
 
 
-def test_original_resolution_reference_uses_original_spacing(trained_run, evaluated, tmp_path):
+def test_original_resolution_reference_uses_original_spacing(key_seg_run, key_seg_evaluation, tmp_path):
     """Data with gt_ref at another resolution: the prediction is resized back and metrics use the
     original spacing; the figures agree with the working-size evaluation of the same masks."""
-    from cardigan_tf.data.h5layout import H5Writer, iter_samples
-    from cardigan_tf.jobs.evaluation import evaluate_run
-    from cardigan_tf.metrics.segmentation import resize_to_original
-
-    summary_work, _ = evaluated
-    data = json.loads((trained_run / "data.json").read_text())["path"]
+    summary_work, _ = key_seg_evaluation
+    data = json.loads((key_seg_run / "data.json").read_text())["path"]
     ref_shape = (128, 96)
     groups = {}
     for _, s in iter_samples(data, ["test"]):
@@ -134,7 +113,7 @@ def test_original_resolution_reference_uses_original_spacing(trained_run, evalua
                          gt_ref=np.stack([resize_to_original(s.mask, ref_shape) for s in ss]),
                          spacing=(work_spacing[0] * 64 / ref_shape[0], work_spacing[1] * 64 / ref_shape[1]),
                          original_shape=ref_shape, quality=ss[0].quality, cfg=ss[0].meta["cfg"])
-    summary_ref = evaluate_run(trained_run, data=str(path), split="test", out=tmp_path / "ev_ref")
+    summary_ref = evaluate_run(key_seg_run, data=str(path), split="test", out=tmp_path / "ev_ref")
     assert summary_ref["gt_resolution"] == "original"
     rows = _read_csv(tmp_path / "ev_ref" / "per_image.csv")
     assert {r["gt_source"] for r in rows} == {"ref"}
@@ -151,28 +130,20 @@ def test_original_resolution_reference_uses_original_spacing(trained_run, evalua
         assert math.isclose(b["hd"]["mean"], a["hd"]["mean"], abs_tol=6.0)
 
 
-def test_renamed_and_old_run_folders_still_evaluate_and_resume(trained_run, evaluated, tmp_path):
+def test_renamed_and_old_run_folders_still_evaluate_and_resume(key_seg_run, key_seg_evaluation, tmp_path):
     """A run folder renamed, and one written before config.yaml recorded its kind: both are
-    recognised (by the recorded kind, else by their files), evaluated and resumed."""
-    import shutil
-
-    import yaml
-
-    from cardigan_tf.jobs.evaluation import evaluate_run
-    from cardigan_tf.jobs.seg import train_seg
-    from cardigan_tf.runs import open_run
-
+    recognised (by the recorded kind, else by their files), key_seg_evaluation and resumed."""
     renamed = tmp_path / "my run"
-    shutil.copytree(trained_run, renamed, ignore=shutil.ignore_patterns("eval-*"))
+    shutil.copytree(key_seg_run, renamed, ignore=shutil.ignore_patterns("eval-*"))
     cfg = yaml.safe_load((renamed / "config.yaml").read_text())
     assert cfg.pop("kind") == "seg"
     (renamed / "config.yaml").write_text(yaml.safe_dump(cfg))  # as written before the change
     run = open_run(renamed)
     assert run.kind == "seg" and run.legacy
     summary = evaluate_run(renamed, split="test")
-    assert summary["n_images"] == evaluated[0]["n_images"]
+    assert summary["n_images"] == key_seg_evaluation[0]["n_images"]
     assert summary["by_phase"]["all"]["lv_endo"]["dice"]["mean"] == pytest.approx(
-        evaluated[0]["by_phase"]["all"]["lv_endo"]["dice"]["mean"], abs=1e-6)
+        key_seg_evaluation[0]["by_phase"]["all"]["lv_endo"]["dice"]["mean"], abs=1e-6)
     epochs = run.config.train.epochs
     run.config.train.epochs = epochs + 1
     train_seg(run.config, resume=renamed)
@@ -181,16 +152,10 @@ def test_renamed_and_old_run_folders_still_evaluate_and_resume(trained_run, eval
     assert open_run(renamed).kind == "seg" and not open_run(renamed).legacy  # the kind is recorded now
 
 
-def test_seed_layout_without_spacing_reports_pixels_not_mm(trained_run, evaluated, tmp_path):
+def test_seed_layout_without_spacing_reports_pixels_not_mm(key_seg_run, key_seg_evaluation, tmp_path):
     """CREATIS' camus05_256.hdf5 records no spacing: HD and MAD come in pixels of the original
     grid and say so, volumes are left out, EF is kept with a warning; --spacing gives mm and ml."""
-    import h5py
-
-    from cardigan_tf.data.h5layout import iter_samples
-    from cardigan_tf.evaluate import main
-    from cardigan_tf.jobs.evaluation import evaluate_run
-
-    data = json.loads((trained_run / "data.json").read_text())["path"]
+    data = json.loads((key_seg_run / "data.json").read_text())["path"]
     path = tmp_path / "camus05_like.hdf5"
     with h5py.File(path, "w") as fh:  # the CREATIS layout: no attributes at all
         for _, s in iter_samples(data, ["test"]):
@@ -202,7 +167,7 @@ def test_seed_layout_without_spacing_reports_pixels_not_mm(trained_run, evaluate
             for key in ("im_ref", "gt_ref"):
                 if key not in grp:
                     grp[key] = grp[key[:2]]
-    px = evaluate_run(trained_run, data=str(path), split="test", out=tmp_path / "px")
+    px = evaluate_run(key_seg_run, data=str(path), split="test", out=tmp_path / "px")
     assert px["spacing_known"] is False and px["units"]["hd"] == "px" and px["units"]["edv"] is None
     assert px["warnings"] and "px" in (tmp_path / "px" / "report.md").read_text()
     assert "HD (px)" in (tmp_path / "px" / "report.md").read_text()
@@ -212,7 +177,7 @@ def test_seed_layout_without_spacing_reports_pixels_not_mm(trained_run, evaluate
     assert clin and all(math.isnan(float(r["edv_pred"])) for r in clin)
     assert any(math.isfinite(float(r["ef_pred"])) for r in clin)
     # the same masks with a given isotropic spacing: every distance scales by it exactly
-    assert main([str(trained_run), "--data", str(path), "--out", str(tmp_path / "mm"), "--spacing", "0.3,0.3"]) == 0
+    assert main([str(key_seg_run), "--data", str(path), "--out", str(tmp_path / "mm"), "--spacing", "0.3,0.3"]) == 0
     mm = json.loads((tmp_path / "mm" / "summary.json").read_text())
     assert mm["units"]["hd"] == "mm" and mm["units"]["edv"] == "ml" and mm["spacing_given"] == [0.3, 0.3]
     rows_mm = _read_csv(tmp_path / "mm" / "per_image.csv")
@@ -220,4 +185,4 @@ def test_seed_layout_without_spacing_reports_pixels_not_mm(trained_run, evaluate
         if a["lv_endo_hd"] not in ("", "nan"):
             assert float(b["lv_endo_hd"]) == pytest.approx(0.3 * float(a["lv_endo_hd"]), rel=1e-9)
     assert any(math.isfinite(float(r["edv_pred"])) for r in _read_csv(tmp_path / "mm" / "clinical.csv"))
-    assert main([str(trained_run), "--data", str(path), "--out", str(tmp_path / "bad"), "--spacing", "0.3"]) == 2
+    assert main([str(key_seg_run), "--data", str(path), "--out", str(tmp_path / "bad"), "--spacing", "0.3"]) == 2

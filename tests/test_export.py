@@ -1,47 +1,36 @@
-"""Export for TF-Serving and ONNX (cardigan_tf.export, cardigan_tf.serving.export): one tiny seg
-run and one tiny GAN run (style z) are trained and exported once for the module."""
+"""Export for TF-Serving and ONNX (cardigan_tf.export, cardigan_tf.serving.export) of the session's
+tiny seg run (``seg_run``) and style-z GAN run (``gan_z_run``), exported once (``exported``, conftest)."""
 
+import contextlib
+import io
 import json
+import re
 import shutil
 import subprocess
+from pathlib import Path
 
 import numpy as np
 import pytest
+import SimpleITK as sitk
 import tensorflow as tf
+import yaml
 
+from cardigan_tf import resize
+from cardigan_tf.export import main
+from cardigan_tf.files import sha256_file
+from cardigan_tf.predict import main as predict
 from cardigan_tf.serving import export as ex
 from cardigan_tf.serving import export_check as chk
 from cardigan_tf.serving import signatures as sg
+from cardigan_tf.serving.client_grpc import GrpcClient
+from cardigan_tf.serving.client_rest import RestClient
+from cardigan_tf.serving.testing import GrpcTestServer, RestTestServer
 
-SEG_SET = ["model.size=32", "data.size=32", "model.base_filters=4", "train.epochs=1", "train.steps_per_epoch=2",
-           "train.batch_size=4", "data.n_phantom=6", "train.n_overlays=0", "train.patience=0"]
-GAN_SET = ["model.size=32", "model.ngf=8", "model.ndf=8", "model.num_D=1", "model.style=z", "model.z_dim=8",
-           "train.batch_size=2", "data.n_phantom=6", "train.steps=2", "train.run_eagerly=true",
-           "train.checkpoint_every=2", "train.sample_every=2", "train.verbose=0", "train.n_samples=2"]
-
-
-@pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-    from cardigan_tf.config import load_config
-    from cardigan_tf.configs.gan import GanConfig
-    from cardigan_tf.jobs.gan import train_gan
-    from cardigan_tf.configs.seg import SegConfig
-    from cardigan_tf.jobs.seg import train_seg
-
-    root = tmp_path_factory.mktemp("runs")
-    seg = train_seg(load_config(SegConfig, None, SEG_SET), runs_dir=root)
-    gan = train_gan(load_config(GanConfig, None, GAN_SET), runs_dir=root)
-    return {"seg": seg, "gan": gan}
+from harness import onehot
 
 
-@pytest.fixture(scope="module")
-def exported(runs, tmp_path_factory):
-    from cardigan_tf.export import main
-
-    base = tmp_path_factory.mktemp("export") / "models"
-    assert main([str(runs["seg"]), "--out", str(base), "--onnx"]) == 0
-    assert main([str(runs["gan"]), "--out", str(base)]) == 0
-    return base
+#: the working size of the session's ``seg_run`` (preset tiny) and of ``gan_z_run``
+SEG_SIZE, GAN_SIZE, Z_DIM = 64, 32, 8
 
 
 def _load(folder):
@@ -49,8 +38,6 @@ def _load(folder):
 
 
 def test_matrix_resize_equals_project_resize():
-    from cardigan_tf import resize
-
     rng = np.random.default_rng(0)
     for hw in [(64, 64), (100, 77), (37, 50), (13, 9), (300, 40)]:
         x = rng.random((2, *hw, 1)).astype(np.float32)
@@ -63,16 +50,16 @@ def test_matrix_resize_equals_project_resize():
         assert np.abs(sg.matrix_resize_bilinear(p, hw).numpy() - resize.resize_probabilities(p, hw).numpy()).max() < 1e-5
 
 
-def test_layout_metadata_and_models_config(exported, runs):
+def test_layout_metadata_and_models_config(exported, seg_run):
     seg, gan = exported / "seg" / "1", exported / "gan" / "1"
     for folder in (seg, gan):
         assert (folder / "saved_model.pb").is_file() and (folder / "assets.extra" / ex.WARMUP_FILE).is_file()
     meta = json.loads((seg / "metadata.json").read_text())
-    assert meta["kind"] == "seg" and meta["source"]["run"] == str(runs["seg"].resolve())
-    assert [lab["id"] for lab in meta["labels"]] == [0, 1, 2, 3] and meta["working_size"] == 32
+    assert meta["kind"] == "seg" and meta["source"]["run"] == str(seg_run.resolve())
+    assert [lab["id"] for lab in meta["labels"]] == [0, 1, 2, 3] and meta["working_size"] == SEG_SIZE
     assert set(meta["signatures"]) == {"serving_default", "serving_uint8"}
     assert {o["name"] for o in meta["signatures"]["serving_default"]["outputs"]} == {"probabilities", "mask"}
-    assert meta["saved_model_sha256"] == ex.sha256_file(seg / "saved_model.pb") and meta["versions"]["tensorflow"]
+    assert meta["saved_model_sha256"] == sha256_file(seg / "saved_model.pb") and meta["versions"]["tensorflow"]
     gmeta = json.loads((gan / "metadata.json").read_text())
     assert set(gmeta["signatures"]) == {"serving_default", "serving_seeded"}
     cfg = ex.parse_models_config(exported / "models.config")
@@ -81,8 +68,8 @@ def test_layout_metadata_and_models_config(exported, runs):
     assert "serving_uint8" in shown.stdout and "probabilities" in shown.stdout
 
 
-def test_seg_matches_keras_through_inference_at_any_size(exported, runs):
-    kind, model, _run, _path, extra = ex.load_source(runs["seg"])
+def test_seg_matches_keras_through_inference_at_any_size(exported, seg_run):
+    kind, model, _run, _path, extra = ex.load_source(seg_run)
     fn = _load(exported / "seg" / "1").signatures
     rng = np.random.default_rng(5)
     for h, w in [(32, 32), (67, 45), (20, 13), (100, 100)]:
@@ -97,18 +84,43 @@ def test_seg_matches_keras_through_inference_at_any_size(exported, runs):
         chk.compare_outputs("seg", chk.reference_outputs("seg", model, extra, {"image": u8}), out8, "test uint8")
 
 
-def test_gan_matches_keras_and_seeds(exported, runs):
-    kind, gen, _run, _path, extra = ex.load_source(runs["gan"])
+def test_gan_matches_keras_and_seeds(exported, gan_z_run):
+    kind, gen, _run, _path, extra = ex.load_source(gan_z_run)
     fn = _load(exported / "gan" / "1").signatures
-    mask = ex.sample_inputs("gan", 32)[1]["mask"]
+    mask = ex.sample_inputs("gan", GAN_SIZE)[1]["mask"]
     out = fn["serving_default"](mask=tf.constant(mask))["image"].numpy()
     assert out.shape == mask.shape and out.dtype == np.uint8
-    chk.compare_outputs("gan", chk.reference_outputs("gan", gen, extra, {"mask": mask}, z_dim=8), {"image": out}, "t")
+    chk.compare_outputs("gan", chk.reference_outputs("gan", gen, extra, {"mask": mask}, z_dim=Z_DIM), {"image": out},
+                        "t")
     zero = fn["serving_seeded"](mask=tf.constant(mask), seed=tf.constant([0, 0], tf.int64))["image"].numpy()
     assert np.array_equal(zero, out)
     seeded = fn["serving_seeded"](mask=tf.constant(mask), seed=tf.constant([3, 4], tf.int64))["image"].numpy()
-    chk.compare_outputs("gan", chk.reference_outputs("gan", gen, extra, {"mask": mask, "seed": np.array([3, 4])}, z_dim=8),
-                       {"image": seeded}, "t")
+    chk.compare_outputs("gan", chk.reference_outputs("gan", gen, extra, {"mask": mask, "seed": np.array([3, 4])},
+                                                     z_dim=Z_DIM), {"image": seeded}, "t")
+
+
+def test_gan_seeded_signature_equals_the_keras_generator_on_independently_drawn_z(exported, gan_z_run):
+    """serving_seeded against a reference that shares none of the export's code: z drawn here by
+    the documented rule (row i: ``tf.random.stateless_normal([z_dim], seed=[seed_i, 0])``), the
+    run's EMA generator called on the one-hot mask at its own size, mapped [-1, 1] -> 0..255."""
+    gen = ex.load_source(gan_z_run)[1]
+    fn = _load(exported / "gan" / "1").signatures["serving_seeded"]
+    mask = ex.sample_inputs("gan", GAN_SIZE)[0]["mask"]
+    assert mask.shape == (2, GAN_SIZE, GAN_SIZE)  # the generator's size: no resize on either side
+
+    def served(seeds):
+        return fn(mask=tf.constant(mask), seed=tf.constant(seeds, tf.int64))["image"].numpy()
+
+    z = np.stack([tf.random.stateless_normal([Z_DIM], seed=[s, 0]).numpy() for s in (3, 4)])
+    y = np.asarray(gen([onehot(mask), z], training=False))[..., 0]
+    want = np.round((np.clip(y, -1.0, 1.0) + 1.0) / 2.0 * 255.0)
+    got = served([3, 4])
+    assert got.dtype == np.uint8 and got.shape == mask.shape
+    assert np.abs(got.astype(int) - want).max() <= 1  # rounding of float32 grey levels
+    np.testing.assert_array_equal(served([3, 4]), got)  # same seeds, same images
+    other = served([3, 9])  # a row depends on its own seed only
+    np.testing.assert_array_equal(other[0], got[0])
+    assert np.abs(other[1].astype(int) - got[1].astype(int)).max() > 1
 
 
 @pytest.mark.parametrize("sig,value,message", [
@@ -150,23 +162,48 @@ def test_warmup_records_parse_and_run(exported):
 def test_onnx_parity(exported):
     meta = json.loads((exported / "seg" / "1" / "metadata.json").read_text())
     assert meta["onnx"]["max_abs_diff_vs_tensorflow"] <= 1e-4
-    assert ex.onnx_parity(exported / "seg" / "1", ex.sample_inputs("seg", 32, seed=7)) <= 1e-4
+    assert ex.onnx_parity(exported / "seg" / "1", ex.sample_inputs("seg", SEG_SIZE, seed=7)) <= 1e-4
 
 
-def test_fresh_process_imports_nothing_of_the_project(exported):
-    img = np.random.default_rng(0).random((1, 40, 30)).astype(np.float32)
-    out = chk.fresh_process_outputs(exported / "seg" / "1", {"serving_default@0": {"image": img}})
-    ref = _load(exported / "seg" / "1").signatures["serving_default"](image=tf.constant(img))
-    assert np.allclose(out["serving_default@0/probabilities"], ref["probabilities"].numpy(), atol=1e-6)
+@pytest.fixture(scope="module")
+def checked(exported):
+    """``python -m cardigan_tf.export --check BASE`` once: (exit status, stdout, and every call of
+    the fresh-process run it makes: [(version folder, requests, outputs)])."""
+    calls = []
+    fresh = chk.fresh_process_outputs
+
+    def recorded(folder, requests):
+        outputs = fresh(folder, requests)
+        calls.append((Path(folder), requests, outputs))
+        return outputs
+
+    out = io.StringIO()
+    with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stdout(out):
+        mp.setattr(chk, "fresh_process_outputs", recorded)
+        rc = main(["--check", str(exported)])
+    return rc, out.getvalue(), calls
 
 
-def test_refuses_overwrite_and_check(exported, runs, tmp_path, capsys):
-    from cardigan_tf.export import main
+def test_fresh_process_imports_nothing_of_the_project(exported, checked):
+    """The check loads each version in a fresh Python process that may import no project module
+    (it fails otherwise); its outputs equal this process's for every request."""
+    rc, _, calls = checked
+    assert rc == 0
+    assert sorted(folder for folder, _, _ in calls) == [exported / "gan" / "1", exported / "seg" / "1"]
+    for folder, requests, outputs in calls:
+        sigs = _load(folder).signatures
+        assert {key.split("@")[0] for key in requests} >= {"serving_default"}
+        for key, inputs in requests.items():
+            ref = sigs[key.split("@")[0]](**{k: tf.constant(v) for k, v in inputs.items()})
+            for name, value in ref.items():
+                assert np.allclose(outputs[f"{key}/{name}"], value.numpy(), atol=1e-6), (folder, key, name)
 
-    assert main([str(runs["seg"]), "--out", str(exported), "--version", "1"]) == 2
+
+def test_refuses_overwrite_and_check(exported, checked, seg_run, tmp_path, capsys):
+    assert main([str(seg_run), "--out", str(exported), "--version", "1"]) == 2
     assert "already exists" in capsys.readouterr().err
-    assert main(["--check", str(exported)]) == 0
-    out = capsys.readouterr().out
+    rc, out, _ = checked  # main(["--check", exported])
+    assert rc == 0
     assert "matches the Keras model" in out and "ONNX Runtime matches" in out
     broken = tmp_path / "models"
     shutil.copytree(exported, broken)
@@ -181,26 +218,19 @@ def test_refuses_overwrite_and_check(exported, runs, tmp_path, capsys):
     assert "ModelServerConfig" in capsys.readouterr().err
 
 
-def test_cli_new_version_and_overwrite(exported, runs):
-    from cardigan_tf.export import main
-
-    assert main([str(runs["gan"]), "--out", str(exported), "--name", "gan2"]) == 0
-    assert main([str(runs["gan"]), "--out", str(exported), "--name", "gan2", "--version", "1", "--overwrite"]) == 0
-    assert main([str(runs["gan"]), "--out", str(exported), "--name", "gan2"]) == 0
-    assert ex.version_dirs(exported / "gan2") == [1, 2]
-    assert not [p for p in (exported / "gan2").iterdir() if p.name.startswith(".")]
-    names = {c.name for c in ex.parse_models_config(exported / "models.config").model_config_list.config}
+def test_cli_new_version_and_overwrite(exported, gan_z_run, tmp_path):
+    base = tmp_path / "models"  # a copy: the session's export stays as it is
+    shutil.copytree(exported, base)
+    assert main([str(gan_z_run), "--out", str(base), "--name", "gan2"]) == 0
+    assert main([str(gan_z_run), "--out", str(base), "--name", "gan2", "--version", "1", "--overwrite"]) == 0
+    assert main([str(gan_z_run), "--out", str(base), "--name", "gan2"]) == 0
+    assert ex.version_dirs(base / "gan2") == [1, 2]
+    assert not [p for p in (base / "gan2").iterdir() if p.name.startswith(".")]
+    names = {c.name for c in ex.parse_models_config(base / "models.config").model_config_list.config}
     assert names == {"seg", "gan", "gan2"}
-    shutil.rmtree(exported / "gan2")
-    (exported / "models.config").write_text(ex.models_config_text(exported))
 
 
 def test_deployment_kit_files():
-    import re
-    from pathlib import Path
-
-    import yaml
-
     kit = Path(__file__).resolve().parent.parent / "export"
     cfg = ex.parse_models_config(kit / "models.config.example")
     assert [c.name for c in cfg.model_config_list.config] == ["seg", "gan"]
@@ -224,17 +254,10 @@ def test_deployment_kit_files():
         assert flag in flags
 
 
-def test_real_export_served_to_the_project_clients_and_predict(exported, runs, tmp_path):
+def test_real_export_served_to_the_project_clients_and_predict(exported, seg_run, tmp_path):
     """The real exports (not a stand-in) behind the in-process gRPC and REST servers: the
     project's clients get what the SavedModel gives, and predict gives the same masks from the
     export, the run folder and both servers."""
-    import SimpleITK as sitk
-
-    from cardigan_tf.predict import main as predict
-    from cardigan_tf.serving.client_grpc import GrpcClient
-    from cardigan_tf.serving.client_rest import RestClient
-    from cardigan_tf.serving.testing import GrpcTestServer, RestTestServer
-
     rng = np.random.default_rng(11)
     img = rng.random((1, 57, 41)).astype(np.float32)
     direct = _load(exported / "seg" / "1").signatures["serving_default"](image=tf.constant(img))
@@ -255,7 +278,7 @@ def test_real_export_served_to_the_project_clients_and_predict(exported, runs, t
         src.SetSpacing((0.6, 0.3))
         sitk.WriteImage(src, str(tmp_path / "frame.mhd"))
         masks = []
-        for i, model in enumerate([exported / "seg", runs["seg"], f"grpc://{g.target}/seg", f"{r.url}/seg"]):
+        for i, model in enumerate([exported / "seg", seg_run, f"grpc://{g.target}/seg", f"{r.url}/seg"]):
             out_dir = tmp_path / f"out{i}"
             assert predict(["--model", str(model), str(tmp_path / "frame.mhd"), "--out", str(out_dir),
                             "--no-progress"]) == 0

@@ -2,14 +2,17 @@
 
 from dataclasses import dataclass, field
 
+import h5py
 import numpy as np
 import pytest
 
-from cardigan_tf.config import ConfigError, load_config, save_config, to_dict
+from cardigan_tf.config import ConfigError, load_config
 from cardigan_tf.data import h5layout
 from cardigan_tf.data.sample import DataError
 from cardigan_tf.files import OverwriteError, atomic_path
 from cardigan_tf.runs import new_run_dir
+
+from harness import assert_config_round_trip
 
 
 @dataclass
@@ -30,9 +33,7 @@ def test_config_yaml_and_overrides(tmp_path):
     path.write_text("inner:\n  steps: 5\n")
     cfg = load_config(_Cfg, path, ["inner.lr=0.5", "sizes=[3,4]", "name=abc"])
     assert cfg.inner.steps == 5 and cfg.inner.lr == 0.5 and cfg.sizes == [3, 4] and cfg.name == "abc"
-    save_config(cfg, tmp_path / "out.yaml")
-    again = load_config(_Cfg, tmp_path / "out.yaml")
-    assert to_dict(again) == to_dict(cfg)
+    assert_config_round_trip(cfg, tmp_path, "out.yaml")
 
 
 def test_config_errors_name_the_key(tmp_path):
@@ -86,8 +87,6 @@ def test_h5_layout_round_trip(tmp_path, rng):
 
 
 def test_h5_layout_rejects_bad_labels(tmp_path):
-    import h5py
-
     path = tmp_path / "bad.h5"
     with h5py.File(path, "w") as f:
         f["train/patient0001/2CH/im"] = np.zeros((2, 8, 8), np.float32)

@@ -1,5 +1,6 @@
 """GAN losses against hand-written numpy references (cardigan_tf.losses.gan)."""
 
+import keras
 import numpy as np
 import pytest
 
@@ -52,8 +53,6 @@ def test_kl_matches_numpy(rng):
 
 
 def test_losses_are_float32_for_half_inputs(rng):
-    import keras
-
     real = [[f.astype("float16") for f in s] for s in _d_out(rng)]
     fake = [[f.astype("float16") for f in s] for s in _d_out(rng)]
     for value in (L.d_hinge_loss(real, fake), L.g_hinge_loss(fake), L.feature_matching_loss(real, fake)):
@@ -67,8 +66,6 @@ def test_vgg_needs_a_weights_file(tmp_path):
 
 
 def test_vgg_loss_with_a_local_weights_file(tmp_path, rng):
-    import keras
-
     path = tmp_path / "vgg19_notop.weights.h5"
     keras.applications.VGG19(weights=None, include_top=False, input_shape=(None, None, 3)).save_weights(path)
     vgg = L.VGGPerceptualLoss(path)

@@ -1,35 +1,29 @@
 """SpadeGAN (cardigan_tf.models.gan): training behaviour at 32x32 on phantom pairs."""
 
-import subprocess
-import sys
-import textwrap
-
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
+from cardigan_tf.configs.gan import network_configs
+from cardigan_tf.losses.gan import VGGPerceptualLoss
+from cardigan_tf.models.discriminator import build_discriminator
+from cardigan_tf.models.encoder import build_encoder
 from cardigan_tf.models.gan import ConstantThenLinearDecay, SpadeGAN
+from cardigan_tf.models.generator import build_generator
+
+from harness import phantom_pairs, two_cpu_script
+
 
 SIZE = 32
+STEPS = 6  # eager training steps of the tiny GAN (the last 5 are checked for a separating D)
 
 
 def _pairs(n=8, seed=0):
-    from cardigan_tf.data.phantom import make_pair
-
-    rng = np.random.default_rng(seed)
-    pairs = [make_pair(rng, ("2CH", "4CH")[i % 2], ("ED", "ES")[i // 2 % 2], size=SIZE) for i in range(n)]
-    images = np.stack([p[0] for p in pairs])[..., None].astype("float32")
-    masks = np.stack([p[1] for p in pairs]).astype("int32")
-    return images, masks
+    return phantom_pairs(n, SIZE, seed, pattern="cycle")
 
 
 def _gan(style="encoder", num_d=2, seed=0, run_eagerly=False):
-    from cardigan_tf.models.discriminator import build_discriminator
-    from cardigan_tf.models.encoder import build_encoder
-    from cardigan_tf.models.generator import build_generator
-    from cardigan_tf.configs.gan import network_configs
-
     g, d, e = network_configs("tiny", size=SIZE, ngf=8, ndf=8, nef=8, z_dim=16, style=style, num_D=num_d)
     enc = build_encoder(e) if style == "encoder" else None
     gan = SpadeGAN(build_generator(g), build_discriminator(d), enc, ema_decay=0.9, seed=seed)
@@ -74,9 +68,9 @@ def test_tiny_gan_trains_encoder_ema_and_both_networks():
     np.testing.assert_allclose(ema0[0], g0[0])  # EMA starts as a copy of G
     ds = tf.data.Dataset.from_tensor_slices((images, masks)).repeat().batch(4)
     cb = _PerStep()
-    gan.fit(ds, epochs=1, steps_per_epoch=10, callbacks=[cb], verbose=0)
+    gan.fit(ds, epochs=1, steps_per_epoch=STEPS, callbacks=[cb], verbose=0)
 
-    assert len(cb.logs) == 10
+    assert len(cb.logs) == STEPS
     for logs in cb.logs:
         for key in ("d_loss", "d_real", "d_fake", "g_gan", "g_feat", "g_kl", "g_total", "lr_g", "lr_d"):
             assert np.isfinite(logs[key]), (key, logs)
@@ -95,7 +89,7 @@ def test_tiny_gan_trains_encoder_ema_and_both_networks():
     diffs = [np.abs(np.asarray(e) - np.asarray(w)).max()
              for e, w in zip(gan.generator_ema.weights, gan.generator.weights)]
     assert max(diffs) > 0
-    assert int(gan.step.numpy()) == 10
+    assert int(gan.step.numpy()) == STEPS
 
     # evaluate (test_step) updates nothing
     g1 = _copy(gan.generator.trainable_weights)
@@ -159,8 +153,6 @@ def test_num_classes_sets_the_mask_channels():
 
 
 def test_vgg_term_in_the_train_step(tmp_path):
-    from cardigan_tf.losses.gan import VGGPerceptualLoss
-
     path = tmp_path / "vgg19_notop.weights.h5"
     keras.applications.VGG19(weights=None, include_top=False, input_shape=(None, None, 3)).save_weights(path)
     images, masks = _pairs(2)
@@ -173,15 +165,9 @@ def test_vgg_term_in_the_train_step(tmp_path):
     assert float(logs["g_total"]) == pytest.approx(want, rel=1e-4)
 
 
-MIRRORED = textwrap.dedent(
-    """
-    import os
-    os.environ["KERAS_BACKEND"] = "tensorflow"
-    os.environ["CUDA_VISIBLE_DEVICES"] = ""
-    import tensorflow as tf
-    cpu = tf.config.list_physical_devices("CPU")[0]
-    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+MIRRORED = two_cpu_script("mirrored_gan", """
     import numpy as np
+    import tensorflow as tf
     from cardigan_tf.configs.gan import GanConfig
     from cardigan_tf.jobs.gan_loop import build_gan
     from cardigan_tf.runtime import get_strategy
@@ -205,11 +191,10 @@ MIRRORED = textwrap.dedent(
     ema = [np.array(v) for v in gan.generator_ema.weights]
     assert max(np.abs(a - b).max() for a, b in zip(ema, [np.array(v) for v in gan.generator.weights])) > 0
     print("MIRRORED_OK", strategy.num_replicas_in_sync)
-    """
-)
+    """)
 
 
-def test_mirrored_strategy_two_logical_cpus():
-    proc = subprocess.run([sys.executable, "-c", MIRRORED], capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    assert "MIRRORED_OK 2" in proc.stdout
+def test_mirrored_strategy_two_logical_cpus(two_cpus):
+    result = two_cpus[MIRRORED]  # in a fresh process with two logical CPUs (conftest)
+    assert result["ok"], result["error"]
+    assert "MIRRORED_OK 2" in result["stdout"]

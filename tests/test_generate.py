@@ -4,34 +4,31 @@ A generated set round-trips through the tf.data pipeline, carries its provenance
 validation or test patient, only valid masks, and is never overwritten silently.
 """
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 
 from cardigan_tf.data import h5layout
+from cardigan_tf.data import masks as mask_rules
+from cardigan_tf.data.masks import check_mask
+from cardigan_tf.data.pipeline import make_dataset
 from cardigan_tf.files import OverwriteError
-
-GAN_SETS = ["model.ngf=8", "model.ndf=8", "model.num_D=1", "train.steps=2", "train.batch_size=2",
-            "train.checkpoint_every=2", "train.sample_every=2", "train.n_samples=2", "train.verbose=0"]
+from cardigan_tf.jobs.generation import generate_set
 
 
 @pytest.fixture(scope="module")
-def gan_run(tmp_path_factory):
-    from cardigan_tf.data import phantom
-    from cardigan_tf.configs.gan import build_config
-    from cardigan_tf.jobs.gan import train_gan
-
-    root = tmp_path_factory.mktemp("generate")
-    data = phantom.write_h5(root / "phantom.h5", n_patients=10, seed=0, size=64, preview=False)
-    subset = h5layout.list_patients(data)["train"][:5]  # the GAN sees 5 of the 8 training patients
-    cfg = build_config("tiny", None, [*GAN_SETS, f"data.data={data}", f"data.train_patients={subset}"])
-    run_dir = train_gan(cfg, run_dir=root / "gan-tiny")
-    return run_dir, data, root, subset
+def gan_run(generate_gan, tmp_path_factory):
+    """The session's ``generate_gan`` and a fresh output folder: (run, data, out folder, patients it saw)."""
+    run_dir, data, subset = generate_gan
+    return run_dir, data, tmp_path_factory.mktemp("generated"), subset
 
 
 @pytest.fixture(scope="module")
 def real_set(gan_run):
-    from cardigan_tf.jobs.generation import generate_set
-
     run_dir, _, root, _ = gan_run
     return generate_set(run_dir, root / "real.h5", masks="real", seed=3)
 
@@ -44,9 +41,6 @@ def _source_patients(path):
 
 
 def _check_set(path, gan_run, mask_source, n=None):
-    from cardigan_tf.data.masks import check_mask
-    from cardigan_tf.data.pipeline import make_dataset
-
     run_dir, data, _, subset = gan_run
     splits = h5layout.list_patients(path)
     assert list(splits) == ["train"]
@@ -88,8 +82,6 @@ def test_real_masks_round_trip_with_provenance(real_set, gan_run):
 
 
 def test_refuses_overwrite_and_bad_arguments(real_set, gan_run):
-    from cardigan_tf.jobs.generation import generate_set
-
     run_dir, _, root, _ = gan_run
     before = real_set.stat().st_mtime_ns
     with pytest.raises(OverwriteError, match="real.h5"):
@@ -103,8 +95,6 @@ def test_refuses_overwrite_and_bad_arguments(real_set, gan_run):
 
 
 def test_deformed_masks(gan_run):
-    from cardigan_tf.jobs.generation import generate_set
-
     run_dir, _, root, _ = gan_run
     path = generate_set(run_dir, root / "deformed.h5", masks="deformed", n=6, seed=1)
     arrays, sources, train = _check_set(path, gan_run, "deformed", n=6)
@@ -113,22 +103,36 @@ def test_deformed_masks(gan_run):
     assert any(bytes(m) not in real for m in arrays["mask"])  # new anatomies, not copies
 
 
-def test_sampled_masks(gan_run):
-    from cardigan_tf.jobs.generation import generate_set
-
+def test_sampled_masks(gan_run, monkeypatch):
+    """Masks drawn from a mask VAE trained on the GAN's masks; the recorded number of rejected
+    draws equals the failures of the validity check counted here, as the check is called."""
     run_dir, _, root, _ = gan_run
+    failures = {"n": 0, "by_rule": {}}
+    original = mask_rules.validity_check
+
+    def counting_validity_check(*args, **kwargs):
+        check = original(*args, **kwargs)
+
+        def counted(mask):
+            kept, failed = check(mask)
+            if failed:
+                failures["n"] += 1
+                for rule in set(failed):
+                    failures["by_rule"][rule] = failures["by_rule"].get(rule, 0) + 1
+            return kept, failed
+
+        return counted
+
+    monkeypatch.setattr(mask_rules, "validity_check", counting_validity_check)
     path = generate_set(run_dir, root / "sampled.h5", masks="sampled", n=1, seed=0, vae_epochs=40)
     arrays, _, _ = _check_set(path, gan_run, "sampled")
     assert len(arrays["mask"]) == 1
-    assert h5layout.read_root_attrs(path)["provenance"]["rejected_masks"] >= 0
+    prov = h5layout.read_root_attrs(path)["provenance"]
+    assert prov["rejected_masks"] == failures["n"]
+    assert prov["rejected_by_rule"] == failures["by_rule"]
 
 
 def test_cli_in_a_fresh_process(gan_run):
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
-
     run_dir, _, root, _ = gan_run
     out = root / "cli.h5"
     repo = Path(__file__).resolve().parents[1]

@@ -7,9 +7,13 @@ except under ``if TYPE_CHECKING:``.
 from __future__ import annotations
 
 import ast
+import importlib
+import sys
+import tomllib
 from pathlib import Path
 
 import pytest
+
 
 PKG = Path(__file__).resolve().parents[1] / "cardigan_tf"
 #: modules that are commands (thin CLIs); library code must not import them
@@ -147,8 +151,6 @@ def test_no_import_cycle_between_packages():
 def test_the_checks_catch_violations(monkeypatch):
     """The checker itself: a data module importing models/, a library module importing a
     command, and a cycle between two packages are all reported."""
-    import sys
-
     fake = {"cardigan_tf.data.bad": {"cardigan_tf.models.unet"},
             "cardigan_tf.metrics.bad": {"cardigan_tf.evaluate"},
             "cardigan_tf.models.bad": {"cardigan_tf.losses.gan"},
@@ -161,9 +163,6 @@ def test_the_checks_catch_violations(monkeypatch):
 
 
 def test_console_scripts_point_at_command_mains():
-    import importlib
-    import tomllib
-
     scripts = tomllib.loads((PKG.parent / "pyproject.toml").read_text())["project"]["scripts"]
     assert "cardigan-train" in scripts
     for name, target in scripts.items():

@@ -4,12 +4,18 @@ source patients recorded in synthetic sets, and a refusal naming the held-out pa
 import numpy as np
 import pytest
 
+from cardigan_tf.configs.gan import preset_config as gan_preset
+from cardigan_tf.configs.seg import preset_config as seg_preset
+from cardigan_tf.data.h5layout import H5Writer, list_patients
+from cardigan_tf.data.sample import DataError
+from cardigan_tf.data.source import resolve_data
+from cardigan_tf.data.synthetic import check_synthetic_set
+from cardigan_tf.train import main
+
 from camus_fixtures import write_2023_tree
 
 
 def _synthetic(path, patients, size=64):
-    from cardigan_tf.data.h5layout import H5Writer
-
     rng = np.random.default_rng(0)
     attrs = {"kind": "synthetic", "source_layout": "synthetic", "size": size,
              "provenance": {"source_patients": sorted(patients)}}
@@ -23,14 +29,6 @@ def _synthetic(path, patients, size=64):
 
 
 def test_two_seeds_split_a_folder_differently_and_the_unet_refuses_the_other_gans_set(tmp_path, capsys):
-    from cardigan_tf.configs.gan import preset_config as gan_preset
-    from cardigan_tf.configs.seg import preset_config as seg_preset
-    from cardigan_tf.data.h5layout import list_patients
-    from cardigan_tf.data.source import resolve_data
-    from cardigan_tf.data.synthetic import check_synthetic_set
-    from cardigan_tf.data.sample import DataError
-    from cardigan_tf.train import main
-
     folder = tmp_path / "camus2023"
     write_2023_tree(folder, n=12, split=False)  # no official lists: a seeded split
     # the GAN and the U-Net name their split with the same key

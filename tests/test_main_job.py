@@ -5,12 +5,12 @@ import json
 
 import pytest
 
+from cardigan_tf.configs.study import BUDGETS
+from cardigan_tf.jobs.study_processes import auto_processes, process_env, run_study_processes
+from cardigan_tf.train import main
+
 
 def test_smoke_main_job_writes_its_report(tmp_path, capsys):
-    from cardigan_tf.configs.study import BUDGETS
-    from cardigan_tf.jobs.study_processes import auto_processes
-    from cardigan_tf.train import main
-
     assert "standard" in BUDGETS and "smoke" in BUDGETS
     # default --processes auto: 2 processes on a 2-core machine (CI), sharing the study's units
     assert main(["--budget", "smoke", "--runs-dir", str(tmp_path)]) == 0
@@ -36,9 +36,6 @@ def test_smoke_main_job_writes_its_report(tmp_path, capsys):
 
 
 def test_study_processes_fail_naming_the_process_and_its_log(tmp_path):
-    from cardigan_tf.jobs.study_processes import auto_processes, process_env, run_study_processes
-    from cardigan_tf.train import main
-
     env = process_env(3, base={"TF_CONFIG": "{}", "PATH": "/bin"})
     assert env["TF_NUM_INTRAOP_THREADS"] == env["TF_NUM_INTEROP_THREADS"] == env["OMP_NUM_THREADS"] == "3"
     assert "TF_CONFIG" not in env and env["PATH"] == "/bin"

@@ -4,10 +4,8 @@ filters new masks with counted rejections, saves and loads."""
 import numpy as np
 import pytest
 
-keras = pytest.importorskip("keras")
-
-from cardigan_tf.data.masks import check_mask, validity_check  # noqa: E402
-from cardigan_tf.models.mask_ae import (  # noqa: E402
+from cardigan_tf.data.masks import check_mask, validity_check
+from cardigan_tf.models.mask_ae import (
     MaskAEConfig,
     build_mask_vae,
     reconstruct_masks,
@@ -16,7 +14,8 @@ from cardigan_tf.models.mask_ae import (  # noqa: E402
     to_onehot,
     train_mask_vae,
 )
-from _heart_masks import draw_heart  # noqa: E402
+
+from harness import phantom_masks, run_model_saving_test
 
 
 def _dice(a, b):
@@ -24,13 +23,7 @@ def _dice(a, b):
 
 
 def _training_masks(n=96, size=64):
-    rng = np.random.default_rng(0)
-    try:
-        from cardigan_tf.data import phantom
-    except ImportError:
-        return np.stack([draw_heart(rng, size) for _ in range(n)])
-    return np.stack([phantom.make_pair(rng, ("2CH", "4CH")[i % 2], ("ED", "ES")[(i // 2) % 2], size)[1]
-                     for i in range(n)])
+    return phantom_masks(n, size, seed=0, pattern="cycle")
 
 
 @pytest.fixture(scope="module")
@@ -50,8 +43,20 @@ def test_shapes_and_config():
     assert np.allclose(probs.sum(-1), 1.0, atol=1e-5)
     mu, log_var = model.encoder(x)
     assert tuple(mu.shape) == (2, 8) and tuple(log_var.shape) == (2, 8)
-    # the KL term is added as a loss
-    assert len(model.losses) == 1 and float(model.losses[0]) >= 0
+    # the KL term is added as a loss: kl_weight x KL(N(mu, exp(log_var)) || N(0, I)) / (H * W), the
+    # closed form 0.5 * sum(mu^2 + exp(log_var) - 1 - log_var) averaged over the batch
+    assert len(model.losses) == 1
+    mu, log_var = np.asarray(mu, np.float64), np.asarray(log_var, np.float64)
+    kl = np.mean(0.5 * np.sum(mu ** 2 + np.exp(log_var) - 1.0 - log_var, axis=-1))
+    assert float(model.losses[0]) == pytest.approx(cfg.kl_weight * kl / (32 * 32), rel=1e-4, abs=1e-9)
+    # a known mean and log-variance (an encoder that outputs them) and kl_weight 0.5: the closed-form value
+    known_mu = np.array([[1.0, -2.0, 0.0, 0.5, 0.0, 0.0, 0.0, 3.0]] * 2, np.float32)
+    known_lv = np.array([[0.0, 0.0, np.log(4.0), 0.0, -1.0, 0.0, 0.0, 0.0]] * 2, np.float32)
+    expected = 0.5 * (1.0 + 4.0 + (4.0 - 1.0 - np.log(4.0)) + 0.25 + (np.exp(-1.0) - 1.0 + 1.0) + 9.0)
+    weighted = build_mask_vae(MaskAEConfig(size=32, latent_dim=8, filters=(8, 16), kl_weight=0.5))
+    weighted.encoder = lambda inputs, training=None: (known_mu, known_lv)  # an encoder of known output
+    weighted(x, training=False)
+    assert float(weighted.losses[0]) == pytest.approx(0.5 * expected / (32 * 32), rel=1e-5)
     with pytest.raises(ValueError, match="divisible"):
         MaskAEConfig(size=30, filters=(8, 16))
     with pytest.raises(ValueError, match=r"\(N, 32, 32\)"):
@@ -93,9 +98,5 @@ def test_sampling_and_filtering(trained):
 
 def test_save_and_load(trained, tmp_path):
     model, masks = trained
-    path = tmp_path / "mask_vae.keras"
-    model.save(path)
-    loaded = keras.models.load_model(path)
-    x = to_onehot(masks[80:84])
-    np.testing.assert_allclose(np.asarray(loaded(x, training=False)), np.asarray(model(x, training=False)), atol=1e-5)
+    loaded = run_model_saving_test(model, to_onehot(masks[80:84]), tmp_path, atol=1e-5, name="mask_vae.keras")
     assert np.array_equal(sample_masks(loaded, 4, seed=1), sample_masks(model, 4, seed=1))

@@ -2,10 +2,13 @@
 
 import numpy as np
 import pytest
+from scipy import ndimage
 
 from cardigan_tf.data.masks import MaskRules, check_mask, clean_mask, count_rejections, is_valid, rule_of
 from cardigan_tf.labels import LA, LV, MYO
+
 from _heart_masks import draw_heart  # noqa: E402
+from harness import phantom_masks
 
 
 def _rules(mask, rules=None):
@@ -13,14 +16,7 @@ def _rules(mask, rules=None):
 
 
 def _phantom_masks(size=64, n=4):
-    phantom = pytest.importorskip("cardigan_tf.data.phantom")
-    rng = np.random.default_rng(7)
-    out = []
-    for _ in range(n):
-        for view in ("2CH", "4CH"):
-            for phase in ("ED", "ES"):
-                out.append(phantom.make_pair(rng, view, phase, size)[1])
-    return out
+    return list(phantom_masks(4 * n, size, seed=7, pattern="nested"))
 
 
 @pytest.fixture
@@ -134,8 +130,6 @@ def test_area_ranges(heart):
     assert "area" in _rules(heart, MaskRules(min_lv_pixels=10_000))
     assert "area" not in _rules(heart, MaskRules(skip=("area",), lv_area=(0.3, 0.5)))
     # a wall much thicker than the cavity: shrink the cavity inside the same epicardium
-    from scipy import ndimage
-
     thick = heart.copy()
     lv = thick == LV
     thick[lv & ~ndimage.binary_erosion(lv, iterations=4)] = MYO

@@ -10,10 +10,16 @@ holds 3h^2/(4a^2) - h^3/(4a^3) = 0.73 % of the ellipsoid, so comparing with 4/3 
 
 import math
 
+import contourpy
 import numpy as np
 import pytest
+from PIL import Image
+from scipy.stats import pearsonr
 
+from cardigan_tf.bench.clinical import AXES, SPACING, make_patient
 from cardigan_tf.metrics import clinical, long_axis
+from cardigan_tf.viz import bland_altman_png
+
 
 CUT = 4.0  # mm cut off the lower pole (the base)
 TOP = 8.0  # mm between the image top and the apex
@@ -300,10 +306,6 @@ def test_noisy_random_masks_at_camus_size_give_nan_with_reason(rng):
 
 def test_ragged_lv_with_long_contour_at_camus_size():
     """Fringed outlines (a ragged prediction): thousands of contour points, still measured."""
-    import contourpy
-
-    from cardigan_tf.bench.clinical import AXES, SPACING, make_patient
-
     clean = clinical.patient_indices(*make_patient(0.0, 0))
     masks, spacings = make_patient(10.0, 200)
     m = masks[("4CH", "ED")]
@@ -337,8 +339,6 @@ def test_patients_indices_progress_hook():
 
 
 def test_agreement_on_known_vectors():
-    from scipy import stats
-
     pred = [1.0, 2.0, 3.0, 4.0, float("nan"), 8.0]
     ref = [1.0, 3.0, 2.0, 5.0, 7.0, float("nan")]
     out = clinical.agreement(pred, ref)
@@ -346,7 +346,7 @@ def test_agreement_on_known_vectors():
     assert out["bias"] == pytest.approx(-0.25)
     assert out["sd"] == pytest.approx(math.sqrt(2.75 / 3))
     assert out["mae"] == pytest.approx(0.75)
-    assert out["corr"] == pytest.approx(stats.pearsonr([1, 2, 3, 4], [1, 3, 2, 5])[0])
+    assert out["corr"] == pytest.approx(pearsonr([1, 2, 3, 4], [1, 3, 2, 5])[0])
     one = clinical.agreement([1.0], [2.0])
     assert one["n"] == 1 and one["bias"] == -1.0 and math.isnan(one["sd"]) and math.isnan(one["corr"])
     with pytest.raises(ValueError, match="agreement"):
@@ -354,13 +354,10 @@ def test_agreement_on_known_vectors():
 
 
 def test_bland_altman_png_written(tmp_path, rng):
-    from PIL import Image
-
     ref = rng.uniform(30, 70, size=25)
     pred = ref + rng.normal(1.0, 3.0, size=25)
     pred[3] = np.nan
     path = tmp_path / "plots" / "ef_bland_altman.png"
-    from cardigan_tf.viz import bland_altman_png
 
     stats = bland_altman_png(pred, ref, path, title="EF", unit="%")
     assert stats["n"] == 24

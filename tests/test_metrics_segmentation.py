@@ -4,10 +4,12 @@ import math
 
 import numpy as np
 import pytest
+from PIL import Image
 from scipy import ndimage
 from scipy.spatial.distance import cdist
 
 from cardigan_tf.metrics import segmentation as seg
+
 
 SPACING = (0.5, 0.25)  # (row, col) mm: anisotropic on purpose
 RADIUS = 12.0  # mm
@@ -142,8 +144,6 @@ def test_bad_inputs_raise():
 
 
 def test_resize_to_original_matches_pil_and_round_trips(rng):
-    from PIL import Image
-
     small = rng.integers(0, 4, size=(16, 12)).astype(np.uint8)
     for shape in [(37, 29), (16, 12), (9, 5), (64, 48)]:
         out = seg.resize_to_original(small, shape)

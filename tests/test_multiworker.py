@@ -7,33 +7,33 @@ a few steps) because the machine has 2 CPU cores.
 
 import json
 import os
+import re
+import shutil
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import keras
 import numpy as np
 import pytest
+import tensorflow as tf
+
+import cardigan_tf.models.generator  # noqa: F401  (registers the layers for load_model)
+import cardigan_tf.models.unet  # noqa: F401
+from cardigan_tf import runtime
+from cardigan_tf.data.pipeline import Training, make_dataset
+from cardigan_tf.data.tfrecord import write_tfrecords
+
+from harness import MW_GAN, MW_SEG, sets
+
 
 ROOT = Path(__file__).resolve().parents[1]
 LAUNCHER = ROOT / "experiments" / "launch_workers.py"
 BOUND = 240  # seconds any one training subprocess may take
-
-GAN = ["model.size=64", "model.ngf=8", "model.ndf=8", "model.num_D=1", "train.batch_size=4", "data.n_phantom=6",
-       "train.verbose=0", "train.n_samples=2", "train.checkpoint_every=3", "train.sample_every=3",
-       "train.deterministic=true"]
-# group norm: per-sample statistics, so 2 replicas of batch 2 compute what 1 replica of batch 4 does
-SEG = ["model.base_filters=4", "model.max_filters=16", "model.norm=group", "model.groups=2", "data.n_phantom=8",
-       "train.batch_size=4", "train.steps_per_epoch=2", "train.n_overlays=1", "train.patience=0"]
-
-
-def _sets(items):
-    out = []
-    for s in items:
-        out += ["--set", s]
-    return out
-
+#: what a worker logs once its training steps run (traced: the all-reduce; eager: strategy.run)
+STEP_MARKERS = ("Collective all_reduce", "Using CollectiveAllReduceStrategy eagerly")
 
 def _free_ports(n):
     sys.path.insert(0, str(LAUNCHER.parent))
@@ -98,12 +98,22 @@ def _single(argv, tmp, bound=BOUND, **env):
     assert proc.returncode == 0, proc.stderr[-3000:]
 
 
+def _singles(runs, tmp, bound=BOUND):
+    """Single-process runs side by side: ``runs`` = [(name, argv, extra env)]; logs in tmp/NAME.log."""
+    procs = []
+    try:
+        for name, argv, env in runs:
+            log = open(tmp / f"{name}.log", "w")
+            procs.append((subprocess.Popen([sys.executable, "-m", "cardigan_tf.train", *argv], cwd=ROOT,
+                                           env=_env(**env), stdout=log, stderr=subprocess.STDOUT), log))
+        deadline = time.monotonic() + bound
+        codes = [p.wait(timeout=max(1.0, deadline - time.monotonic())) for p, _ in procs]
+    finally:
+        _stop(procs)
+    assert codes == [0] * len(runs), [(tmp / f"{name}.log").read_text()[-3000:] for name, _, _ in runs]
+
+
 def _weights(path):
-    import keras
-
-    import cardigan_tf.models.generator  # noqa: F401  (registers the layers)
-    import cardigan_tf.models.unet  # noqa: F401
-
     model = keras.saving.load_model(path, compile=False)
     return {w.path: np.asarray(w) for w in model.trainable_weights}
 
@@ -122,14 +132,16 @@ def _kept_run(tmp, i):
 @pytest.fixture(scope="module")
 def gan_runs(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("mw_gan")
-    argv = ["gan", "--preset", "tiny", "--steps", "3", *_sets(GAN), "--strategy", "multiworker",
+    argv = ["gan", "--preset", "tiny", "--steps", "3", *sets(MW_GAN), "--strategy", "multiworker",
             "--run-dir", str(tmp / "gan-2w")]
     codes, logs = _wait(_start_workers(argv, tmp, keep=True), tmp)
     assert codes == [0, 0], logs
-    _single(["gan", "--preset", "tiny", "--steps", "3", *_sets(GAN), "--run-dir", str(tmp / "gan-1p")], tmp)
-    # control: the same single-process run with only the floating-point order changed (oneDNN off)
-    _single(["gan", "--preset", "tiny", "--steps", "3", *_sets(GAN), "--run-dir", str(tmp / "gan-1p-order")], tmp,
-            TF_ENABLE_ONEDNN_OPTS="0")
+    # the single-process run, and a control: the same run with only the floating-point order changed
+    # (oneDNN off); the two side by side
+    single = ["gan", "--preset", "tiny", "--steps", "3", *sets(MW_GAN)]
+    _singles([("gan-1p", [*single, "--run-dir", str(tmp / "gan-1p")], {}),
+              ("gan-1p-order", [*single, "--run-dir", str(tmp / "gan-1p-order")], {"TF_ENABLE_ONEDNN_OPTS": "0"})],
+             tmp)
     return tmp
 
 
@@ -150,31 +162,32 @@ def test_gan_two_workers_chief_writes_and_workers_agree(gan_runs):
     # turns rounding noise in mathematically-zero gradients (the bias of ``fc``, which a batch norm
     # follows) into steps of ~lr, and three steps spread that through both networks. So the yardstick
     # is a single-process run that changes nothing but the order (oneDNN off): 2 workers must be no
-    # further from the single process than that run is (measured: 3.5e-4 max, 6.1e-5 at the 99.9th
-    # percentile, 1.2e-6 median for both). A real bug (wrong shard, gradients not averaged, lr
-    # scaled) moves most weights by ~lr = 1e-4 per step.
+    # further from the single process than that run is in the tails (measured on an Intel Xeon:
+    # 3.5e-4 max, 6.1e-5 at the 99.9th percentile for both). The median is held to a fraction of
+    # one step instead: per-replica batches of 2 run other oneDNN kernels than one batch of 4, and
+    # on an AMD EPYC (Zen 5) that alone moved the median to 1.2e-5 against 3.0e-6 for the order
+    # control. A real bug (wrong shard, gradients not averaged, lr scaled) moves most weights by
+    # ~lr = 1e-4 per step.
+    lr = 1e-4  # train.lr_g of the tiny preset (MW_GAN does not change it)
     diffs = np.concatenate([np.abs(chief[k] - single[k]).ravel() for k in chief])
     noise = np.concatenate([np.abs(order[k] - single[k]).ravel() for k in chief])
     assert 0 < np.max(noise)  # the control does change the order
     assert np.quantile(diffs, 0.999) <= 2 * np.quantile(noise, 0.999) + 1e-6
-    assert np.median(diffs) <= 2 * np.median(noise) + 1e-7 and np.median(diffs) < 1e-5
+    assert np.median(diffs) < 0.25 * lr
     assert np.max(diffs) <= 2 * np.max(noise) + 1e-5
     sizes = np.concatenate([np.abs(chief[k]).ravel() for k in chief])
     assert np.median(sizes) > 20 * np.median(diffs)  # not a comparison of near-zero tensors
 
 
-def test_gan_resume_on_two_workers_continues_from_chief_checkpoint(gan_runs):
-    tmp = gan_runs
-    run = tmp / "gan-2w"
-    import re
-
-    cfg = (run / "config.yaml").read_text()
-    assert re.search(r"(?m)^  steps: 3$", cfg)
-    (run / "config.yaml").write_text(re.sub(r"(?m)^  steps: 3$", "  steps: 4", cfg))
-    work = tmp / "resume"
+def test_gan_resume_on_two_workers_continues_from_chief_checkpoint(gan_runs, tmp_path):
+    run = tmp_path / "gan-2w"  # a copy: resuming changes the run
+    shutil.copytree(gan_runs / "gan-2w", run)
+    assert re.search(r"(?m)^  steps: 3$", (run / "config.yaml").read_text())
+    work = tmp_path / "resume"
     work.mkdir()
-    codes, logs = _wait(_start_workers(["gan", "--resume", str(run)], work), work)
+    codes, logs = _wait(_start_workers(["gan", "--resume", str(run), "--steps", "4"], work), work)
     assert codes == [0, 0], logs
+    assert re.search(r"(?m)^  steps: 4$", (run / "config.yaml").read_text())  # the resumable key, saved
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["start_step"] == 3 and metrics["steps"] == 4 and metrics["replicas"] == 2
     assert (run / "checkpoints" / "ckpt-4.index").is_file()
@@ -183,7 +196,7 @@ def test_gan_resume_on_two_workers_continues_from_chief_checkpoint(gan_runs):
 
 # ----------------------------------------------------------------------------- U-Net
 def test_seg_two_workers_match_single_process(tmp_path):
-    argv = ["seg", "--preset", "tiny", "--epochs", "1", *_sets(SEG)]
+    argv = ["seg", "--preset", "tiny", "--epochs", "1", *sets(MW_SEG)]
     codes, logs = _wait(_start_workers([*argv, "--strategy", "multiworker", "--run-dir", str(tmp_path / "seg-2w")],
                                        tmp_path, keep=True), tmp_path)
     assert codes == [0, 0], logs
@@ -202,14 +215,16 @@ def test_seg_two_workers_match_single_process(tmp_path):
 
 # ----------------------------------------------------------------------------- failure
 def test_dead_worker_fails_the_others_within_bound(tmp_path):
-    argv = ["gan", "--preset", "tiny", "--steps", "500", *_sets(GAN), "--set", "train.checkpoint_every=1000",
+    argv = ["gan", "--preset", "tiny", "--steps", "500", *sets(MW_GAN), "--set", "train.checkpoint_every=1000",
             "--set", "train.sample_every=1000", "--strategy", "multiworker", "--run-dir", str(tmp_path / "gan")]
     procs = _start_workers(argv, tmp_path)
     log0 = tmp_path / "worker0.log"
     try:
         deadline = time.monotonic() + BOUND
-        while "Collective all_reduce" not in log0.read_text() and time.monotonic() < deadline:
+        # the first all-reduce of a traced step, or the first step run eagerly under the strategy
+        while not any(m in log0.read_text() for m in STEP_MARKERS):
             assert procs[0][0].poll() is None, log0.read_text()[-3000:]
+            assert time.monotonic() < deadline, "no training step started: " + log0.read_text()[-3000:]
             time.sleep(1)
         time.sleep(3)  # inside training steps
         procs[1][0].send_signal(signal.SIGKILL)
@@ -242,8 +257,6 @@ def test_launcher_prints_one_tf_config_per_host():
 
 
 def test_worker_info_follows_tensorflow_chief_rule(monkeypatch):
-    from cardigan_tf import runtime
-
     monkeypatch.delenv("TF_CONFIG", raising=False)
     assert runtime.worker_info() == ("worker", 0, 1, True)
     cluster = {"worker": ["a:1", "b:2"]}
@@ -262,15 +275,8 @@ def test_worker_info_follows_tensorflow_chief_rule(monkeypatch):
 
 
 # ----------------------------------------------------------------------------- sharding
-def test_tfrecord_shards_by_file_when_every_worker_gets_one(tmp_path, monkeypatch):
-    import tensorflow as tf
-
-    from cardigan_tf.data.phantom import write_h5
-    from cardigan_tf.data.pipeline import Training, make_dataset
-    from cardigan_tf.data.tfrecord import write_tfrecords
-
-    h5 = tmp_path / "p.h5"
-    write_h5(h5, n_patients=6, seed=0, size=32, preview=False)
+def test_tfrecord_shards_by_file_when_every_worker_gets_one(phantom_h5, tmp_path, monkeypatch):
+    h5 = phantom_h5
     write_tfrecords(h5, tmp_path / "two", shards=2, progress=False)
     write_tfrecords(h5, tmp_path / "one", shards=1, progress=False)
     policy = tf.data.experimental.AutoShardPolicy

@@ -8,6 +8,7 @@ from cardigan_tf.data import h5layout, phantom, phantom_anatomy
 from cardigan_tf.labels import LA, LV, MYO, PHASES, VIEWS
 from cardigan_tf.files import OverwriteError
 
+
 CROSS = ndimage.generate_binary_structure(2, 1)
 
 

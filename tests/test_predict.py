@@ -2,12 +2,26 @@
 clinical indices, bad files are skipped, and all model backends give the same masks."""
 
 import csv
+import json
+import socket
 
+import keras
 import numpy as np
 import pytest
+import SimpleITK as sitk
+import tensorflow as tf
+from PIL import Image
+
+from cardigan_tf.configs.seg import SegConfig, SegDataConfig
+from cardigan_tf.metrics.clinical import patient_indices
+from cardigan_tf.models.unet import UNetConfig
+from cardigan_tf.predict import build_parser, main
+from cardigan_tf.runs import create_run, open_run, record_data
+from cardigan_tf.serving.testing import GrpcTestServer, RestTestServer, make_test_export, tiny_test_unet
 
 from tests._heart_masks import draw_heart
-from tests.camus_fixtures import write_image
+from tests.camus_fixtures import write_creatis_h5, write_image
+
 
 #: band intensities (uint8) per label: a 1x1-conv "segmenter" recovers the labels from them
 LEVELS = np.array([0, 85, 170, 255], np.uint8)
@@ -15,8 +29,6 @@ LEVELS = np.array([0, 85, 170, 255], np.uint8)
 
 def _band_model(size: int):
     """Softmax of -K (x - c_k)^2 (the x^2 term cancels): class k wins where x is nearest c_k."""
-    import keras
-
     centres = LEVELS / 255.0
     k = 60.0
     inp = keras.Input((size, size, 1), name="image")
@@ -32,14 +44,6 @@ def _band_model(size: int):
 def models(tmp_path_factory):
     """A seg run folder (tiny U-Net, data prepared at 48, trained size 32), its export
     (stand-in exporter), and a 'band' export for the clinical tests."""
-    import keras
-
-    from cardigan_tf.configs.seg import SegConfig, SegDataConfig
-    from cardigan_tf.models.unet import UNetConfig
-    from cardigan_tf.runs import create_run, open_run, record_data
-    from cardigan_tf.serving.testing import make_test_export, tiny_test_unet
-    from tests.camus_fixtures import write_creatis_h5
-
     root = tmp_path_factory.mktemp("models")
     data = root / "prepared.h5"
     write_creatis_h5(data, size=48)
@@ -57,8 +61,6 @@ def models(tmp_path_factory):
 
 
 def _main(argv, capsys=None):
-    from cardigan_tf.predict import main
-
     return main([*map(str, argv), "--no-progress"])
 
 
@@ -68,8 +70,6 @@ def _csv(path):
 
 
 def _write_sitk(path, arr, spacing_xy, origin=None, direction=None, one_slice=True):
-    import SimpleITK as sitk
-
     img = sitk.GetImageFromArray(arr[None] if one_slice else arr)
     img.SetSpacing((*spacing_xy, 1.0) if one_slice else spacing_xy)
     if origin is not None:
@@ -81,8 +81,6 @@ def _write_sitk(path, arr, spacing_xy, origin=None, direction=None, one_slice=Tr
 
 
 def _saved_model_masks(version_dir, images):
-    import tensorflow as tf
-
     fn = tf.saved_model.load(str(version_dir)).signatures["serving_default"]
     return [fn(image=tf.constant(im[None].astype(np.float32)))["mask"].numpy()[0] for im in images]
 
@@ -96,7 +94,6 @@ def _loose_inputs(tmp_path, rng):
                 direction=(-1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0))
     img2 = img[::-1].copy()
     _write_sitk(d / "b.nii.gz", img2, (0.6, 0.3), origin=(4.0, 5.0), one_slice=False)
-    from PIL import Image
 
     Image.fromarray(img.T.copy()).save(d / "c.png")
     np.save(d / "d.npy", (img[:, :80] / 255.0).astype(np.float32))
@@ -104,9 +101,6 @@ def _loose_inputs(tmp_path, rng):
 
 
 def test_predict_keeps_each_formats_size_and_geometry(models, tmp_path, rng):
-    import SimpleITK as sitk
-    from PIL import Image
-
     d, images = _loose_inputs(tmp_path, rng)
     out = tmp_path / "out"
     inputs = [d / "a.mhd", d / "b.nii.gz", d / "c.png", d / "d.npy"]
@@ -167,10 +161,6 @@ def _write_patient(root, pid, layout, rng, shape=(96, 72), spacing_xy=(0.6, 0.3)
 
 
 def test_patient_folders_give_clinical_indices(models, tmp_path, rng):
-    import SimpleITK as sitk
-
-    from cardigan_tf.metrics.clinical import patient_indices
-
     p19, truth19 = _write_patient(tmp_path / "camus2019" / "training", "patient0001", 2019, rng)
     p23, truth23 = _write_patient(tmp_path / "camus2023" / "database_nifti", "patient0501", 2023, rng,
                                   spacing_xy=(0.35, 0.25))
@@ -272,14 +262,10 @@ def test_output_folder_is_refused_without_overwrite(models, tmp_path, rng, capsy
 
 
 def _masks(folder, names):
-    import SimpleITK as sitk
-
     return [sitk.GetArrayFromImage(sitk.ReadImage(str(folder / n))) for n in names]
 
 
 def test_run_dir_export_dir_and_servers_give_the_same_masks(models, tmp_path, rng):
-    from cardigan_tf.serving.testing import GrpcTestServer, RestTestServer
-
     d, _ = _loose_inputs(tmp_path, rng)
     pdir, _ = _write_patient(tmp_path, "patient0007", 2019, rng, shape=(70, 101))
     inputs = [d / "a.mhd", d / "b.nii.gz", pdir]
@@ -303,12 +289,6 @@ def test_run_dir_export_dir_and_servers_give_the_same_masks(models, tmp_path, rn
 
 
 def test_gan_exports_and_unreachable_servers_are_refused(models, tmp_path, rng, capsys):
-    import json
-
-    import tensorflow as tf
-
-    from cardigan_tf.predict import build_parser
-
     assert "GAN export" in build_parser().format_help()
     d, _ = _loose_inputs(tmp_path, rng)
 
@@ -339,8 +319,6 @@ def test_gan_exports_and_unreachable_servers_are_refused(models, tmp_path, rng, 
 
 
 def _free_port():
-    import socket
-
     s = socket.socket()
     s.bind(("127.0.0.1", 0))
     port = s.getsockname()[1]

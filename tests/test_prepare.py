@@ -3,20 +3,23 @@
 import hashlib
 import json
 import shutil
+import subprocess
+import sys
 import warnings
 
 import h5py
 import numpy as np
 import pytest
 
-import camus_fixtures as cf
 from cardigan_tf.data.h5layout import list_patients, load_arrays, read_root_attrs
 from cardigan_tf.data.prepare import prepare
-from cardigan_tf.prepare import main
-from cardigan_tf.resize import resize_image_np, resize_mask_np
 from cardigan_tf.data.sample import DataError
 from cardigan_tf.data.source import resolve_data
+from cardigan_tf.prepare import main
+from cardigan_tf.resize import resize_image_np, resize_mask_np
 from cardigan_tf.files import OverwriteError
+
+import camus_fixtures as cf
 
 
 @pytest.fixture(scope="module")
@@ -142,9 +145,6 @@ def test_phantom_cli_and_resolve_data(tree2019, tmp_path):
 
 
 def test_cli_subprocess_reports_bad_input(tree2019, tmp_path):
-    import subprocess
-    import sys
-
     bad = tmp_path / "bad"
     shutil.copytree(tree2019["root"], bad)
     raw = bad / "testing/patient0005/patient0005_2CH_ED.raw"

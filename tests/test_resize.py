@@ -1,7 +1,10 @@
 """The one resize path (cardigan_tf.resize) against independent references."""
 
+from fractions import Fraction
+
 import numpy as np
 import pytest
+import tensorflow as tf
 from PIL import Image
 
 from cardigan_tf import resize as rz
@@ -34,8 +37,6 @@ def test_image_shrink_is_exact_area_average(rng):
 
 
 def test_image_enlarge_is_bilinear_and_clipped(rng):
-    import tensorflow as tf
-
     img = rng.random((20, 30)).astype(np.float32)
     ref = tf.image.resize(img[..., None], (64, 64), method="bilinear").numpy()[..., 0]
     np.testing.assert_allclose(rz.resize_image_np(img, 64), np.clip(ref, 0, 1), atol=1e-6)
@@ -46,16 +47,12 @@ def test_image_enlarge_is_bilinear_and_clipped(rng):
 
 def _nearest_reference(m, out):
     """Pixel-centre nearest in exact rational arithmetic: src = floor((i + 1/2) * in / out)."""
-    from fractions import Fraction
-
     rows = [min(int((Fraction(2 * i + 1, 2) * m.shape[0]) // out[0]), m.shape[0] - 1) for i in range(out[0])]
     cols = [min(int((Fraction(2 * j + 1, 2) * m.shape[1]) // out[1]), m.shape[1] - 1) for j in range(out[1])]
     return m[np.ix_(rows, cols)]
 
 
 def test_mask_nearest_is_exact_pixel_centre_in_numpy_and_graph(rng):
-    import tensorflow as tf
-
     small = rng.integers(0, 4, (70, 48)).astype(np.uint8)  # and PIL agrees on moderate factors
     pil = np.asarray(Image.fromarray(small).resize((32, 32), Image.NEAREST))
     np.testing.assert_array_equal(rz.resize_mask_np(small, (32, 32)), pil)
@@ -69,8 +66,6 @@ def test_mask_nearest_is_exact_pixel_centre_in_numpy_and_graph(rng):
 
 
 def test_graph_resize_equals_eager_for_dynamic_shapes(rng):
-    import tensorflow as tf
-
     fn = tf.function(lambda x: rz.resize_image(x, 64), input_signature=[tf.TensorSpec([None, None, None, 1], tf.float32)])
     for shape in ((2, 100, 80, 1), (1, 64, 64, 1), (3, 30, 200, 1)):
         x = rng.random(shape).astype(np.float32)
@@ -99,8 +94,6 @@ def test_probabilities_are_resized_before_argmax():
 
 def test_dynamic_target_size_in_a_graph(rng):
     """Serving resizes back to the input's own size, known only at run time."""
-    import tensorflow as tf
-
     @tf.function(input_signature=[tf.TensorSpec([None, None, None, 4], tf.float32),
                                   tf.TensorSpec([None, None, None, 1], tf.float32)])
     def back(probs, like):

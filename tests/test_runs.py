@@ -9,7 +9,12 @@ import yaml
 
 from cardigan_tf.configs.gan import preset_config as gan_preset
 from cardigan_tf.configs.seg import preset_config as seg_preset
-from cardigan_tf.runs import RunError, create_run, open_run
+from cardigan_tf.data import h5layout
+from cardigan_tf.evaluate import main as evaluate
+from cardigan_tf.runs import RunError, create_run, open_run, record_data
+from cardigan_tf.train import main as train
+
+from harness import assert_config_round_trip
 
 
 def _tree(path):
@@ -69,9 +74,6 @@ def test_old_gan_folder_is_migrated_and_recognised_by_its_files(tmp_path):
 
 
 def test_cli_errors_are_one_line_and_leave_no_folder(tmp_path, capsys):
-    from cardigan_tf.evaluate import main as evaluate
-    from cardigan_tf.train import main as train
-
     runs = tmp_path / "runs"
     assert train(["seg", "--data", str(tmp_path / "missing.h5"), "--runs-dir", str(runs)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
@@ -88,26 +90,22 @@ def test_cli_errors_are_one_line_and_leave_no_folder(tmp_path, capsys):
 
 
 def test_train_help_lists_the_main_job(capsys):
-    from cardigan_tf.train import main as train
-
     with pytest.raises(SystemExit):
         train(["--help"])
     out = capsys.readouterr().out
     assert "main" in out and "the main job" in out and "--budget" in out
 
 
-def test_gan_preset_config_round_trips_through_a_run_folder(tmp_path):
-    cfg = gan_preset("spade")
-    create_run("gan", cfg, run_dir=tmp_path / "g")
-    opened = open_run(tmp_path / "g", "gan")
-    assert opened.config == cfg
-    shutil.rmtree(tmp_path / "g")
+@pytest.mark.parametrize("kind, preset", [("gan", "spade"), ("gan", "tiny"), ("seg", "camus")])
+def test_preset_config_round_trips_through_a_run_folder(tmp_path, kind, preset):
+    cfg = (gan_preset if kind == "gan" else seg_preset)(preset)
+    assert_config_round_trip(cfg, tmp_path, f"{kind}/config.yaml",
+                             save=lambda c, path: create_run(kind, c, run_dir=path.parent),
+                             load=lambda path: open_run(path.parent, kind).config)
+    shutil.rmtree(tmp_path / kind)
 
 
 def test_run_dataset_recorded_else_resolved_without_rewriting_the_run(tmp_path):
-    from cardigan_tf.data import h5layout
-    from cardigan_tf.runs import record_data
-
     cfg = gan_preset("tiny")
     cfg.data.n_phantom = 4
     create_run("gan", cfg, run_dir=tmp_path / "g")

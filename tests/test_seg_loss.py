@@ -1,5 +1,6 @@
 """Dice + CE loss against a numpy reference; the Keras Dice metric against numpy Dice."""
 
+import keras
 import numpy as np
 import pytest
 
@@ -52,8 +53,6 @@ def test_loss_zero_for_perfect_prediction(rng):
 
 
 def test_loss_in_float32_from_bfloat16_input(rng):
-    import keras
-
     labels = rng.integers(0, 4, size=(2, 8, 8))
     probs = _softmax(rng.normal(size=(2, 8, 8, 4))).astype(np.float32)
     value = DiceCELoss()(labels, keras.ops.cast(probs, "bfloat16"))

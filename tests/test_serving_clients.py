@@ -1,18 +1,22 @@
 """REST and gRPC clients against the in-process TF-Serving stand-ins (cardigan_tf.serving.testing),
 on a segmentation export in the exporter's contract (make_test_export)."""
 
+import json
 import socket
+import urllib.request
 
 import numpy as np
 import pytest
+import tensorflow as tf
+
+from cardigan_tf.serving.client_grpc import RETRY_CODES, GrpcClient
+from cardigan_tf.serving.client_rest import RestClient
+from cardigan_tf.serving.errors import ServingRequestError, ServingUnavailableError
+from cardigan_tf.serving.testing import GrpcTestServer, RestTestServer, make_test_export
 
 
 @pytest.fixture(scope="module")
 def export(tmp_path_factory):
-    import tensorflow as tf
-
-    from cardigan_tf.serving.testing import make_test_export
-
     base = tmp_path_factory.mktemp("export")
     version = make_test_export(base, "seg", 1)
     return base, tf.saved_model.load(str(version))
@@ -20,16 +24,12 @@ def export(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def servers(export):
-    from cardigan_tf.serving.testing import GrpcTestServer, RestTestServer
-
     base, _ = export
     with GrpcTestServer(base) as g, RestTestServer(base) as r:
         yield g, r
 
 
 def _direct(model, x, signature="serving_default"):
-    import tensorflow as tf
-
     return {k: v.numpy() for k, v in model.signatures[signature](image=tf.constant(x)).items()}
 
 
@@ -75,8 +75,6 @@ def test_stand_in_export_follows_the_contract(export):
 
 @pytest.mark.parametrize("signature,dtype", [("serving_default", np.float32), ("serving_uint8", np.uint8)])
 def test_grpc_predict_equals_direct_savedmodel_call(export, servers, signature, dtype):
-    from cardigan_tf.serving.client_grpc import GrpcClient
-
     _, model = export
     x = _images(dtype)
     with GrpcClient(servers[0].target, "seg") as client:
@@ -91,9 +89,6 @@ def test_grpc_predict_equals_direct_savedmodel_call(export, servers, signature, 
 
 
 def test_grpc_status_metadata_and_errors(servers):
-    from cardigan_tf.serving.client_grpc import GrpcClient
-    from cardigan_tf.serving.errors import ServingRequestError
-
     with GrpcClient(servers[0].target, "seg") as client:
         status = client.status()["model_version_status"]
         assert status[0]["version"] == "1" and status[0]["state"] == "AVAILABLE"
@@ -117,9 +112,6 @@ def test_grpc_status_metadata_and_errors(servers):
 
 
 def test_grpc_retries_then_fails_on_a_closed_port():
-    from cardigan_tf.serving.client_grpc import GrpcClient
-    from cardigan_tf.serving.errors import ServingUnavailableError
-
     client = GrpcClient(f"127.0.0.1:{_closed_port()}", "seg", timeout=5.0, retries=2, backoff=0.01)
     sleeps = []
     client._sleep = sleeps.append
@@ -132,9 +124,6 @@ def test_grpc_retries_then_fails_on_a_closed_port():
 
 
 def test_grpc_retries_unavailable_then_succeeds(export):
-    from cardigan_tf.serving.client_grpc import GrpcClient
-    from cardigan_tf.serving.testing import GrpcTestServer
-
     base, model = export
     x = _images()
     with GrpcTestServer(base, fail_first=2) as server, GrpcClient(server.target, "seg", retries=3, backoff=0.0) as client:
@@ -153,8 +142,6 @@ def test_grpc_retries_unavailable_then_succeeds(export):
 @pytest.mark.parametrize("fmt", ["columns", "rows"])
 @pytest.mark.parametrize("signature,dtype", [("serving_default", np.float32), ("serving_uint8", np.uint8)])
 def test_rest_predict_equals_direct_savedmodel_call(export, servers, fmt, signature, dtype):
-    from cardigan_tf.serving.client_rest import RestClient
-
     _, model = export
     x = _images(dtype)
     client = RestClient(servers[1].url, "seg")
@@ -167,9 +154,6 @@ def test_rest_predict_equals_direct_savedmodel_call(export, servers, fmt, signat
 
 def test_rest_wire_format_is_tf_servings(servers):
     """The raw JSON: rows -> predictions (one object per instance), columns -> outputs."""
-    import json
-    import urllib.request
-
     url = servers[1].url + "/v1/models/seg:predict"
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
@@ -188,9 +172,6 @@ def test_rest_wire_format_is_tf_servings(servers):
 
 
 def test_rest_status_metadata_and_errors(servers):
-    from cardigan_tf.serving.client_rest import RestClient
-    from cardigan_tf.serving.errors import ServingRequestError
-
     client = RestClient(servers[1].url, "seg")
     st = client.status()["model_version_status"]
     assert st == [{"version": "1", "state": "AVAILABLE", "status": {"error_code": "OK", "error_message": ""}}]
@@ -215,9 +196,6 @@ def test_rest_status_metadata_and_errors(servers):
 
 
 def test_rest_retries_then_fails_on_a_closed_port():
-    from cardigan_tf.serving.client_rest import RestClient
-    from cardigan_tf.serving.errors import ServingUnavailableError
-
     port = _closed_port()
     client = RestClient(f"http://127.0.0.1:{port}", "seg", timeout=5.0, retries=3, backoff=0.01)
     sleeps = []
@@ -230,10 +208,6 @@ def test_rest_retries_then_fails_on_a_closed_port():
 
 
 def test_rest_retries_503_then_succeeds(export):
-    from cardigan_tf.serving.client_rest import RestClient
-    from cardigan_tf.serving.errors import ServingUnavailableError
-    from cardigan_tf.serving.testing import RestTestServer
-
     base, model = export
     x = _images()
     with RestTestServer(base, fail_first=2) as server:
@@ -258,10 +232,6 @@ def silent_port():
 
 
 def test_timeouts_are_retried_then_reported(silent_port):
-    from cardigan_tf.serving.client_grpc import RETRY_CODES, GrpcClient
-    from cardigan_tf.serving.client_rest import RestClient
-    from cardigan_tf.serving.errors import ServingUnavailableError
-
     rest = RestClient(f"http://127.0.0.1:{silent_port}", "seg", timeout=0.2, retries=1, backoff=0.01)
     sleeps = []
     rest._sleep = sleeps.append

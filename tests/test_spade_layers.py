@@ -3,18 +3,18 @@
 import re
 from pathlib import Path
 
+import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
-import keras
-
+from cardigan_tf.models.generator import GeneratorConfig, build_generator
 from cardigan_tf.models.spade import SPADE, NearestResize, SPADEResBlock
 
+from harness import onehot, run_layer_test, two_cpu_script
+
+
 MODEL_FILES = ["spade.py", "generator.py", "discriminator.py", "encoder.py", "saving.py", "features.py"]
-
-
-def onehot(labels, k=4):
-    return np.eye(k, dtype="float32")[labels]
 
 
 def block_mask(rng, batch, low, factor, k=4):
@@ -104,22 +104,14 @@ def test_spade_rejects_bad_norm():
         SPADEResBlock(8, norm="group")
 
 
-def _clone_same_weights(layer, *args):
-    clone = layer.__class__.from_config(layer.get_config())
-    clone(*args)
-    clone.set_weights(layer.get_weights())
-    return clone
-
-
 @pytest.mark.parametrize("norm", ["batch", "instance"])
 def test_spade_config_round_trip(rng, norm):
     x = rng.normal(size=(2, 8, 8, 4)).astype("float32")
     m = onehot(rng.integers(0, 4, (2, 32, 32)))
-    layer = SPADE(norm, hidden=12, epsilon=1e-4, momentum=0.8, name="s")
-    layer(x, m, training=True)
-    clone = _clone_same_weights(layer, x, m)
-    assert clone.get_config() == layer.get_config()
-    np.testing.assert_allclose(clone(x, m, training=False), layer(x, m, training=False), atol=1e-6)
+    run_layer_test(SPADE, dict(norm=norm, hidden=12, epsilon=1e-4, momentum=0.8, name="s"), (x, m),
+                   expected_output_shape=(2, 8, 8, 4), call_kwargs={"training": True},
+                   expected_num_trainable_weights=6,  # shared, gamma, beta convs: kernel + bias each
+                   expected_num_non_trainable_weights=2 if norm == "batch" else 0)  # moving mean, variance
 
 
 @pytest.mark.parametrize("fin,fout", [(16, 16), (16, 8), (8, 16)])
@@ -177,11 +169,8 @@ def test_resblock_spectral_norm_updates_only_when_training(rng):
 def test_resblock_config_round_trip(rng, fin, fout):
     x = rng.normal(size=(2, 8, 8, fin)).astype("float32")
     m = onehot(rng.integers(0, 4, (2, 16, 16)))
-    block = SPADEResBlock(fout, norm="instance", spectral=True, hidden=8, name="blk")
-    block(x, m, training=True)
-    clone = _clone_same_weights(block, x, m)
-    assert clone.get_config() == block.get_config()
-    np.testing.assert_allclose(clone(x, m, training=False), block(x, m, training=False), atol=1e-6)
+    run_layer_test(SPADEResBlock, dict(fout=fout, norm="instance", spectral=True, hidden=8, name="blk"), (x, m),
+                   expected_output_shape=(2, 8, 8, fout), call_kwargs={"training": True})
 
 
 def test_nearest_resize_keeps_labels(rng):
@@ -190,8 +179,9 @@ def test_nearest_resize_keeps_labels(rng):
     np.testing.assert_array_equal(layer(onehot(big)), onehot(small))
     up = NearestResize(32, 32)(onehot(small))
     np.testing.assert_array_equal(up, onehot(big))
-    clone = NearestResize.from_config(layer.get_config())
-    assert (clone.height, clone.width) == (4, 4)
+    resized = run_layer_test(NearestResize, dict(height=4, width=4), onehot(big), expected_output_shape=(2, 4, 4, 4),
+                             expected_num_trainable_weights=0, expected_num_non_trainable_weights=0)
+    assert (resized.height, resized.width) == (4, 4)
 
 
 def test_model_files_use_keras_ops_only():
@@ -213,10 +203,8 @@ def test_init_gain_sets_xavier_normal_std():
     assert np.std(np.asarray(plain.mlp_gamma.kernel)) > 10 * expected
 
 
-SYNC_BN_SCRIPT = """
+SYNC_BN = two_cpu_script("sync_bn", """
 import numpy as np, tensorflow as tf
-cpu = tf.config.list_physical_devices("CPU")[0]
-tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 from cardigan_tf.models.spade import SPADE
 strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
 rng = np.random.default_rng(0)
@@ -238,27 +226,19 @@ mean = x.mean(axis=(0, 1, 2)); var = x.var(axis=(0, 1, 2))
 ref = (x - mean) / np.sqrt(var + 1e-5)
 np.testing.assert_allclose(out, ref, atol=1e-4)
 print("SYNC-OK")
-"""
+""", own_process=True)  # its collective ops must not meet another strategy's
 
 
-def test_spade_batch_norm_is_synchronised_across_replicas():
-    import os
-    import subprocess
-    import sys
-
-    repo = Path(__file__).resolve().parents[1]
-    env = dict(os.environ, PYTHONPATH=str(repo), KERAS_BACKEND="tensorflow")
-    res = subprocess.run([sys.executable, "-c", SYNC_BN_SCRIPT], env=env, capture_output=True,
-                         text=True, timeout=300)
-    assert res.returncode == 0 and "SYNC-OK" in res.stdout, res.stderr[-3000:]
+def test_spade_batch_norm_is_synchronised_across_replicas(two_cpus):
+    result = two_cpus[SYNC_BN]  # in a fresh process with two logical CPUs (conftest)
+    assert result["ok"], result["error"]
+    assert "SYNC-OK" in result["stdout"]
 
 
 @pytest.mark.parametrize("norm", ["batch", "instance"])
 def test_fused_gamma_beta_equals_two_convs(rng, norm, tmp_path):
     """The fused 2C-output conv gives the unfused outputs and gradients on the same weights,
     and weights saved by an unfused layer load unchanged into a fused one."""
-    import tensorflow as tf
-
     x = rng.normal(size=(2, 8, 8, 5)).astype("float32")
     m = onehot(rng.integers(0, 4, (2, 16, 16)))
     unfused = SPADE(norm, hidden=6, fused=False)
@@ -298,8 +278,6 @@ def test_fused_gamma_beta_equals_two_convs(rng, norm, tmp_path):
 def test_unfused_generator_weights_load_into_fused(rng, tmp_path):
     """A generator saved with two gamma/beta convs (fused_spade=False, the default) loads into
     a fused one and gives the same images."""
-    from cardigan_tf.models.generator import GeneratorConfig, build_generator
-
     old = build_generator(GeneratorConfig(size=32, ngf=2, hidden=4, init_gain=1.0, fused_spade=False))
     path = tmp_path / "old.weights.h5"
     old.save_weights(path)

@@ -2,12 +2,14 @@
 count patients rather than images, cell summaries against hand values, CSV/markdown/plot."""
 
 import csv
+import json
 import math
 
 import numpy as np
 import pytest
 from scipy import stats as sps
 
+from cardigan_tf.jobs.study_report import attach_per_image, wilcoxon_rows
 from cardigan_tf.stats import (
     bootstrap_ci,
     holm,
@@ -189,8 +191,6 @@ def _cells(effects, seeds=(0, 1, 2), noise=0.002, seed=0):
 
 
 def test_patients_not_images_are_counted():
-    from cardigan_tf.jobs.study_report import wilcoxon_rows
-
     # 5 patients gain, 3 lose a little: 96 image pairs (8 patients x 4 images x 3 seeds)
     effects = [0.04, 0.035, 0.03, 0.025, 0.02, -0.005, -0.008, -0.011]
     cells = _cells(effects)
@@ -220,8 +220,6 @@ def test_patients_not_images_are_counted():
 
 
 def test_clear_effect_is_significant_after_holm_and_few_patients_are_not_tested():
-    from cardigan_tf.jobs.study_report import wilcoxon_rows
-
     rows = wilcoxon_rows(_cells([0.02 + 0.002 * i for i in range(12)], seeds=(0,)), n_boot=500)
     assert all(r["n_patients"] == 12 for r in rows)
     assert all(r["significant"] == "yes" and r["pvalue_holm"] <= 0.05 for r in rows)  # 2/4096 x 9 tests
@@ -232,10 +230,6 @@ def test_clear_effect_is_significant_after_holm_and_few_patients_are_not_tested(
 
 
 def test_per_image_csv_and_unit_are_read(tmp_path):
-    import json
-
-    from cardigan_tf.jobs.study_report import attach_per_image
-
     ev = tmp_path / "cells" / "c" / "eval-test"
     ev.mkdir(parents=True)
     cols = ["patient", "view", "phase"] + [f"{s}_{m}" for s in ("lv_endo", "lv_epi", "la") for m in ("dice", "hd", "mad")]

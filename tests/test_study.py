@@ -4,33 +4,19 @@ fractions 0 and 0.5, one seed) end to end, its tables, plot, GAN quality report 
 import csv
 import json
 
+import keras
+import numpy as np
 import pytest
 import yaml
 
 from cardigan_tf.data import h5layout
-
-TINY = ["name=tiny", "n_phantom=10", "train_fractions=[0.5]", "synthetic_fractions=[0.0, 0.5]", "seeds=[0]",
-        "synthetic_multiplier=1",
-        "gan.model.ngf=8", "gan.model.ndf=8", "gan.model.num_D=1", "gan.train.steps=2", "gan.train.batch_size=2",
-        "gan.train.checkpoint_every=2", "gan.train.sample_every=2", "gan.train.n_samples=2", "gan.train.verbose=0",
-        "seg.train.epochs=1", "seg.train.steps_per_epoch=2", "seg.train.batch_size=4", "seg.train.patience=0"]
-
-
-def _argv(*extra):
-    out = ["study"]
-    for s in TINY:
-        out += ["--set", s]
-    return out + list(extra)
-
-
-@pytest.fixture(scope="module")
-def study(tmp_path_factory):
-    from cardigan_tf.train import main
-
-    runs = tmp_path_factory.mktemp("runs")
-    assert main(_argv("--runs-dir", str(runs))) == 0
-    (root,) = runs.glob("study-tiny-*")
-    return root
+from cardigan_tf.data.splits import subset_patients
+from cardigan_tf.files import OverwriteError
+from cardigan_tf.jobs.gan_quality import gan_quality_report
+from cardigan_tf.jobs.study import gan_train_patients
+from cardigan_tf.metrics.synthesis import fid
+from cardigan_tf.models.features import bottleneck_layer
+from cardigan_tf.train import main
 
 
 def _rows(path):
@@ -38,7 +24,8 @@ def _rows(path):
         return list(csv.DictReader(fh))
 
 
-def test_tables_plot_and_report(study):
+def test_tables_plot_and_report(tiny_study):
+    study = tiny_study
     cells = _rows(study / "cells.csv")
     assert sorted((r["train_fraction"], r["synthetic_fraction"], r["seed"]) for r in cells) == [
         ("0.5", "0.0", "0"), ("0.5", "0.5", "0")]
@@ -77,10 +64,8 @@ def test_tables_plot_and_report(study):
     assert "| LV endo | HD | " in report and "mm |" in report
 
 
-def test_gan_saw_only_its_training_subset(study):
-    from cardigan_tf.data.splits import subset_patients
-    from cardigan_tf.jobs.study import gan_train_patients
-
+def test_gan_saw_only_its_training_subset(tiny_study):
+    study = tiny_study
     data = study / "data" / "phantom.h5"
     splits = h5layout.list_patients(data)
     subset = subset_patients(splits["train"], 0.5, seed=0)
@@ -96,20 +81,34 @@ def test_gan_saw_only_its_training_subset(study):
     assert cell["n_train_patients"] == 4
 
 
-def test_gan_quality_report(study):
-    from cardigan_tf.jobs.gan_quality import gan_quality_report
-    from cardigan_tf.files import OverwriteError
-
+def test_gan_quality_report(tiny_study):
+    study = tiny_study
     qdir = study / "gans" / "gan-f0.5-seed0" / "quality"
     q = json.loads((qdir / "quality.json").read_text())
     assert q["feature_network"] == "unet_encoder" and q["seg_run"].endswith("seg-f0.5-s0-seed0")
     for s in ("lv_endo", "lv_epi", "la"):
         assert set(q["segmentation_consistency"][s]) == {"synthetic", "real_test"}
     gen = q["distances"]["synthetic_vs_real_train"]
-    assert gen["n_other"] == q["n_synthetic"] == 16 and gen["fid"] >= 0
+    assert gen["n_other"] == q["n_synthetic"] == 16 and gen["n_real"] == q["n_real_train"] == 16
+    # FID recomputed here: bottleneck features of the real-trained U-Net, globally average pooled,
+    # of the real training images of the GAN's patients and of the synthetic images
+    synth, seg = study / "synthetic" / "synth-f0.5-seed0.h5", study / "cells" / "seg-f0.5-s0-seed0"
+    unet = keras.saving.load_model(seg / "best.keras", compile=False)
+    encoder = keras.Model(unet.inputs[0], bottleneck_layer(unet).output)
+
+    def features(images):
+        return np.asarray(encoder(images, training=False)).mean(axis=(1, 2)).astype(np.float64)
+
+    patients = h5layout.read_root_attrs(synth)["provenance"]["source_patients"]
+    real = features(h5layout.load_arrays(study / "data" / "phantom.h5", "train", patients=patients)["image"])
+    fake = features(h5layout.load_arrays(synth, "train")["image"])
+    assert gen["dim"] == real.shape[1]
+    test = features(h5layout.load_arrays(study / "data" / "phantom.h5", "test")["image"])
+    assert gen["fid"] == pytest.approx(fid(real, fake), rel=1e-3)
+    assert q["distances"]["real_test_vs_real_train"]["fid"] == pytest.approx(fid(real, test), rel=1e-3)
+    assert fid(real, real) < 1e-3 * gen["fid"]  # identical sets: ~0; a 2-step GAN's images are far from real
     assert "U-Net encoder" in (qdir / "quality.md").read_text()
     assert (qdir / "consistency.png").read_bytes()[:4] == b"\x89PNG"
-    synth, seg = study / "synthetic" / "synth-f0.5-seed0.h5", study / "cells" / "seg-f0.5-s0-seed0"
     with pytest.raises(OverwriteError):
         gan_quality_report(synth, seg, out_dir=qdir)
     with pytest.raises(FileNotFoundError, match="InceptionV3"):
@@ -117,15 +116,14 @@ def test_gan_quality_report(study):
     assert not (study / "q-inception").exists()
 
 
-def test_resume_trains_nothing_new(study):
-    from cardigan_tf.train import main
-
+def test_resume_trains_nothing_new(tiny_study):
+    study = tiny_study
     outputs = [*study.glob("cells/*/best.keras"), *study.glob("cells/*/result.json"),
                *study.glob("gans/*/generator_ema.keras"), *study.glob("synthetic/*.h5"),
                *study.glob("gans/*/quality/quality.json")]
     assert len(outputs) == 7
     before = {p: p.stat().st_mtime_ns for p in outputs}
-    assert main(["study", "--resume", str(study)]) == 0
+    assert main(["study", "--resume", str(tiny_study)]) == 0
     assert {p: p.stat().st_mtime_ns for p in outputs} == before
     assert sorted(p.name for p in study.glob("cells/*")) == ["seg-f0.5-s0-seed0", "seg-f0.5-s0.5-seed0"]
     assert len(_rows(study / "cells.csv")) == 2

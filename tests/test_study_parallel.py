@@ -10,7 +10,14 @@ from pathlib import Path
 
 import pytest
 
-from test_study import TINY
+from cardigan_tf.configs.study import build_study_config
+from cardigan_tf.data.splits import subset_patients
+from cardigan_tf.jobs.study import gan_seeds
+from cardigan_tf.jobs.study_claims import claim, release
+from cardigan_tf.train import main
+
+from harness import STUDY_TINY, assert_config_round_trip, sets, without
+
 
 ROOT = Path(__file__).resolve().parents[1]
 BOUND = 420
@@ -18,20 +25,10 @@ BOUND = 420
 
 # a fraction of 1 with two seeds: both seeds train on every training patient, so ONE GAN serves
 # the synthetic cells of both seeds
-SHARED = [s for s in TINY if not s.startswith(("train_fractions", "seeds"))] + ["train_fractions=[1.0]",
-                                                                               "seeds=[0, 1]"]
-
-
-def _sets():
-    out = []
-    for s in SHARED:
-        out += ["--set", s]
-    return out
+SHARED = [*without(STUDY_TINY, "train_fractions", "seeds"), "train_fractions=[1.0]", "seeds=[0, 1]"]
 
 
 def test_claims_are_exclusive_and_dead_claims_reclaimable(tmp_path):
-    from cardigan_tf.jobs.study_claims import claim, release
-
     assert claim(tmp_path, "seg-f1-s0-seed0")
     path = tmp_path / "claims" / "seg-f1-s0-seed0.claim"
     held = json.loads(path.read_text())
@@ -57,7 +54,7 @@ def test_study_split_across_two_processes(tmp_path):
     study = tmp_path / "study"
     cmd = [sys.executable, "-m", "cardigan_tf.train"]
     logs = [open(tmp_path / f"p{i}.log", "w") for i in range(2)]
-    first = subprocess.Popen([*cmd, "study", *_sets(), "--run-dir", str(study)], cwd=ROOT, env=env,
+    first = subprocess.Popen([*cmd, "study", *sets(SHARED), "--run-dir", str(study)], cwd=ROOT, env=env,
                              stdout=logs[0], stderr=subprocess.STDOUT)
     procs = [first]
     try:
@@ -102,18 +99,12 @@ def test_study_split_across_two_processes(tmp_path):
 
 
 def test_worker_flags_need_resume():
-    from cardigan_tf.train import main
-
     assert main(["study", "--worker"]) == 2
     with pytest.raises(SystemExit):
         main(["study", "--report-only", "--bogus"])
 
 
 def test_gan_seeds_share_a_gan_only_between_equal_patient_subsets(tmp_path):
-    from cardigan_tf.configs.study import build_study_config
-    from cardigan_tf.data.splits import subset_patients
-    from cardigan_tf.jobs.study import gan_seeds
-
     patients = [f"patient{i:04d}" for i in range(1, 21)]
     cfg = build_study_config(None, ["train_fractions=[0.25, 1.0]", "seeds=[3, 1, 2]"])
     got = gan_seeds(tmp_path, cfg, patients)
@@ -130,3 +121,4 @@ def test_gan_seeds_share_a_gan_only_between_equal_patient_subsets(tmp_path):
     (tmp_path / "synthetic" / "synth-f1-seed1.h5").write_text("x")
     got = gan_seeds(tmp_path, cfg, patients)
     assert [got[1.0, s] for s in (3, 1, 2)] == [3, 1, 3]
+    assert_config_round_trip(cfg, tmp_path, "study.yaml", load=lambda path: build_study_config(str(path)))

@@ -1,10 +1,13 @@
 """FID / KID against closed forms, feature extractors, segmentation consistency."""
 
+import keras
 import numpy as np
 import pytest
 
 from cardigan_tf.metrics.synthesis import fid, frechet_distance, kid, segmentation_consistency
 from cardigan_tf.models.features import bottleneck_layer, encoder_features, inception_features
+from cardigan_tf.models.unet import UNetConfig, build_unet
+
 from _heart_masks import draw_heart  # noqa: E402
 
 
@@ -87,19 +90,7 @@ def test_segmentation_consistency_perfect_and_wrong(rng):
 
 
 def _tiny_unet():
-    keras = pytest.importorskip("keras")
-    try:
-        from cardigan_tf.models.unet import UNetConfig, build_unet
-
-        return build_unet(UNetConfig(size=32, depth=4, base_filters=4)), "bottleneck"
-    except ImportError:
-        inp = keras.Input((32, 32, 1))
-        x = keras.layers.Conv2D(4, 3, padding="same", name="enc0")(inp)
-        x = keras.layers.MaxPooling2D(name="pool0")(x)
-        x = keras.layers.Conv2D(8, 3, padding="same", name="bottleneck")(x)
-        x = keras.layers.UpSampling2D(name="up0")(x)
-        out = keras.layers.Conv2D(4, 1, activation="softmax", name="seg")(x)
-        return keras.Model(inp, out), "bottleneck"
+    return build_unet(UNetConfig(size=32, depth=4, base_filters=4)), "bottleneck"
 
 
 def test_encoder_features_use_the_bottleneck(rng):
@@ -112,8 +103,6 @@ def test_encoder_features_use_the_bottleneck(rng):
     channels = layer.output.shape[-1]
     assert feats.shape == (5, channels)
     # independent reference: run the sub-graph and average over space
-    import keras
-
     ref = keras.Model(model.inputs[0], layer.output)(images, training=False)
     np.testing.assert_allclose(feats, np.asarray(ref).mean(axis=(1, 2)), rtol=1e-5, atol=1e-6)
     assert "bottleneck" in f.name
@@ -126,7 +115,6 @@ def test_inception_features_need_a_weights_file(tmp_path):
 
 
 def test_inception_features_with_a_local_weights_file(tmp_path, rng):
-    keras = pytest.importorskip("keras")
     net = keras.applications.InceptionV3(weights=None, include_top=False, pooling="avg", input_shape=(299, 299, 3))
     path = tmp_path / "inception_notop.weights.h5"
     net.save_weights(path)

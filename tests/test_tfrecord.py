@@ -4,12 +4,16 @@ import warnings
 
 import numpy as np
 import pytest
+import tensorflow as tf
 
-import camus_fixtures as cf
 from cardigan_tf.data.h5layout import iter_samples
 from cardigan_tf.data.prepare import prepare
+from cardigan_tf.data.sample import DataError
+from cardigan_tf.data.source import resolve_data
 from cardigan_tf.data.tfrecord import list_shards, read_index, read_tfrecords, to_pairs, write_tfrecords
 from cardigan_tf.files import OverwriteError
+
+import camus_fixtures as cf
 
 
 @pytest.fixture(scope="module")
@@ -51,8 +55,6 @@ def test_roundtrip_equals_h5(prepared):
 
 
 def test_patients_not_split_across_shards(prepared):
-    import tensorflow as tf
-
     shards = prepared.parent / "shards"
     where = {}
     for f in list_shards(shards, "train"):
@@ -64,8 +66,6 @@ def test_patients_not_split_across_shards(prepared):
 
 
 def test_uint8_pairs_and_overwrite(prepared, tmp_path):
-    import tensorflow as tf
-
     out = tmp_path / "u8"
     write_tfrecords(prepared, out, shards=3, splits=["train"], image_dtype="uint8", progress=False)
     recs = _records(out, "train")
@@ -82,9 +82,6 @@ def test_uint8_pairs_and_overwrite(prepared, tmp_path):
 
 
 def test_resolve_data_passes_shard_folders_through(prepared, tmp_path):
-    from cardigan_tf.data.sample import DataError
-    from cardigan_tf.data.source import resolve_data
-
     shards = prepared.parent / "shards"
     assert resolve_data(str(shards), tmp_path) == shards
     fake = tmp_path / "fake"

@@ -5,28 +5,20 @@ import json
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 import yaml
 
-from cardigan_tf.configs.gan import build_config
-from cardigan_tf.jobs import gan as job
+from cardigan_tf.config import ConfigError, to_dict
+from cardigan_tf.configs.gan import PRESET_NAMES, build_config
+from cardigan_tf.jobs import gan_callback
+from cardigan_tf.jobs.gan import train_gan
 from cardigan_tf.jobs.gan_loop import NonFiniteLossError, decay_start, total_steps
 
-SMALL = ["model.size=32", "model.ngf=8", "model.ndf=8", "model.num_D=1", "train.batch_size=2",
-         "data.n_phantom=10", "train.deterministic=true", "train.seed=3", "train.verbose=0",
-         "train.n_samples=2"]
-
-
-def _sets(extra=()):
-    out = []
-    for s in [*SMALL, *extra]:
-        out += ["--set", s]
-    return out
+from harness import GAN_EAGER_6, GAN_TINY, assert_config_round_trip
 
 
 def _ckpt_weights(run_dir):
     """Generator weights stored in the latest checkpoint of a run (numpy arrays by key)."""
-    import tensorflow as tf
-
     path = tf.train.latest_checkpoint(str(run_dir / "checkpoints"))
     reader = tf.train.load_checkpoint(path)
     keys = sorted(k for k in reader.get_variable_to_shape_map()
@@ -34,24 +26,10 @@ def _ckpt_weights(run_dir):
     return {k: reader.get_tensor(k) for k in keys}
 
 
-@pytest.fixture(scope="module")
-def cli_run(tmp_path_factory):
-    """The CLI with a traced (tf.function) train step."""
-    from cardigan_tf.train import main
 
-    runs = tmp_path_factory.mktemp("runs")
-    argv = ["gan", "--steps", "6", "--runs-dir", str(runs), "--name", "straight",
-            *_sets(["train.checkpoint_every=3", "train.sample_every=3"])]
-    assert main(argv) == 0
-    (run_dir,) = runs.glob("gan-straight-*")
-    return run_dir
-
-
-EAGER = ["train.run_eagerly=true", "train.steps=6", "train.checkpoint_every=3", "train.sample_every=3"]
-
-
-def test_cli_writes_a_complete_run_folder(cli_run):
-    run = cli_run
+def test_cli_writes_a_complete_run_folder(gan_run):
+    """The session's ``gan_run``: the CLI straight through 6 (eager) steps."""
+    run = gan_run
     cfg = yaml.safe_load((run / "config.yaml").read_text())
     assert cfg["model"]["size"] == 32 and cfg["train"]["steps"] == 6
     assert cfg["train"]["vgg_on"] is False and cfg["train"]["vgg_weights"] is None
@@ -73,13 +51,11 @@ class _Interrupt(Exception):
     pass
 
 
-def test_interrupted_and_resumed_run_matches_straight_run(tmp_path, monkeypatch):
-    """Eager steps keep this test fast; the resume logic is the same as in graph mode."""
-    from cardigan_tf.jobs import gan_callback
-
-    straight_run = job.train_gan(build_config("tiny", None, [*SMALL, *EAGER]),
-                                 run_dir=tmp_path / "gan-straight")
-
+def test_interrupted_and_resumed_run_matches_straight_run(gan_run, tmp_path, monkeypatch):
+    """The same config as the CLI's straight run (``gan_run``), interrupted after step 3 and
+    resumed. Eager steps keep this test fast; the resume logic is the same as in graph mode."""
+    straight_run = gan_run
+    straight = yaml.safe_load((straight_run / "config.yaml").read_text())
     original = gan_callback.GanCallback.on_train_batch_end
 
     def interrupt_at_3(self, batch, logs=None):
@@ -87,14 +63,16 @@ def test_interrupted_and_resumed_run_matches_straight_run(tmp_path, monkeypatch)
         if self.step == 3:
             raise _Interrupt("simulated crash after step 3")
 
-    cfg = build_config("tiny", None, [*SMALL, *EAGER])
+    cfg = build_config("tiny", None, [*GAN_TINY, *GAN_EAGER_6])
+    assert {k: v for k, v in to_dict(cfg).items() if k != "name"} == \
+        {k: v for k, v in straight.items() if k not in ("name", "kind")}  # the straight run's config
     run_dir = tmp_path / "gan-resumed"
     monkeypatch.setattr(gan_callback.GanCallback, "on_train_batch_end", interrupt_at_3)
     with pytest.raises(_Interrupt):
-        job.train_gan(cfg, run_dir=run_dir)
+        train_gan(cfg, run_dir=run_dir)
     monkeypatch.setattr(gan_callback.GanCallback, "on_train_batch_end", original)
     assert not (run_dir / "metrics.json").exists()
-    job.train_gan(None, resume=run_dir)
+    train_gan(None, resume=run_dir)
 
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["start_step"] == 3 and metrics["steps"] == 6
@@ -109,11 +87,11 @@ def test_interrupted_and_resumed_run_matches_straight_run(tmp_path, monkeypatch)
 
 
 def test_nan_guard_stops_and_keeps_last_good_checkpoint(tmp_path):
-    cfg = build_config("tiny", None, [*SMALL, "train.steps=5", "train.lr_d=1e30", "train.run_eagerly=true",
+    cfg = build_config("tiny", None, [*GAN_TINY, "train.steps=5", "train.lr_d=1e30", "train.run_eagerly=true",
                                           "train.checkpoint_every=1", "train.sample_every=100"])
     run_dir = tmp_path / "gan-nan"
     with pytest.raises(NonFiniteLossError, match=r"non-finite loss at step \d+: .*d_") as info:
-        job.train_gan(cfg, run_dir=run_dir)
+        train_gan(cfg, run_dir=run_dir)
     metrics = json.loads((run_dir / "metrics.json").read_text())
     failure = metrics["failure"]
     assert failure["step"] >= 2 and failure["losses"]
@@ -125,9 +103,7 @@ def test_nan_guard_stops_and_keeps_last_good_checkpoint(tmp_path):
     assert not (run_dir / "generator_ema.keras").exists()
 
 
-def test_config_errors_name_the_key():
-    from cardigan_tf.config import ConfigError
-
+def test_config_errors_name_the_key(tmp_path):
     with pytest.raises(ConfigError, match="model.style"):
         build_config("tiny", None, ["model.style=banana"])
     with pytest.raises(ConfigError, match="nope"):
@@ -135,3 +111,6 @@ def test_config_errors_name_the_key():
     cfg = build_config("cardigan", None, [])
     assert (cfg.model.size, cfg.model.ngf, cfg.train.batch_size, cfg.train.epochs) == (256, 48, 4, 30)
     assert decay_start(cfg, 400) == 20 * 400 and total_steps(cfg, 400) == 30 * 400
+    for name in PRESET_NAMES:  # every preset, and one with overrides, written as YAML reads back as itself
+        assert_config_round_trip(build_config(name, None, []), tmp_path, f"{name}.yaml")
+    assert_config_round_trip(build_config("tiny", None, GAN_TINY), tmp_path, "small.yaml")

@@ -2,37 +2,24 @@
 
 import json
 
+import keras
 import numpy as np
 import pytest
 
+from cardigan_tf import runtime
 from cardigan_tf.config import ConfigError, load_config
+from cardigan_tf.configs.seg import PRESET_NAMES, SegConfig, preset_config
+from cardigan_tf.jobs.evaluation import evaluate_run
+from cardigan_tf.jobs.seg import train_seg
+from cardigan_tf.train import build_parser, main
+from cardigan_tf.train import seg_config_from_args as config_from_args
 
-TINY_SET = ["model.base_filters=4", "model.max_filters=16", "data.n_phantom=10", "train.batch_size=4",
-            "train.steps_per_epoch=3", "train.n_overlays=2"]
-
-
-@pytest.fixture(scope="module")
-def cli_run(tmp_path_factory):
-    """`python -m cardigan_tf.train seg ...` straight through 2 epochs (deterministic)."""
-    import contextlib
-    import io
-
-    from cardigan_tf import runtime
-    from cardigan_tf.train import main
-
-    root = tmp_path_factory.mktemp("runs")
-    args = ["seg", "--epochs", "2", "--runs-dir", str(root), "--name", "cli"]
-    for s in TINY_SET:
-        args += ["--set", s]
-    runtime.enable_determinism(7)
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out):
-        assert main(args) == 0
-    return root / out.getvalue().strip().splitlines()[-1].split("/")[-1]
+from harness import SEG_TINY, assert_config_round_trip
 
 
-def test_train_seg_cli_writes_run_folder(cli_run):
-    run = cli_run
+def test_train_seg_cli_writes_run_folder(seg_run):
+    """The session's ``seg_run``: `python -m cardigan_tf.train seg ...` straight through 2 epochs."""
+    run = seg_run
     assert run.name.startswith("seg-cli-") and run.is_dir()
     for name in ("config.yaml", "best.keras", "final.keras", "metrics.json", "report.md", "data.json"):
         assert (run / name).is_file(), name
@@ -44,15 +31,11 @@ def test_train_seg_cli_writes_run_folder(cli_run):
     assert len(metrics["history"]["val_dice_mean"]) == 2
     assert metrics["best_val_dice_mean"] == pytest.approx(max(metrics["history"]["val_dice_mean"]), abs=1e-4)
     assert "validation Dice" in (run / "report.md").read_text()
-    from cardigan_tf.configs.seg import SegConfig
-
     cfg = load_config(SegConfig, run / "config.yaml")
     assert cfg.train.epochs == 2 and cfg.model.base_filters == 4 and cfg.data.data is None
 
 
 def test_config_errors(tmp_path):
-    from cardigan_tf.configs.seg import SegConfig, preset_config
-
     with pytest.raises(ConfigError, match="unknown key"):
         load_config(SegConfig, None, ["train.nope=1"])
     with pytest.raises((ConfigError, ValueError), match="model.size"):
@@ -63,12 +46,11 @@ def test_config_errors(tmp_path):
         load_config(SegConfig, None, ["train.schedule=step"])
     camus = preset_config("camus")
     assert camus.model.size == camus.data.size == 256
+    for name in PRESET_NAMES:  # every preset written as YAML reads back as itself
+        assert_config_round_trip(preset_config(name), tmp_path, f"{name}.yaml")
 
 
 def test_config_layering_preset_file_set_flags(tmp_path):
-    from cardigan_tf.train import seg_config_from_args as config_from_args
-    from cardigan_tf.train import build_parser
-
     yaml_path = tmp_path / "seg.yaml"
     yaml_path.write_text("train:\n  lr: 0.01\n  batch_size: 3\nmodel:\n  norm: group\n")
     args = build_parser().parse_args(["seg", "--preset", "camus", "--config", str(yaml_path), "--set", "train.lr=0.5",
@@ -86,8 +68,6 @@ class _Interrupt(Exception):
 
 
 def _stop_after_first_epoch():
-    import keras
-
     class Stop(keras.callbacks.Callback):
         def on_epoch_end(self, epoch, logs=None):
             if epoch == 0:
@@ -97,18 +77,12 @@ def _stop_after_first_epoch():
 
 
 def _weights(path):
-    import keras
-
     return [np.asarray(w) for w in keras.saving.load_model(path).weights]
 
 
-def test_exact_resume(cli_run, tmp_path):
+def test_exact_resume(seg_run, tmp_path):
     """Interrupt after epoch 1 of 2, resume with `--resume`: same weights and history as straight through."""
-    from cardigan_tf import runtime
-    from cardigan_tf.configs.seg import SegConfig
-    from cardigan_tf.jobs.seg import train_seg
-    from cardigan_tf.train import main
-
+    cli_run = seg_run
     resumed = tmp_path / "seg-resumed"
     runtime.enable_determinism(7)
     with pytest.raises(_Interrupt):
@@ -133,11 +107,7 @@ def test_exact_resume(cli_run, tmp_path):
 
 
 def test_deep_supervision_plateau_run_and_evaluate(tmp_path):
-    from cardigan_tf.jobs.evaluation import evaluate_run
-    from cardigan_tf.configs.seg import SegConfig
-    from cardigan_tf.jobs.seg import train_seg
-
-    cfg = load_config(SegConfig, None, TINY_SET + ["train.epochs=1", "train.steps_per_epoch=2", "train.schedule=plateau",
+    cfg = load_config(SegConfig, None, SEG_TINY + ["train.epochs=1", "train.steps_per_epoch=2", "train.schedule=plateau",
                                                    "model.deep_supervision=true", "model.norm=group"])
     run = train_seg(cfg, runs_dir=tmp_path)
     metrics = json.loads((run / "metrics.json").read_text())

@@ -8,6 +8,7 @@ distributed test runs experiments/tune_distributed.py (a chief and two workers o
 from __future__ import annotations
 
 import csv
+import importlib.util
 import json
 import os
 import signal
@@ -15,29 +16,30 @@ import subprocess
 import sys
 from pathlib import Path
 
+import keras
 import numpy as np
 import pytest
+import tensorflow as tf
+
+from cardigan_tf import runtime
+from cardigan_tf.config import ConfigError
+from cardigan_tf.configs.seg import preset_config
+from cardigan_tf.configs.tune import apply_values, build_tune_config
+from cardigan_tf.data.h5layout import H5Writer, list_patients
+from cardigan_tf.data.sample import DataError
+from cardigan_tf.data.synthetic import check_synthetic_set
+from cardigan_tf.jobs.tuning import UNetHyperModel, get_strategy, make_tuner, tune
+from cardigan_tf.runs import open_run
+from cardigan_tf.tune import main
+
+from harness import TUNE_TINY, assert_config_round_trip, sets
+
 
 REPO = Path(__file__).resolve().parent.parent
-TINY = [
-    "seg.model.base_filters=4", "space.base_filters={type: fixed, value: 4}",
-    "space.depth={type: fixed, value: 4}", "space.norm.values=[batch, instance]",
-    "seg.train.steps_per_epoch=3", "seg.train.batch_size=4", "seg.train.n_overlays=1", "seg.train.patience=0",
-]
-
-
-@pytest.fixture(scope="module")
-def phantom(tmp_path_factory):
-    from cardigan_tf.data import phantom
-
-    return phantom.write_h5(tmp_path_factory.mktemp("data") / "phantom.h5", n_patients=10, seed=0, size=64,
-                            preview=False)
 
 
 def _synthetic(path, patients, size=64):
     """A synthetic set in the seed layout whose provenance names ``patients`` as its sources."""
-    from cardigan_tf.data.h5layout import H5Writer
-
     rng = np.random.default_rng(0)
     attrs = {"kind": "synthetic", "source_layout": "synthetic", "size": size,
              "provenance": {"source_patients": list(patients)}}
@@ -51,8 +53,6 @@ def _synthetic(path, patients, size=64):
 
 
 def _callbacks():
-    import keras
-
     class Interrupt(keras.callbacks.Callback):
         starts = [0]  # class state: KerasTuner deep-copies callbacks per trial
 
@@ -71,15 +71,11 @@ def _callbacks():
 
 
 @pytest.fixture(scope="module")
-def search(phantom, tmp_path_factory):
+def search(phantom_h5, tmp_path_factory):
     """Interrupted in trial 2, then resumed: (tune_dir, best run, facts before/after resuming)."""
-    from cardigan_tf import runtime
-    from cardigan_tf.configs.tune import build_tune_config
-    from cardigan_tf.jobs.tuning import tune
-
     runtime.enable_determinism(0)
     tune_dir = tmp_path_factory.mktemp("tune") / "search"
-    cfg = build_tune_config(None, [*TINY, "seg.train.epochs=2"], data=str(phantom), tuner="random", max_trials=2,
+    cfg = build_tune_config(None, [*TUNE_TINY, "seg.train.epochs=2"], data=str(phantom_h5), tuner="random", max_trials=2,
                             max_epochs=2)
     interrupt, count = _callbacks()
     with pytest.raises(KeyboardInterrupt):
@@ -112,8 +108,6 @@ def test_interrupted_search_resumes_without_repeating_a_finished_trial(search):
 
 
 def test_search_writes_its_reports_in_a_tune_run_folder(search):
-    from cardigan_tf.runs import open_run
-
     tune_dir, _, _, _ = search
     run = open_run(tune_dir)
     assert run.kind == "tune" and run.config.tuner == "random" and (tune_dir / "provenance.json").is_file()
@@ -137,9 +131,6 @@ def test_search_writes_its_reports_in_a_tune_run_folder(search):
 
 
 def test_best_trial_retrained_reproduces_its_score(search):
-    from cardigan_tf.configs.tune import apply_values
-    from cardigan_tf.runs import open_run
-
     tune_dir, best_run, _, _ = search
     best = json.loads((tune_dir / "best_hyperparameters.json").read_text())
     run = open_run(best_run)
@@ -155,12 +146,12 @@ def test_best_trial_retrained_reproduces_its_score(search):
 
 
 # ----------------------------------------------------------------------------- distributed
-def test_distributed_chief_and_two_workers_share_one_oracle(phantom, tmp_path):
+def test_distributed_chief_and_two_workers_share_one_oracle(phantom_h5, tmp_path):
     tune_dir = tmp_path / "dist"
     cmd = [sys.executable, str(REPO / "experiments" / "tune_distributed.py"), "--run-dir", str(tune_dir),
            "--workers", "2", "--ip", "127.0.0.1", "--timeout", "240", "--",
-           "--data", str(phantom), "--tuner", "random", "--max-trials", "4", "--max-epochs", "1",
-           *[a for t in TINY for a in ("--set", t)], "--set", "seg.train.steps_per_epoch=2", "--set", "retrain=false"]
+           "--data", str(phantom_h5), "--tuner", "random", "--max-trials", "4", "--max-epochs", "1",
+           *sets(TUNE_TINY), "--set", "seg.train.steps_per_epoch=2", "--set", "retrain=false"]
     env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
            "CUDA_VISIBLE_DEVICES": ""}
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -187,8 +178,6 @@ def test_distributed_chief_and_two_workers_share_one_oracle(phantom, tmp_path):
 
 # ----------------------------------------------------------------------------- bad input
 def _cli(args, capsys):
-    from cardigan_tf.tune import main
-
     rc = main([str(a) for a in args])
     return rc, capsys.readouterr().err
 
@@ -202,64 +191,57 @@ def _cli(args, capsys):
     (["--set", "space.dropout.max=1.0"], "space.dropout.max: dropout must lie in [0.0, 1.0), got 1.0"),
     (["--synthetic", "/nonexistent/camusx.h5"], "synthetic set does not exist"),
 ])
-def test_bad_input_is_refused_before_anything_is_made(phantom, tmp_path, capsys, extra, expected):
+def test_bad_input_is_refused_before_anything_is_made(phantom_h5, tmp_path, capsys, extra, expected):
     out = tmp_path / "tune"
-    rc, err = _cli(["--data", phantom, "--run-dir", out, "--max-epochs", "1", *[a for t in TINY for a in ("--set", t)],
+    rc, err = _cli(["--data", phantom_h5, "--run-dir", out, "--max-epochs", "1", *sets(TUNE_TINY),
                     *extra], capsys)
     assert rc == 2 and err.startswith("error: ") and expected in err, err
     assert not out.exists()
 
 
-def test_synthetic_set_of_another_size_or_from_held_out_patients_is_refused(phantom, tmp_path, capsys):
-    from cardigan_tf.data.h5layout import list_patients
-    from cardigan_tf.data.sample import DataError
-    from cardigan_tf.data.synthetic import check_synthetic_set
-
-    splits = list_patients(phantom)
+def test_synthetic_set_of_another_size_or_from_held_out_patients_is_refused(phantom_h5, tmp_path, capsys):
+    splits = list_patients(phantom_h5)
     small = _synthetic(tmp_path / "small.h5", splits["train"][:1], size=32)
     leaked = _synthetic(tmp_path / "leaked.h5", [splits["train"][0], splits["valid"][0], splits["test"][0]])
     clean = _synthetic(tmp_path / "clean.h5", splits["train"][:2])
 
     with pytest.raises(DataError, match=r"small\.h5: synthetic images are 32x32 but the working size is 64x64"):
-        check_synthetic_set(small, phantom, size=64)
+        check_synthetic_set(small, phantom_h5, size=64)
     with pytest.raises(DataError) as exc:
-        check_synthetic_set(leaked, phantom, size=64)
+        check_synthetic_set(leaked, phantom_h5, size=64)
     msg = str(exc.value)
     assert str(leaked) in msg and splits["valid"][0] in msg and splits["test"][0] in msg
     assert splits["train"][0] not in msg.split("):")[-1]
-    info = check_synthetic_set(clean, phantom, size=64)
+    info = check_synthetic_set(clean, phantom_h5, size=64)
     assert info["patients_checked"] and info["source_patients"] == sorted(splits["train"][:2]) and info["n_images"] == 2
 
     for bad, expected in ((small, "working size"), (leaked, "held-out patients")):
         out = tmp_path / f"tune-{bad.stem}"
-        rc, err = _cli(["--data", phantom, "--synthetic", bad, "--run-dir", out, *[a for t in TINY for a in ("--set", t)]],
+        rc, err = _cli(["--data", phantom_h5, "--synthetic", bad, "--run-dir", out, *sets(TUNE_TINY)],
                        capsys)
         assert rc == 2 and expected in err and not out.exists(), err
     # built-in phantom: its patients are known once it is written; still refused before training,
     # and the new folder is removed again (the same seed, size and count give the fixture's patients)
     out = tmp_path / "tune-phantom"
     rc, err = _cli(["--synthetic", leaked, "--run-dir", out, "--set", "seg.data.n_phantom=10",
-                    *[a for t in TINY for a in ("--set", t)]], capsys)
+                    *sets(TUNE_TINY)], capsys)
     assert rc == 2 and "held-out patients" in err and splits["valid"][0] in err and not out.exists(), err
 
 
-def test_existing_tuning_folder_needs_overwrite_or_resume(phantom, tmp_path, capsys):
+def test_existing_tuning_folder_needs_overwrite_or_resume(phantom_h5, tmp_path, capsys):
     out = tmp_path / "tune"
     out.mkdir()
     (out / "keep.txt").write_text("x")
-    rc, err = _cli(["--data", phantom, "--run-dir", out, *[a for t in TINY for a in ("--set", t)]], capsys)
+    rc, err = _cli(["--data", phantom_h5, "--run-dir", out, *sets(TUNE_TINY)], capsys)
     assert rc == 2 and "already exists" in err and "--resume" in err
-    rc, err = _cli(["--data", phantom, "--run-dir", out, "--overwrite", *[a for t in TINY for a in ("--set", t)]], capsys)
+    rc, err = _cli(["--data", phantom_h5, "--run-dir", out, "--overwrite", *sets(TUNE_TINY)], capsys)
     assert rc == 2 and "not a tuning folder" in err and (out / "keep.txt").exists()  # never deletes other folders
     rc, err = _cli(["--resume", tmp_path / "missing"], capsys)
     assert rc == 2 and "no such run folder" in err
 
 
 # ----------------------------------------------------------------------------- config layer
-def test_search_space_is_narrowed_from_yaml_and_set(phantom, tmp_path):
-    from cardigan_tf.config import ConfigError
-    from cardigan_tf.configs.tune import build_tune_config
-
+def test_search_space_is_narrowed_from_yaml_and_set(phantom_h5, tmp_path):
     cfg = build_tune_config(str(REPO / "experiments" / "tune_small.yaml"), ["space.lr.max=1e-3"])
     assert cfg.space["lr"].type == "float" and cfg.space["lr"].max == 1e-3 and cfg.space["lr"].log
     assert cfg.space["synthetic_fraction"].type == "fixed" and cfg.space["synthetic_fraction"].value == 0.0
@@ -269,6 +251,8 @@ def test_search_space_is_narrowed_from_yaml_and_set(phantom, tmp_path):
     narrowed = build_tune_config(None, ["space.norm={type: choice, values: [batch]}", "space.dropout.type=fixed",
                                         "space.dropout.value=0.1"])
     assert "norm" not in narrowed.tunable_names() and narrowed.fixed_values()["dropout"] == 0.1
+    for name, tuned in (("small", cfg), ("narrowed", narrowed)):  # YAML and back: the same search
+        assert_config_round_trip(tuned, tmp_path, f"{name}.yaml", load=lambda path: build_tune_config(str(path)))
     yaml_file = tmp_path / "bad.yaml"
     yaml_file.write_text("space:\n  lr: {type: float, min: 1.0e-2, max: 1.0e-3}\n")
     with pytest.raises(ConfigError, match="space.lr: expected min < max"):
@@ -281,9 +265,6 @@ def test_search_space_is_narrowed_from_yaml_and_set(phantom, tmp_path):
 
 
 def test_values_map_onto_a_seg_config():
-    from cardigan_tf.configs.seg import preset_config
-    from cardigan_tf.configs.tune import apply_values
-
     base = preset_config("tiny")
     seg = apply_values(base, {"lr": 3e-4, "base_filters": 8, "depth": 5, "norm": "group", "dropout": 0.2,
                               "dice_share": 0.25, "synthetic_fraction": 0.5, "augment_geometric": 0.0,
@@ -301,28 +282,21 @@ def test_values_map_onto_a_seg_config():
     assert base.model.base_filters == 16  # the base config is not modified
 
 
-def test_strategy_passes_through_to_the_tuner(phantom, tmp_path):
-    import tensorflow as tf
-
-    from cardigan_tf.configs.tune import build_tune_config
-    from cardigan_tf.jobs.tuning import UNetHyperModel, get_strategy, make_tuner
-
-    cfg = build_tune_config(None, [*TINY, "strategy=mirrored"], data=str(phantom), tuner="hyperband", max_trials=2,
+def test_strategy_passes_through_to_the_tuner(phantom_h5, tmp_path):
+    cfg = build_tune_config(None, [*TUNE_TINY, "strategy=mirrored"], data=str(phantom_h5), tuner="hyperband", max_trials=2,
                             max_epochs=2)
     strategy = get_strategy(cfg)
-    tuner = make_tuner(cfg, tmp_path, UNetHyperModel(cfg, phantom, steps=1, strategy=strategy), strategy=strategy)
+    tuner = make_tuner(cfg, tmp_path, UNetHyperModel(cfg, phantom_h5, steps=1, strategy=strategy), strategy=strategy)
     assert isinstance(tuner.distribution_strategy, tf.distribute.MirroredStrategy)
     assert tuner.oracle.objective.name == "val_dice_mean" and tuner.oracle.objective.direction == "max"
     assert tuner.oracle.max_trials == 2  # Hyperband's schedule capped at --max-trials
-    assert get_strategy(build_tune_config(None, TINY)) is None
+    assert get_strategy(build_tune_config(None, TUNE_TINY)) is None
 
 
-def test_bayesian_tuner_needs_scikit_learn_or_says_so(phantom, tmp_path, capsys):
-    import importlib.util
-
+def test_bayesian_tuner_needs_scikit_learn_or_says_so(phantom_h5, tmp_path, capsys):
     out = tmp_path / "tune"
-    args = ["--data", phantom, "--run-dir", out, "--tuner", "bayesian", "--max-trials", "1", "--max-epochs", "1",
-            *[a for t in TINY for a in ("--set", t)], "--set", "retrain=false"]
+    args = ["--data", phantom_h5, "--run-dir", out, "--tuner", "bayesian", "--max-trials", "1", "--max-epochs", "1",
+            *sets(TUNE_TINY), "--set", "retrain=false"]
     if importlib.util.find_spec("sklearn") is None:
         rc, err = _cli(args, capsys)
         assert rc == 2 and "bayesian needs scikit-learn" in err and not out.exists()

@@ -1,10 +1,13 @@
 """U-Net builder: shapes for every depth / norm / upsampling, errors, save-load round trip."""
 
+import keras
 import numpy as np
 import pytest
 
 from cardigan_tf.configs.seg import PRESETS as SEG_PRESETS
 from cardigan_tf.models.unet import ConvBlock, UNetConfig, UpSample, build_unet, inference_model
+
+from harness import run_layer_test, run_model_saving_test
 
 
 @pytest.mark.parametrize("depth", [4, 5, 6])
@@ -51,8 +54,6 @@ def test_deep_supervision_outputs_and_inference_model():
 
 
 def test_output_float32_under_mixed_precision():
-    import keras
-
     keras.mixed_precision.set_global_policy("mixed_bfloat16")
     try:
         model = build_unet(UNetConfig(size=32, depth=4, base_filters=4))
@@ -62,21 +63,24 @@ def test_output_float32_under_mixed_precision():
         keras.mixed_precision.set_global_policy("float32")
 
 
-def test_layer_get_config_round_trip():
-    for layer in (ConvBlock(8, norm="group", groups=4, dropout=0.1, name="b"), UpSample(8, "transpose", name="u")):
-        clone = type(layer).from_config(layer.get_config())
-        assert clone.get_config() == layer.get_config()
+@pytest.mark.parametrize("norm", ["batch", "group", "instance", "none"])
+def test_conv_block_round_trip(norm):
+    x = np.random.default_rng(2).random((2, 16, 16, 4), dtype=np.float32)
+    run_layer_test(ConvBlock, dict(filters=8, norm=norm, groups=4, dropout=0.1, name="b"), x,
+                   expected_output_shape=(2, 16, 16, 8), call_kwargs={"training": True})
+
+
+@pytest.mark.parametrize("mode", ["transpose", "nearest"])
+def test_upsample_round_trip(mode):
+    x = np.random.default_rng(3).random((2, 8, 8, 4), dtype=np.float32)
+    run_layer_test(UpSample, dict(filters=8, mode=mode, name="u"), x, expected_output_shape=(2, 16, 16, 8),
+                   expected_num_trainable_weights=2)  # the (transposed) convolution's kernel and bias
 
 
 def test_save_load_round_trip(tmp_path):
-    import keras
-
     model = build_unet(UNetConfig(size=32, depth=4, base_filters=4, norm="group", upsampling="transpose"))
     x = np.random.default_rng(1).random((2, 32, 32, 1), dtype=np.float32)
-    path = tmp_path / "m.keras"
-    model.save(path)
-    loaded = keras.saving.load_model(path)
-    np.testing.assert_allclose(np.asarray(loaded(x)), np.asarray(model(x)), atol=1e-6)
+    run_model_saving_test(model, x, tmp_path, atol=1e-6, name="m.keras")
 
 
 def test_presets():

@@ -482,12 +482,17 @@ class RunPlan:
         """Make the folder ready to write to (``where``: this folder instead of ``path``, e.g. a
         multi-worker copy): a new run is created with its config.yaml and provenance.json; a
         resumed one gets its standard subfolders and, when a resumable key changed, its new
-        config.yaml. Returns the folder."""
+        config.yaml (and loses the first of its kind's ``finished`` files, which the job writes
+        again when it ends). Returns the folder."""
         target = where if where is not None else self.path
         if self.status == "new":
             return create_run(self.kind, self.config, runs_dir=runs_dir, run_dir=target, name=name, command=command)
         path = ensure_run_subdirs(target)
         if self.changed:
+            # A run resumed with more to do is no longer finished: its first "finished" file goes
+            # before the new config is written, so that a process planning at the same time (another
+            # multi-worker worker) sees either the old config (a change: resume) or an unfinished run.
+            (path / KINDS[self.kind].finished[0]).unlink(missing_ok=True)
             save_run_config(path, self.kind, self.config)
         return path
 

@@ -17,6 +17,7 @@ from cardigan_tf.data import masks as mask_rules
 from cardigan_tf.data.masks import check_mask
 from cardigan_tf.data.pipeline import make_dataset
 from cardigan_tf.files import OverwriteError
+from cardigan_tf.jobs import generation
 from cardigan_tf.jobs.generation import generate_set
 
 
@@ -123,7 +124,7 @@ def test_sampled_masks(gan_run, monkeypatch):
 
         return counted
 
-    monkeypatch.setattr(mask_rules, "validity_check", counting_validity_check)
+    monkeypatch.setattr(generation, "validity_check", counting_validity_check)  # where generate_set looks it up
     path = generate_set(run_dir, root / "sampled.h5", masks="sampled", n=1, seed=0, vae_epochs=40)
     arrays, _, _ = _check_set(path, gan_run, "sampled")
     assert len(arrays["mask"]) == 1

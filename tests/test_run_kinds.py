@@ -78,6 +78,8 @@ def test_resume_may_change_the_resumable_keys_and_rewrites_the_config(tmp_path):
     assert plan.status == "resume" and set(plan.changed) == {"train.epochs"}
     plan.open()
     assert open_run(path).config.train.epochs == 99
+    assert not is_finished(path, "seg")  # more to do: the job writes metrics.json again at its end
+    assert plan_run("seg", longer, resume=path).status == "resume"  # also for a process planning now
 
 
 def test_a_new_run_refuses_a_folder_that_holds_something_else(tmp_path):

@@ -33,8 +33,9 @@ PHASES = ("ED", "ES")
 #: U-Net ``train seg`` (preset tiny, 64x64): 4..16 filters, 10 phantom patients, 3 steps per epoch.
 SEG_TINY = ["model.base_filters=4", "model.max_filters=16", "data.n_phantom=10", "train.batch_size=4",
             "train.steps_per_epoch=3", "train.n_overlays=2"]
-#: the key U-Net (preset tiny: 64x64, base 16): enough training to reach LV endo Dice >= 0.80.
-SEG_KEY = ["train.epochs=6", "train.steps_per_epoch=20", "train.batch_size=8", "train.n_overlays=2",
+#: the key U-Net (preset tiny: 64x64, base 16): enough training to reach LV endo Dice >= 0.80
+#: (measured 0.951 and 0.947 with seeds 0 and 1 after these 3 epochs; 0.964 and 0.961 after 6).
+SEG_KEY = ["train.epochs=3", "train.steps_per_epoch=20", "train.batch_size=8", "train.n_overlays=2",
            "train.patience=0"]
 #: GAN ``train gan`` at 32x32: 8 filters, one discriminator scale, deterministic.
 GAN_TINY = ["model.size=32", "model.ngf=8", "model.ndf=8", "model.num_D=1", "train.batch_size=2",

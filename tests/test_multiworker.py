@@ -45,21 +45,23 @@ def _free_ports(n):
 
 
 def _env(tf_config=None, **extra):
-    env = dict(os.environ, PYTHONPATH=str(ROOT), CARDIGAN_WORKER_TIMEOUT="30", **extra)
+    env = dict(os.environ, PYTHONPATH=str(ROOT), CARDIGAN_WORKER_TIMEOUT="30")
+    env.update(extra)
     env.pop("TF_CONFIG", None)
     if tf_config is not None:
         env["TF_CONFIG"] = json.dumps(tf_config)
     return env
 
 
-def _start_workers(argv, tmp, n=2, keep=False):
-    """n workers of ``python -m cardigan_tf.train ARGV``; worker i's temp dir under tmp/tmp<i>."""
+def _start_workers(argv, tmp, n=2, keep=False, timeout=30):
+    """n workers of ``python -m cardigan_tf.train ARGV``; worker i's temp dir under tmp/tmp<i>;
+    ``timeout``: CARDIGAN_WORKER_TIMEOUT (seconds a worker waits for a peer)."""
     addresses = [f"127.0.0.1:{p}" for p in _free_ports(n)]
     procs = []
     for i in range(n):
         tdir = tmp / f"tmp{i}"
         tdir.mkdir(exist_ok=True)
-        extra = {"TMPDIR": str(tdir)}
+        extra = {"TMPDIR": str(tdir), "CARDIGAN_WORKER_TIMEOUT": str(timeout)}
         if keep:
             extra["CARDIGAN_KEEP_WORKER_DIR"] = "1"
         env = _env({"cluster": {"worker": addresses}, "task": {"type": "worker", "index": i}}, **extra)
@@ -92,25 +94,30 @@ def _wait(procs, tmp, bound=BOUND):
     return [p.returncode for p, _ in procs], logs
 
 
-def _single(argv, tmp, bound=BOUND, **env):
-    proc = subprocess.run([sys.executable, "-m", "cardigan_tf.train", *argv], cwd=ROOT, env=_env(**env),
-                          capture_output=True, text=True, timeout=bound)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-
-
-def _singles(runs, tmp, bound=BOUND):
-    """Single-process runs side by side: ``runs`` = [(name, argv, extra env)]; logs in tmp/NAME.log."""
+def _start_singles(runs, tmp):
+    """Single-process runs started side by side: ``runs`` = [(name, argv, extra env)]; logs in
+    tmp/NAME.log. Returns the (process, log) pairs."""
     procs = []
+    for name, argv, env in runs:
+        log = open(tmp / f"{name}.log", "w")
+        procs.append((subprocess.Popen([sys.executable, "-m", "cardigan_tf.train", *argv], cwd=ROOT, env=_env(**env),
+                                       stdout=log, stderr=subprocess.STDOUT), log))
+    return procs
+
+
+def _wait_all(procs, logs, bound=BOUND):
+    """Wait for every (process, log) pair (all within ``bound`` seconds, the rest are killed);
+    assert they all exited with 0, showing the end of each log otherwise."""
+    deadline = time.monotonic() + bound
     try:
-        for name, argv, env in runs:
-            log = open(tmp / f"{name}.log", "w")
-            procs.append((subprocess.Popen([sys.executable, "-m", "cardigan_tf.train", *argv], cwd=ROOT,
-                                           env=_env(**env), stdout=log, stderr=subprocess.STDOUT), log))
-        deadline = time.monotonic() + bound
-        codes = [p.wait(timeout=max(1.0, deadline - time.monotonic())) for p, _ in procs]
+        for p, _ in procs:
+            p.wait(timeout=max(1.0, deadline - time.monotonic()))
+    except subprocess.TimeoutExpired:
+        pass
     finally:
         _stop(procs)
-    assert codes == [0] * len(runs), [(tmp / f"{name}.log").read_text()[-3000:] for name, _, _ in runs]
+    codes = [p.returncode for p, _ in procs]
+    assert codes == [0] * len(procs), (codes, [log.read_text()[-3000:] for log in logs])
 
 
 def _weights(path):
@@ -132,16 +139,16 @@ def _kept_run(tmp, i):
 @pytest.fixture(scope="module")
 def gan_runs(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("mw_gan")
-    argv = ["gan", "--preset", "tiny", "--steps", "3", *sets(MW_GAN), "--strategy", "multiworker",
-            "--run-dir", str(tmp / "gan-2w")]
-    codes, logs = _wait(_start_workers(argv, tmp, keep=True), tmp)
-    assert codes == [0, 0], logs
-    # the single-process run, and a control: the same run with only the floating-point order changed
-    # (oneDNN off); the two side by side
     single = ["gan", "--preset", "tiny", "--steps", "3", *sets(MW_GAN)]
-    _singles([("gan-1p", [*single, "--run-dir", str(tmp / "gan-1p")], {}),
-              ("gan-1p-order", [*single, "--run-dir", str(tmp / "gan-1p-order")], {"TF_ENABLE_ONEDNN_OPTS": "0"})],
-             tmp)
+    # 2 workers; side by side with them (4 processes, so the workers wait up to 60 s for a peer),
+    # the single-process run and a control: the same run with only the floating-point order
+    # changed (oneDNN off)
+    procs = _start_workers([*single, "--strategy", "multiworker", "--run-dir", str(tmp / "gan-2w")], tmp, keep=True,
+                           timeout=60)
+    procs += _start_singles([("gan-1p", [*single, "--run-dir", str(tmp / "gan-1p")], {}),
+                             ("gan-1p-order", [*single, "--run-dir", str(tmp / "gan-1p-order")],
+                              {"TF_ENABLE_ONEDNN_OPTS": "0"})], tmp)
+    _wait_all(procs, [tmp / "worker0.log", tmp / "worker1.log", tmp / "gan-1p.log", tmp / "gan-1p-order.log"])
     return tmp
 
 
@@ -197,10 +204,11 @@ def test_gan_resume_on_two_workers_continues_from_chief_checkpoint(gan_runs, tmp
 # ----------------------------------------------------------------------------- U-Net
 def test_seg_two_workers_match_single_process(tmp_path):
     argv = ["seg", "--preset", "tiny", "--epochs", "1", *sets(MW_SEG)]
-    codes, logs = _wait(_start_workers([*argv, "--strategy", "multiworker", "--run-dir", str(tmp_path / "seg-2w")],
-                                       tmp_path, keep=True), tmp_path)
-    assert codes == [0, 0], logs
-    _single([*argv, "--run-dir", str(tmp_path / "seg-1p")], tmp_path)
+    # 2 workers and, side by side with them (so they wait up to 60 s for a peer), one process
+    procs = _start_workers([*argv, "--strategy", "multiworker", "--run-dir", str(tmp_path / "seg-2w")], tmp_path,
+                           keep=True, timeout=60)
+    procs += _start_singles([("seg-1p", [*argv, "--run-dir", str(tmp_path / "seg-1p")], {})], tmp_path)
+    _wait_all(procs, [tmp_path / "worker0.log", tmp_path / "worker1.log", tmp_path / "seg-1p.log"])
     chief = _weights(tmp_path / "seg-2w" / "final.keras")
     worker = _weights(_kept_run(tmp_path, 1) / "final.keras")
     assert _max_diff(chief, worker) == 0.0

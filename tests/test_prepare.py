@@ -149,15 +149,26 @@ def test_cli_subprocess_reports_bad_input(tree2019, tmp_path):
     shutil.copytree(tree2019["root"], bad)
     raw = bad / "testing/patient0005/patient0005_2CH_ED.raw"
     raw.write_bytes(raw.read_bytes()[:-7])
-    cmd = [sys.executable, "-m", "cardigan_tf.prepare", "--source", str(bad), "--out", str(tmp_path / "o.h5"),
-           "--size", "16", "--fold", "1", "--no-progress"]
-    res = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
-    assert res.returncode == 2 and "patient0005_2CH_ED.raw: truncated data file" in res.stderr
+    def cmd(out, *extra):
+        return [sys.executable, "-m", "cardigan_tf.prepare", "--source", str(bad), "--out", str(out),
+                "--size", "16", "--fold", "1", "--no-progress", *extra]
+
+    # the two runs side by side (each its own output)
+    strict = subprocess.Popen(cmd(tmp_path / "o.h5"), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    skip = subprocess.Popen(cmd(tmp_path / "skip.h5", "--skip-invalid"), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        strict_err, skip_err = strict.communicate(timeout=120)[1], skip.communicate(timeout=120)[1]
+    finally:
+        for p in (strict, skip):
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    assert strict.returncode == 2 and "patient0005_2CH_ED.raw: truncated data file" in strict_err
     assert not (tmp_path / "o.h5").exists()
-    res = subprocess.run(cmd + ["--skip-invalid"], capture_output=True, text=True, timeout=120)
-    assert res.returncode == 0, res.stderr
-    assert "skipping patient patient0005" in res.stderr
-    assert read_root_attrs(tmp_path / "o.h5")["n_skipped"] == 1
+    assert skip.returncode == 0, skip_err
+    assert "skipping patient patient0005" in skip_err
+    assert read_root_attrs(tmp_path / "skip.h5")["n_skipped"] == 1
 
 
 def _label_testing(exp, only=None, seed=7):

@@ -27,9 +27,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
-
-VIEWS = ("2CH", "4CH")
-PHASES = ("ED", "ES")
+from cardigan_tf.labels import PHASES, VIEWS
 
 # ----------------------------------------------------------------------------- tiny presets
 #: U-Net ``train seg`` (preset tiny, 64x64): 4..16 filters, 10 phantom patients, 3 steps per epoch.

@@ -11,7 +11,7 @@ tables: ``--epochs`` is ``train.epochs``); :func:`flag_overrides` turns the give
 ``--run-dir DIR`` (create the run there) and ``--resume DIR`` (continue the run there): with
 ``--resume``, the saved config is the base (:func:`resumed_config`), so re-running the same
 command with ``--resume DIR`` is accepted, and a value that differs from the saved one is
-refused naming both (``cardigan_tf.runs.plan_run``).
+refused naming both (``cardigan_tf.run_plan.plan_run``).
 
 Expected failures (a bad config value, bad data, an existing output without ``--overwrite``, a
 folder that is not a run, a damaged model file, a missing file) end with one line

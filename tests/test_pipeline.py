@@ -6,15 +6,14 @@ import types
 import numpy as np
 import pytest
 import tensorflow as tf
-
-from cardigan_tf.data import h5layout, phantom
-from cardigan_tf.data.augment import AugmentConfig, augment_batch
-from cardigan_tf.data.pipeline import Selection, Training, count_samples, dataset_info, format_info, make_dataset
-from cardigan_tf.data.sample import EmptyDatasetError
-
 from harness import two_cpu_script
-from cardigan_tf.data.tfrecord import write_tfrecords
 
+from cardigan_tf.data import h5layout
+from cardigan_tf.data.augment import AugmentConfig, augment_batch
+from cardigan_tf.data.dataset_info import dataset_info, format_info
+from cardigan_tf.data.pipeline import Selection, Training, count_samples, make_dataset
+from cardigan_tf.data.sample import EmptyDatasetError
+from cardigan_tf.data.tfrecord import write_tfrecords
 
 TAG = 0.123  # constant image value marking synthetic samples
 

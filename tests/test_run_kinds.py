@@ -15,7 +15,8 @@ from cardigan_tf.configs.seg import preset_config as seg_preset
 from cardigan_tf.configs.study import build_study_config
 from cardigan_tf.configs.tune import build_tune_config
 from cardigan_tf.models.unet import UNetConfig, build_unet
-from cardigan_tf.runs import KINDS, RunError, config_differences, create_run, is_finished, open_run, plan_run
+from cardigan_tf.run_plan import config_differences, plan_run
+from cardigan_tf.runs import KINDS, RunError, create_run, is_finished, open_run
 
 
 def _finish(path, kind):

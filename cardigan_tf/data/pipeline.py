@@ -40,7 +40,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
-import h5py
 import numpy as np
 import tensorflow as tf
 
@@ -168,9 +167,9 @@ def make_dataset(
     if select is not None and not isinstance(select, Selection):
         raise TypeError(f"select: expected a Selection or None, got {select!r}")
     select = Selection() if select is None else select
-    if _is_tfrecord_dir(source):
+    if is_tfrecord_dir(source):
         ds = _streamed_batches(source, split, size, batch_size, select, training)
-        by_file = ((training is None or not training.mixed or _is_tfrecord_dir(training.synthetic))
+        by_file = ((training is None or not training.mixed or is_tfrecord_dir(training.synthetic))
                    and _enough_files(source, split, strategy))
     else:
         ds = _memory_batches(source, split, size, batch_size, select, training)
@@ -260,7 +259,7 @@ def _resize_one(image, mask, size):
     return img, msk
 
 
-def _is_tfrecord_dir(source: Source) -> bool:
+def is_tfrecord_dir(source: Source) -> bool:
     return not isinstance(source, dict) and Path(source).is_dir()
 
 
@@ -274,7 +273,7 @@ def _memory_batches(source, split, size, batch_size, select, training) -> tf.dat
     else:
         order = _shuffled(tf.data.Dataset.range(n_real), n_real, training.seed)
         if training.mixed:
-            if _is_tfrecord_dir(training.synthetic):
+            if is_tfrecord_dir(training.synthetic):
                 raise ValueError("synthetic: a TFRecord folder can be mixed only into a TFRecord source; "
                                  "pass the synthetic set as a seed-layout .h5 file")
             s_img, s_msk = load_frames(training.synthetic, "train", size, where="synthetic source")
@@ -300,7 +299,7 @@ def _streamed_batches(directory, split, size, batch_size, select, training) -> t
 
 def _synthetic_frames(source, size: int, seed: int) -> tf.data.Dataset:
     """The shuffled, repeated frames of a synthetic source mixed into a TFRecord source."""
-    if _is_tfrecord_dir(source):
+    if is_tfrecord_dir(source):
         return _shuffled(stream_frames(source, "train", size, shuffle_files_seed=seed), STREAM_SHUFFLE_BUFFER, seed)
     image, mask = load_frames(source, "train", size, where="synthetic source")
     return _shuffled(tf.data.Dataset.from_tensor_slices((image, mask)), len(image), seed)
@@ -368,62 +367,12 @@ def count_samples(source: Source, split: str = "train", **filters) -> int:
     """Frames of ``split`` an evaluation ``make_dataset`` pass yields (before batching);
     ``filters``: the fields of :class:`Selection`."""
     select = Selection(**filters)
-    if _is_tfrecord_dir(source):
+    if is_tfrecord_dir(source):
         if select.is_all():
             return int(tfrecord.read_index(source)["splits"][split]["examples"])
         return int(sum(1 for _ in stream_frames(source, split, 8, select)))
     return len(load_source(source, split, select)["image"])
 
 
-def dataset_info(source: Source) -> dict[str, Any]:
-    """Counts per split, view, phase and quality: ``{split: {"frames", "patients", "views": {..},
-    "phases": {..}, "qualities": {..}}}`` (read from the metadata only for .h5 files)."""
-    out: dict[str, Any] = {}
-
-    def add(split, patient, view, phase, quality):
-        d = out.setdefault(split, {"frames": 0, "patients": set(), "views": {}, "phases": {}, "qualities": {}})
-        d["frames"] += 1
-        d["patients"].add(patient)
-        for key, value in (("views", view), ("phases", phase), ("qualities", quality or "unknown")):
-            d[key][value] = d[key].get(value, 0) + 1
-
-    if isinstance(source, dict):
-        n = len(source["image"])
-        for i in range(n):
-            get = lambda k: str(source[k][i]) if k in source else ""  # noqa: E731
-            add(get("split") or "all", get("patient"), get("view"), get("phase"), get("quality"))
-    elif _is_tfrecord_dir(source):
-        for split, entry in tfrecord.read_index(source).get("splits", {}).items():
-            out[split] = {k: v for k, v in entry.items() if k != "files"}
-        return out
-    else:
-        path = Path(source)
-        if not h5layout.is_h5_layout(path):
-            raise DataError(path, "not an HDF5 file in the seed layout (no train/valid/test group)")
-        with h5py.File(path, "r") as fh:
-            for split in h5layout.SPLITS:
-                for patient in sorted(fh.get(split, {})):
-                    for view, grp in fh[split][patient].items():
-                        phases = h5layout._maybe_json(h5layout._decode(grp.attrs.get("phases", ""))) or list(h5layout.DEFAULT_PHASES)
-                        quality = h5layout._decode(grp.attrs.get("quality", ""))
-                        for phase in phases:
-                            add(split, patient, view, phase, quality)
-    for d in out.values():
-        d["patients"] = len(d["patients"])
-    return out
-
-
-def format_info(info: dict[str, Any]) -> str:
-    """Human-readable table of :func:`dataset_info`."""
-    lines = []
-    for split, d in info.items():
-        parts = [f"{split}: {d.get('frames', d.get('examples', '?'))} frames, {d.get('patients', '?')} patients"]
-        for key in ("views", "phases", "qualities"):
-            if key in d:
-                parts.append(key + " " + ", ".join(f"{k}={v}" for k, v in sorted(d[key].items())))
-        lines.append("; ".join(parts))
-    return "\n".join(lines)
-
-
 __all__ = ["make_dataset", "Selection", "Training", "load_source", "load_frames", "stream_frames", "resize_arrays",
-           "augment_batches", "finish", "count_samples", "dataset_info", "format_info", "AugmentConfig"]
+           "augment_batches", "finish", "count_samples", "AugmentConfig"]

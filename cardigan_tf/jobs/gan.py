@@ -13,7 +13,7 @@ from cardigan_tf import runtime
 from cardigan_tf.configs.gan import GanConfig
 from cardigan_tf.data.source import check_data
 from cardigan_tf.jobs.gan_loop import fit_gan
-from cardigan_tf.runs import plan_run
+from cardigan_tf.run_plan import plan_run
 
 
 def check_inputs(cfg: GanConfig) -> None:

@@ -41,7 +41,8 @@ from cardigan_tf.labels import STRUCTURES
 from cardigan_tf.losses.segmentation import DiceCELoss
 from cardigan_tf.metrics.keras_metrics import structure_dice_metrics
 from cardigan_tf.models.unet import build_unet
-from cardigan_tf.runs import plan_run, run_dataset
+from cardigan_tf.run_plan import plan_run
+from cardigan_tf.runs import run_dataset
 
 
 def count_train_frames(data_path, cfg: SegConfig) -> int:

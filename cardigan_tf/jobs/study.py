@@ -64,7 +64,8 @@ from cardigan_tf.jobs.study_claims import claim, claims_dir, data_lock, release,
 from cardigan_tf.jobs.study_report import write_study_report
 from cardigan_tf.labels import PHASES, STRUCTURES, VIEWS
 from cardigan_tf.metrics.segmentation import METRICS
-from cardigan_tf.runs import create_run, is_finished, open_run, plan_run
+from cardigan_tf.run_plan import plan_run
+from cardigan_tf.runs import create_run, is_finished, open_run
 
 log = logging.getLogger(__name__)
 

@@ -28,7 +28,8 @@ from pathlib import Path
 from tqdm import tqdm
 
 from cardigan_tf.jobs.study import create_study, progress, run_study
-from cardigan_tf.runs import open_run, plan_run
+from cardigan_tf.run_plan import plan_run
+from cardigan_tf.runs import open_run
 from cardigan_tf.runtime import available_cores
 
 log = logging.getLogger(__name__)

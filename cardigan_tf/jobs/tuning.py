@@ -56,7 +56,8 @@ from cardigan_tf.files import OverwriteError, write_json
 from cardigan_tf.jobs.seg import resolve_run_data, train_seg
 from cardigan_tf.jobs.tuning_model import UNetHyperModel, trial_steps
 from cardigan_tf.jobs.tuning_report import PROJECT, write_report
-from cardigan_tf.runs import RunError, create_run, is_run, open_run, plan_run
+from cardigan_tf.run_plan import plan_run
+from cardigan_tf.runs import RunError, create_run, is_run, open_run
 
 log = logging.getLogger(__name__)
 

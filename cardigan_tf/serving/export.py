@@ -43,7 +43,8 @@ from cardigan_tf import resize
 from cardigan_tf.config import to_dict
 from cardigan_tf.files import OverwriteError, atomic_path, atomic_write_text, sha256_file, write_json
 from cardigan_tf.labels import LABEL_DESCRIPTIONS, LABEL_NAMES, NUM_CLASSES
-from cardigan_tf.runs import RunError, code_revision, library_versions, open_run
+from cardigan_tf.run_provenance import code_revision, library_versions
+from cardigan_tf.runs import RunError, open_run
 from cardigan_tf.serving.signatures import MAX_SIDE, RANGE_TOLERANCE, GanServing, SegServing
 
 log = logging.getLogger(__name__)

@@ -39,6 +39,8 @@ from cardigan_tf.labels import STRUCTURE_TITLES, STRUCTURES
 from cardigan_tf.metrics.segmentation import METRICS
 
 CELL_KEYS = ("train_fraction", "synthetic_fraction")
+#: the exposure arm of a cell ("add" / "replace"; "" or absent without synthetic data)
+ARM_KEY = "exposure"
 SEED_KEY = "seed"
 #: column order of the tables: per-structure Dice, HD, MAD, then EF MAE
 METRIC_ORDER = tuple(f"{s}_{m}" for m in METRICS for s in STRUCTURES) + ("ef_mae",)
@@ -224,7 +226,7 @@ def _metric_keys(rows: Iterable[Mapping]) -> list[str]:
     found: set[str] = set()
     for row in rows:
         for k, v in row.items():
-            if k in CELL_KEYS or k == SEED_KEY or k.endswith("_missing"):
+            if k in CELL_KEYS or k in (SEED_KEY, ARM_KEY) or k.endswith("_missing"):
                 continue
             if isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool):
                 found.add(k)
@@ -233,7 +235,7 @@ def _metric_keys(rows: Iterable[Mapping]) -> list[str]:
 
 
 def summarize_cells(rows: list[dict]) -> list[dict]:
-    """Mean and SD over seeds per (train_fraction, synthetic_fraction) cell, sorted by cell.
+    """Mean and SD over seeds per (train_fraction, synthetic_fraction, exposure) cell, sorted by cell.
 
     Every numeric key other than the cell keys, ``seed`` and ``*_missing`` is a metric;
     NaN values are ignored (``<metric>_n`` counts the finite ones when some are missing).
@@ -246,12 +248,14 @@ def summarize_cells(rows: list[dict]) -> list[dict]:
             raise ValueError(f"summarize_cells: row {i} lacks {missing}; expected keys {list(CELL_KEYS)}")
     metrics = _metric_keys(rows)
     cells: dict[tuple, list[Mapping]] = {}
+    with_arms = any(row.get(ARM_KEY) for row in rows)
     for row in rows:
-        cells.setdefault(tuple(float(row[k]) for k in CELL_KEYS), []).append(row)
+        arm = (str(row.get(ARM_KEY) or ""),) if with_arms else ()
+        cells.setdefault(tuple(float(row[k]) for k in CELL_KEYS) + arm, []).append(row)
     out = []
     for cell in sorted(cells):
         group = cells[cell]
-        summary: dict = dict(zip(CELL_KEYS, cell))
+        summary: dict = dict(zip((*CELL_KEYS, ARM_KEY), cell))
         summary["n_seeds"] = len({r.get(SEED_KEY, i) for i, r in enumerate(group)})
         for m in metrics:
             vals = np.array([float(r[m]) for r in group if m in r and r[m] is not None], dtype=np.float64)
@@ -310,7 +314,7 @@ def table_markdown(rows: list[dict], digits: int = 3, mm_digits: int = 2, distan
     """
     if not rows:
         return "_no results_\n"
-    lead = [k for k in (*CELL_KEYS, "n_seeds", SEED_KEY) if any(k in r for r in rows)]
+    lead = [k for k in (*CELL_KEYS, ARM_KEY, "n_seeds", SEED_KEY) if any(k in r for r in rows)]
     means = [k[: -len("_mean")] for k in rows[0] if k.endswith("_mean")]
     if means:
         metrics = [m for m in METRIC_ORDER if m in means] + [m for m in means if m not in METRIC_ORDER]
@@ -345,13 +349,18 @@ def plot_dice_vs_synthetic(summary: list[dict], path: str | Path, title: str | N
     fig = Figure(figsize=(4.2 * len(structures), 3.6))
     axes = fig.subplots(1, len(structures), squeeze=False)
     fractions = sorted({r["train_fraction"] for r in summary})
+    arms = sorted({r.get(ARM_KEY) or "" for r in summary} - {""}) or [""]
     for ax, s in zip(axes[0], structures):
         for tf in fractions:
-            cell = sorted((r for r in summary if r["train_fraction"] == tf), key=lambda r: r["synthetic_fraction"])
-            x = [r["synthetic_fraction"] for r in cell]
-            y = [r[f"{s}_dice_mean"] for r in cell]
-            err = [0.0 if not np.isfinite(r.get(f"{s}_dice_sd", np.nan)) else r[f"{s}_dice_sd"] for r in cell]
-            ax.errorbar(x, y, yerr=err, marker="o", capsize=3, label=f"{100 * tf:g}% of training patients")
+            for arm in arms:  # each arm's line starts at the shared synthetic-fraction-0 cell
+                cell = sorted((r for r in summary if r["train_fraction"] == tf and (r.get(ARM_KEY) or "") in ("", arm)),
+                              key=lambda r: r["synthetic_fraction"])
+                x = [r["synthetic_fraction"] for r in cell]
+                y = [r[f"{s}_dice_mean"] for r in cell]
+                err = [0.0 if not np.isfinite(r.get(f"{s}_dice_sd", np.nan)) else r[f"{s}_dice_sd"] for r in cell]
+                label = f"{100 * tf:g}% of training patients" + (f", {arm}" if arm else "")
+                ax.errorbar(x, y, yerr=err, marker="o", capsize=3, linestyle="-" if arm != "replace" else "--",
+                            label=label)
         ax.set_title(f"{PRETTY[s]} Dice")
         ax.set_xlabel("synthetic fraction")
         ax.grid(alpha=0.3)

@@ -19,7 +19,8 @@ def test_smoke_main_job_writes_its_report(tmp_path, capsys):
         assert (study / "logs" / "process1.log").is_file()
         events = [json.loads(line) for line in (study / "claims" / "work.log").read_text().splitlines()]
         done = sorted(e["unit"] for e in events if e["event"] == "done")
-        assert done == ["gan-f1-seed0", "seg-f1-s0-seed0", "seg-f1-s0.5-seed0"]  # each unit once
+        assert done == ["gan-f1-seed0", "seg-f1-s0-seed0", "seg-f1-s0.5-add-seed0",
+                        "seg-f1-s0.5-replace-seed0"]  # each unit once
     report = study / "report.md"
     assert str(report) in capsys.readouterr().out
     text = report.read_text()

@@ -11,7 +11,7 @@ from harness import two_cpu_script
 from cardigan_tf.data import h5layout
 from cardigan_tf.data.augment import AugmentConfig, augment_batch
 from cardigan_tf.data.dataset_info import dataset_info, format_info
-from cardigan_tf.data.pipeline import Selection, Training, count_samples, make_dataset
+from cardigan_tf.data.pipeline import Selection, Training, count_samples, make_dataset, synthetic_samples
 from cardigan_tf.data.sample import EmptyDatasetError
 from cardigan_tf.data.tfrecord import write_tfrecords
 
@@ -87,18 +87,20 @@ def test_training_is_augmented_and_batches_are_full(phantom_h5):
     assert sum(1 for _ in plain.take(2 * math.ceil(n_train / 7))) == 2 * math.ceil(n_train / 7)
 
 
-def test_synthetic_share_matches_fraction(phantom_h5):
-    for f in (0.25, 0.6):
+def test_synthetic_count_is_exact_in_every_prefix(phantom_h5):
+    """Among the first n samples exactly floor(n * f) are synthetic, batch by batch, so a run's
+    real and synthetic exposure is known exactly (the study's add/replace arms rest on it)."""
+    for f in (0.25, 0.6, 9 / 34):
         ds = make_dataset(phantom_h5, "train", size=48, batch_size=16,
                           training=Training(seed=3, augment=None, synthetic=_synthetic(), synthetic_fraction=f))
         n = syn = 0
-        for x, y in ds.take(40):
+        for x, y in ds.take(12):
             tagged = _is_syn(x.numpy())
             syn += int(tagged.sum())
             n += len(tagged)
             assert (y.numpy()[tagged] == 1).all()  # masks travel with their images
-        tol = 4.5 * math.sqrt(n * f * (1 - f))
-        assert abs(syn - n * f) <= tol, (f, syn, n)
+            assert syn == math.floor(n * f + 1e-9) == synthetic_samples(n, f), (f, syn, n)
+    assert synthetic_samples(34 * 16 * 3, 9 / 34) == 9 * 16 * 3
 
 
 def test_fraction_zero_gives_no_synthetic(phantom_h5):

@@ -27,18 +27,19 @@ def _rows(path):
 def test_tables_plot_and_report(tiny_study):
     study = tiny_study
     cells = _rows(study / "cells.csv")
-    assert sorted((r["train_fraction"], r["synthetic_fraction"], r["seed"]) for r in cells) == [
-        ("0.5", "0.0", "0"), ("0.5", "0.5", "0")]
+    assert sorted((r["train_fraction"], r["synthetic_fraction"], r["exposure"], r["seed"]) for r in cells) == [
+        ("0.5", "0.0", "", "0"), ("0.5", "0.5", "add", "0"), ("0.5", "0.5", "replace", "0")]
     results = _rows(study / "results.csv")
-    assert len(results) == 2 and {r["synthetic_fraction"] for r in results} == {"0.0", "0.5"}
+    assert sorted((r["synthetic_fraction"], r["exposure"]) for r in results) == [
+        ("0.0", ""), ("0.5", "add"), ("0.5", "replace")]
     for r in results:
         assert 0.0 <= float(r["lv_endo_dice_mean"]) <= 1.0 and r["n_seeds"] == "1"
     table = (study / "results.md").read_text()
-    assert table.startswith("| train fraction | synthetic fraction | seeds | LV endo Dice")
-    assert len([line for line in table.splitlines() if line.startswith("| 0.50 |")]) == 2
+    assert table.startswith("| train fraction | synthetic fraction | exposure | seeds | LV endo Dice")
+    assert len([line for line in table.splitlines() if line.startswith("| 0.50 |")]) == 3
     tests = _rows(study / "wilcoxon.csv")
-    assert sorted((r["structure"], r["metric"]) for r in tests) == [
-        (s, m) for s in ("la", "lv_endo", "lv_epi") for m in ("dice", "hd", "mad")]
+    assert sorted((r["exposure"], r["structure"], r["metric"]) for r in tests) == [
+        (a, s, m) for a in ("add", "replace") for s in ("la", "lv_endo", "lv_epi") for m in ("dice", "hd", "mad")]
     assert all(r["synthetic_fraction"] == "0.5" for r in tests)
     test_patients = h5layout.list_patients(study / "data" / "phantom.h5")["test"]
     assert 0 < len(test_patients) < 6  # the tiny phantom: too few patients for any test
@@ -77,8 +78,26 @@ def test_gan_saw_only_its_training_subset(tiny_study):
     assert not set(seen) & (set(splits["valid"]) | set(splits["test"]))
     prov = h5layout.read_root_attrs(study / "synthetic" / "synth-f0.5-seed0.h5")["provenance"]
     assert prov["source_patients"] == subset
-    cell = json.loads((study / "cells" / "seg-f0.5-s0.5-seed0" / "result.json").read_text())
+    cell = json.loads((study / "cells" / "seg-f0.5-s0.5-add-seed0" / "result.json").read_text())
     assert cell["n_train_patients"] == 4
+
+
+def test_exposure_arms_hold_real_samples_or_steps_fixed(tiny_study):
+    """add: the same real samples as the cell without synthetic data, synthetic ones on top;
+    replace: the same steps, synthetic samples in real ones' places (STUDY_TINY: 2 steps of 4)."""
+    cells = {r["exposure"]: r for r in _rows(tiny_study / "cells.csv")}
+    base, add, replace = cells[""], cells["add"], cells["replace"]
+    assert int(base["real_samples_seen"]) == 8 and int(base["synthetic_samples_seen"]) == 0
+    assert int(add["real_samples_seen"]) == int(base["real_samples_seen"])
+    assert int(add["synthetic_samples_seen"]) == 8 and int(add["steps"]) == 2 * int(base["steps"]) == 4
+    assert int(replace["steps"]) == int(base["steps"])
+    assert int(replace["real_samples_seen"]) == int(replace["synthetic_samples_seen"]) == 4
+    metrics = json.loads((tiny_study / "cells" / "seg-f0.5-s0.5-add-seed0" / "metrics.json").read_text())
+    assert metrics["exposure"] == "add" and metrics["synthetic_share"] == 0.5
+    assert metrics["samples_seen"] == {"real": 8, "synthetic": 8}
+    primary = _rows(tiny_study / "primary.csv")
+    assert sorted(r["exposure"] for r in primary) == ["add", "replace"]
+    assert {r["real_seen_none"] for r in primary} == {"8.0"}
 
 
 def test_gan_quality_report(tiny_study):
@@ -121,9 +140,10 @@ def test_resume_trains_nothing_new(tiny_study):
     outputs = [*study.glob("cells/*/best.keras"), *study.glob("cells/*/result.json"),
                *study.glob("gans/*/generator_ema.keras"), *study.glob("synthetic/*.h5"),
                *study.glob("gans/*/quality/quality.json")]
-    assert len(outputs) == 7
+    assert len(outputs) == 9
     before = {p: p.stat().st_mtime_ns for p in outputs}
     assert main(["study", "--resume", str(tiny_study)]) == 0
     assert {p: p.stat().st_mtime_ns for p in outputs} == before
-    assert sorted(p.name for p in study.glob("cells/*")) == ["seg-f0.5-s0-seed0", "seg-f0.5-s0.5-seed0"]
-    assert len(_rows(study / "cells.csv")) == 2
+    assert sorted(p.name for p in study.glob("cells/*")) == ["seg-f0.5-s0-seed0", "seg-f0.5-s0.5-add-seed0",
+                                                             "seg-f0.5-s0.5-replace-seed0"]
+    assert len(_rows(study / "cells.csv")) == 3

@@ -23,9 +23,10 @@ ROOT = Path(__file__).resolve().parents[1]
 BOUND = 420
 
 
-# a fraction of 1 with two seeds: both seeds train on every training patient, so ONE GAN serves
-# the synthetic cells of both seeds
-SHARED = [*without(STUDY_TINY, "train_fractions", "seeds"), "train_fractions=[1.0]", "seeds=[0, 1]"]
+# a fraction of 1 with two seeds and shared_gan: both seeds train on every training patient, so ONE
+# GAN serves the synthetic cells of both seeds
+SHARED = [*without(STUDY_TINY, "train_fractions", "seeds", "exposures"), "train_fractions=[1.0]", "seeds=[0, 1]",
+          "shared_gan=true", "exposures=[replace]"]
 
 
 def test_claims_are_exclusive_and_dead_claims_reclaimable(tmp_path):
@@ -77,16 +78,16 @@ def test_study_split_across_two_processes(tmp_path):
     events = [json.loads(line) for line in (study / "claims" / "work.log").read_text().splitlines()]
     done = [e["unit"] for e in events if e["event"] == "done"]
     # each unit exactly once, and one GAN for both seeds
-    assert sorted(done) == ["gan-f1-seed0", "seg-f1-s0-seed0", "seg-f1-s0-seed1", "seg-f1-s0.5-seed0",
-                            "seg-f1-s0.5-seed1"]
+    assert sorted(done) == ["gan-f1-seed0", "seg-f1-s0-seed0", "seg-f1-s0-seed1", "seg-f1-s0.5-replace-seed0",
+                            "seg-f1-s0.5-replace-seed1"]
     claimed = [e["unit"] for e in events if e["event"] == "claimed" and e["unit"] != "report"]
     assert sorted(claimed) == sorted(done)  # nobody started a unit another process had
     assert [p.name for p in (study / "gans").iterdir()] == ["gan-f1-seed0"]
     assert [p.name for p in (study / "synthetic").glob("*.h5")] == ["synth-f1-seed0.h5"]
     for seed in (0, 1):
-        cell = json.loads((study / "cells" / f"seg-f1-s0.5-seed{seed}" / "result.json").read_text())
+        cell = json.loads((study / "cells" / f"seg-f1-s0.5-replace-seed{seed}" / "result.json").read_text())
         assert cell["gan"] == "gan-f1-seed0" and cell["seed"] == seed
-        config = (study / "cells" / f"seg-f1-s0.5-seed{seed}" / "config.yaml").read_text()
+        config = (study / "cells" / f"seg-f1-s0.5-replace-seed{seed}" / "config.yaml").read_text()
         assert "synth-f1-seed0.h5" in config
     assert json.loads((study / "cells" / "seg-f1-s0-seed1" / "result.json").read_text())["gan"] is None
     assert len(list(study.glob("cells/*/result.json"))) == 4
@@ -106,7 +107,10 @@ def test_worker_flags_need_resume():
 
 def test_gan_seeds_share_a_gan_only_between_equal_patient_subsets(tmp_path):
     patients = [f"patient{i:04d}" for i in range(1, 21)]
-    cfg = build_study_config(None, ["train_fractions=[0.25, 1.0]", "seeds=[3, 1, 2]"])
+    independent = build_study_config(None, ["train_fractions=[0.25, 1.0]", "seeds=[3, 1, 2]"])
+    got = gan_seeds(tmp_path, independent, patients)
+    assert all(got[f, s] == s for f in (0.25, 1.0) for s in (3, 1, 2))  # by default every seed its own GAN
+    cfg = build_study_config(None, ["train_fractions=[0.25, 1.0]", "seeds=[3, 1, 2]", "shared_gan=true"])
     got = gan_seeds(tmp_path, cfg, patients)
     assert {got[1.0, s] for s in (3, 1, 2)} == {3}  # every patient for every seed: the first seed's GAN
     subsets = {s: subset_patients(patients, 0.25, seed=s) for s in (3, 1, 2)}

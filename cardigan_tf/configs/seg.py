@@ -14,6 +14,7 @@ Presets (:data:`PRESETS`, :func:`preset_config`):
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,6 +25,11 @@ from cardigan_tf.models.unet import UNetConfig
 from cardigan_tf.runtime import STRATEGIES
 
 SCHEDULES = ("cosine", "constant", "plateau")
+#: how synthetic samples enter a U-Net's stream (``data.exposure``): ``replace`` keeps the steps
+#: (synthetic samples take real ones' places: the compute is held fixed), ``add`` scales the steps
+#: by 1 / (1 - synthetic_fraction) so the run sees as many real samples as without synthetic
+#: data, the synthetic ones on top (the real-image exposure is held fixed)
+EXPOSURES = ("replace", "add")
 
 
 @dataclass
@@ -77,6 +83,7 @@ class SegDataConfig:
     views: list[str] = field(default_factory=lambda: list(VIEWS))
     phases: list[str] = field(default_factory=lambda: list(PHASES))
     train_patients: list[str] | None = None
+    exposure: str = "replace"  # see EXPOSURES
     n_phantom: int = 60
     seed: int = 0  # phantom generation / seeded split of the data
 
@@ -85,6 +92,8 @@ class SegDataConfig:
             raise ConfigError(f"data.synthetic_fraction: expected [0, 1), got {self.synthetic_fraction}")
         if self.synthetic_fraction > 0 and not self.synthetic:
             raise ConfigError("data.synthetic_fraction > 0 needs data.synthetic (a seed-layout .h5)")
+        if self.exposure not in EXPOSURES:
+            raise ConfigError(f"data.exposure: expected one of {EXPOSURES}, got {self.exposure!r}")
         self.augment.validate()
 
 
@@ -104,6 +113,21 @@ class SegConfig:
         self.data.validate()
         if self.data.size != self.model.size:
             raise ConfigError(f"data.size ({self.data.size}) must equal model.size ({self.model.size})")
+
+    def stream(self, n_train: int) -> tuple[int, float]:
+        """(steps per epoch, synthetic share of the stream) for ``n_train`` real training frames.
+
+        ``replace``: :meth:`SegTrainConfig.epoch_steps` steps at ``data.synthetic_fraction``.
+        ``add``: ceil(steps / (1 - f)) steps at the share that leaves exactly ``steps`` x batch
+        real samples per epoch (the real exposure of the same run without synthetic data)."""
+        steps = self.train.epoch_steps(n_train)
+        f = self.data.synthetic_fraction if self.data.synthetic else 0.0
+        if f == 0:
+            return steps, 0.0
+        if self.data.exposure == "replace":
+            return steps, f
+        total = math.ceil(steps / (1.0 - f) - 1e-9)
+        return total, (total - steps) / total
 
 
 def _preset(name: str, model: UNetConfig, **train) -> SegConfig:

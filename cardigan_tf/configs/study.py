@@ -14,12 +14,15 @@ from cardigan_tf.config import ConfigError, load_config, load_yaml, parse_overri
 from cardigan_tf.configs.gan import GanConfig
 from cardigan_tf.configs.gan import migrate as migrate_gan
 from cardigan_tf.configs.gan import preset_config as gan_preset_config
-from cardigan_tf.configs.seg import SegConfig
+from cardigan_tf.configs.seg import EXPOSURES, SegConfig
 from cardigan_tf.configs.seg import preset_config as seg_preset_config
 from cardigan_tf.labels import STRUCTURES
 from cardigan_tf.metrics.segmentation import METRICS
 
 MASK_SOURCES = ("real", "deformed", "sampled")
+#: the model of each cell that is evaluated: ``final`` (every cell trained for its whole budget,
+#: so the add/replace arms' exposures hold as designed) or ``best`` (best validation epoch)
+CELL_MODELS = ("final", "best")
 
 
 @dataclasses.dataclass
@@ -68,6 +71,11 @@ class StudyConfig:
     train_fractions: list[float] = dataclasses.field(default_factory=lambda: [0.1, 0.25, 1.0])
     synthetic_fractions: list[float] = dataclasses.field(default_factory=lambda: [0.0, 0.25, 0.5])
     seeds: list[int] = dataclasses.field(default_factory=lambda: [0, 1, 2])
+    #: the arms of every synthetic fraction > 0 (cardigan_tf.configs.seg.EXPOSURES): ``add`` holds
+    #: the real-image exposure of the synthetic-fraction-0 cell fixed, ``replace`` its compute
+    exposures: list[str] = dataclasses.field(default_factory=lambda: ["add", "replace"])
+    shared_gan: bool = False  # true: seeds with the same training patients share one GAN
+    cell_model: str = "final"  # see CELL_MODELS
     masks: str = "real"
     per_mask: int = 1
     synthetic_multiplier: int = 2  # synthetic images = multiplier x training images
@@ -88,6 +96,13 @@ class StudyConfig:
             raise ConfigError(f"synthetic_fractions: expected values in [0, 1), got {self.synthetic_fractions}")
         if not self.seeds:
             raise ConfigError("seeds: expected at least one seed")
+        if len(set(self.seeds)) != len(self.seeds):
+            raise ConfigError(f"seeds: expected distinct seeds, got {self.seeds}")
+        if not self.exposures or any(e not in EXPOSURES for e in self.exposures) \
+                or len(set(self.exposures)) != len(self.exposures):
+            raise ConfigError(f"exposures: expected distinct values of {list(EXPOSURES)}, got {self.exposures}")
+        if self.cell_model not in CELL_MODELS:
+            raise ConfigError(f"cell_model: expected one of {list(CELL_MODELS)}, got {self.cell_model!r}")
         if self.simpson not in ("per_phase", "camus"):
             raise ConfigError(f"simpson: expected per_phase or camus, got {self.simpson!r}")
         if self.masks not in MASK_SOURCES:
@@ -98,8 +113,12 @@ class StudyConfig:
 
 
 def migrate(data: dict) -> dict:
-    """A study saved before ``primary`` existed takes the default primary endpoint."""
+    """A saved study without ``primary`` takes the default primary endpoint; one without
+    ``exposures`` ran synthetic fractions as ``replace`` only, with seeds sharing GANs where
+    their training patients were equal, and evaluated the best epoch."""
     data.setdefault("primary", {})
+    if "exposures" not in data:
+        data.update(exposures=["replace"], shared_gan=True, cell_model="best")
     if isinstance(data.get("gan"), dict):
         migrate_gan(data["gan"])
     return data

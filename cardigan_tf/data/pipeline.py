@@ -11,8 +11,10 @@ streamed.
 1. frames: :func:`load_frames` (in memory) or :func:`stream_frames` (TFRecord), restricted to a
    :class:`Selection` of views, phases, qualities and patients;
 2. order: without :class:`Training`, one pass in order (validation, test); with it, shuffled
-   (seeded) and repeated forever, each sample drawn from the synthetic source with probability
-   ``synthetic_fraction`` (the expected share of synthetic samples in every batch);
+   (seeded) and repeated forever, real and synthetic samples interleaved by a fixed pattern:
+   among the first n samples of the stream exactly ``synthetic_samples(n, synthetic_fraction)``
+   (floor of n times the fraction) are synthetic, so the real and synthetic samples a run sees
+   are known exactly, not only in expectation;
 3. batches: of the GLOBAL batch size; training keeps full batches only and starts
    ``skip_batches`` in (a resumed stream, without computing the skipped batches);
 4. :func:`augment_batches` (training): each batch augmented as a whole with per-sample
@@ -37,6 +39,7 @@ Example::
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from fractions import Fraction
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -54,6 +57,8 @@ AUTOTUNE = tf.data.AUTOTUNE
 Source = Any  # str | Path | dict[str, np.ndarray]
 #: frames held in the shuffle buffer of a streamed (TFRecord) training source
 STREAM_SHUFFLE_BUFFER = 2048
+#: the synthetic share of a stream is this exact a fraction (see :func:`synthetic_ratio`)
+MAX_MIX_DENOMINATOR = 4096
 
 
 # ----------------------------------------------------------------------------- options
@@ -99,8 +104,8 @@ class Training:
     augment: the augmentation of every batch; None: none.
     synthetic: a second source (``.h5``, dict, or a TFRecord folder when the real source is one
         too), its ``train`` split resized like the real data.
-    synthetic_fraction: in [0, 1); expected share of synthetic samples per batch (each sample
-        is drawn from the synthetic source with this probability); 0: ``synthetic`` unused.
+    synthetic_fraction: in [0, 1); share of synthetic samples in the stream (see
+        :func:`synthetic_samples`); 0: ``synthetic`` unused.
     skip_batches: start the stream this many batches in (the stream of an uninterrupted run).
     warp_impl: the geometric warp of :func:`cardigan_tf.data.augment.augment_batch`.
     """
@@ -309,10 +314,25 @@ def _shuffled(ds: tf.data.Dataset, buffer: int, seed: int) -> tf.data.Dataset:
     return ds.shuffle(buffer, seed=seed, reshuffle_each_iteration=True).repeat()
 
 
+def synthetic_ratio(fraction: float) -> Fraction:
+    """The exact share of synthetic samples of a stream mixed at ``fraction``: the nearest
+    fraction whose denominator is at most :data:`MAX_MIX_DENOMINATOR`."""
+    return Fraction(float(fraction)).limit_denominator(MAX_MIX_DENOMINATOR)
+
+
+def synthetic_samples(n_samples: int, fraction: float) -> int:
+    """How many of the first ``n_samples`` samples of a training stream mixed at ``fraction``
+    are synthetic (the rest are real)."""
+    ratio = synthetic_ratio(fraction)
+    return int(n_samples) * ratio.numerator // ratio.denominator
+
+
 def _mixed(real: tf.data.Dataset, synthetic: tf.data.Dataset, training: Training, stop_on_empty: bool):
-    f = training.synthetic_fraction
-    return tf.data.Dataset.sample_from_datasets([real, synthetic], weights=[1.0 - f, f], seed=training.seed,
-                                                stop_on_empty_dataset=stop_on_empty)
+    """Sample i of the stream is synthetic when floor((i + 1) p) > floor(i p), p the ratio."""
+    ratio = synthetic_ratio(training.synthetic_fraction)
+    num, den = ratio.numerator, ratio.denominator
+    choice = tf.data.Dataset.counter().map(lambda i: (i + 1) * num // den - i * num // den)
+    return tf.data.Dataset.choose_from_datasets([real, synthetic], choice, stop_on_empty_dataset=stop_on_empty)
 
 
 def _batched(ds: tf.data.Dataset, batch_size: int, training: Training | None) -> tf.data.Dataset:

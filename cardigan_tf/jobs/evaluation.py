@@ -196,8 +196,10 @@ def _spacing_override(spacing) -> tuple[float, float] | None:
 
 
 def evaluate_run(run_dir, data=None, split: str = "test", postprocess: bool = False, out=None,
-                 overwrite: bool = False, batch_size: int = 16, spacing=None, simpson: str = "per_phase") -> dict:
-    """Evaluate ``run_dir``'s best model on ``split``; write the report folder; return the summary.
+                 overwrite: bool = False, batch_size: int = 16, spacing=None, simpson: str = "per_phase",
+                 which: str | None = None) -> dict:
+    """Evaluate ``run_dir``'s model ``which`` (the kind's default: best) on ``split``; write the
+    report folder; return the summary.
 
     ``spacing``: (row, col) mm of the original images, for data that does not record it (the
     CREATIS HDF5). Without a known spacing, HD and MAD are in pixels of the original grid
@@ -216,7 +218,7 @@ def evaluate_run(run_dir, data=None, split: str = "test", postprocess: bool = Fa
     out_dir = Path(out) if out is not None else run_dir / f"eval-{split}"
     refuse_overwrite(out_dir, overwrite, "evaluation folder")
     data_path = run.dataset(data)
-    trained = run.load(data=data_path)
+    trained = run.load(which, data=data_path)
     model, model_path, pre = trained.model, trained.path, trained.preprocessing
     samples = [s for _, s in iter_samples(data_path, [split], cfg.data.views, cfg.data.phases, with_ref=True)
                if s.mask is not None]

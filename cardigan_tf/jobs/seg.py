@@ -32,7 +32,7 @@ import keras
 
 import cardigan_tf.runtime as runtime
 from cardigan_tf.configs.seg import SegConfig
-from cardigan_tf.data.pipeline import Selection, Training, count_samples, make_dataset
+from cardigan_tf.data.pipeline import Selection, Training, count_samples, make_dataset, synthetic_samples
 from cardigan_tf.data.source import check_data
 from cardigan_tf.data.synthetic import check_synthetic_set
 from cardigan_tf.files import atomic_write_text, write_json
@@ -138,7 +138,7 @@ def _train(cfg: SegConfig, run_dir: Path, callbacks: list | None) -> Path:
     t, d = cfg.train, cfg.data
     data_path = resolve_run_data(cfg, run_dir)
     n_train = count_train_frames(data_path, cfg)
-    steps = t.epoch_steps(n_train)
+    steps, share = cfg.stream(n_train)
     strategy = runtime.get_strategy(t.strategy)
     jit = runtime.resolve_jit(t.jit)
 
@@ -147,9 +147,8 @@ def _train(cfg: SegConfig, run_dir: Path, callbacks: list | None) -> Path:
     initial_epoch = json.loads(meta_path.read_text())["epoch"] if meta_path.is_file() else 0
 
     common = dict(size=d.size, batch_size=t.batch_size, strategy=strategy)
-    training = Training(seed=t.seed, augment=d.augment, synthetic=d.synthetic,
-                        synthetic_fraction=d.synthetic_fraction if d.synthetic else 0.0,
-                        skip_batches=initial_epoch * steps)
+    training = Training(seed=t.seed, augment=d.augment, synthetic=d.synthetic if share else None,
+                        synthetic_fraction=share, skip_batches=initial_epoch * steps)
     train_ds = make_dataset(str(data_path), "train", training=training,
                             select=Selection(views=d.views, phases=d.phases, patients=d.train_patients), **common)
     val_ds = make_dataset(str(data_path), "valid", select=Selection(views=d.views, phases=d.phases), **common)
@@ -183,15 +182,23 @@ def _train(cfg: SegConfig, run_dir: Path, callbacks: list | None) -> Path:
                             callbacks=callbacks, shuffle=False, verbose=1 if _interactive() else 2)
     seconds = time.time() - start
     model.save(run_dir / "final.keras")
-    return _finish(run_dir, cfg, history.history, monitor, steps, seconds, n_train, data_path, initial_epoch)
+    return _finish(run_dir, cfg, history.history, monitor, (steps, share), seconds, n_train, data_path, initial_epoch)
 
 
 def _interactive() -> bool:
     return sys.stdout.isatty()
 
 
-def _finish(run_dir: Path, cfg: SegConfig, hist: dict, monitor: str, steps: int, seconds: float,
+def samples_seen(epochs: int, steps: int, batch_size: int, share: float) -> dict[str, int]:
+    """Real and synthetic samples of ``epochs`` epochs of ``steps`` batches mixed at ``share``."""
+    n = int(epochs or 0) * steps * batch_size
+    synthetic = synthetic_samples(n, share) if share else 0
+    return {"real": n - synthetic, "synthetic": synthetic}
+
+
+def _finish(run_dir: Path, cfg: SegConfig, hist: dict, monitor: str, stream: tuple[int, float], seconds: float,
             n_train: int, data_path: Path, initial_epoch: int) -> Path:
+    steps, share = stream
     state = json.loads((run_dir / "checkpoints" / "state.json").read_text())
     epochs_run = len(next(iter(hist.values()), []))  # epochs run in this session
     full_history = state.get("history") or hist
@@ -205,6 +212,11 @@ def _finish(run_dir: Path, cfg: SegConfig, hist: dict, monitor: str, steps: int,
         "stopped_early": state.get("stopped_early", False),
         "epochs_completed": initial_epoch + epochs_run,
         "steps_per_epoch": steps,
+        "exposure": cfg.data.exposure if share else None,
+        "synthetic_share": share,
+        # exposure of final.keras (every epoch) and of best.keras (up to its epoch)
+        "samples_seen": samples_seen(initial_epoch + epochs_run, steps, cfg.train.batch_size, share),
+        "samples_seen_best": samples_seen(state.get("best_epoch"), steps, cfg.train.batch_size, share),
         "train_images": n_train,
         "train_seconds_this_session": round(seconds, 2),
         "train_images_per_second": round(images / seconds, 2) if seconds > 0 else None,
@@ -221,7 +233,10 @@ def _finish(run_dir: Path, cfg: SegConfig, hist: dict, monitor: str, steps: int,
         f"# Segmentation run `{run_dir.name}`",
         "",
         f"- data: `{cfg.data.data or 'built-in phantom'}` (resolved: `{data_path}`)"
-        + (f", synthetic `{cfg.data.synthetic}` at {cfg.data.synthetic_fraction:.0%}" if cfg.data.synthetic else ""),
+        + (f", synthetic `{cfg.data.synthetic}` at {cfg.data.synthetic_fraction:.0%} ({cfg.data.exposure}: "
+           f"{share:.1%} of the stream)" if share else ""),
+        f"- samples seen: {metrics['samples_seen']['real']} real, {metrics['samples_seen']['synthetic']} synthetic "
+        f"(best.keras: {metrics['samples_seen_best']['real']} real, {metrics['samples_seen_best']['synthetic']} synthetic)",
         f"- model: U-Net size {cfg.model.size}, depth {cfg.model.depth}, base {cfg.model.base_filters}, "
         f"norm {cfg.model.norm}, upsampling {cfg.model.upsampling}, deep supervision {cfg.model.deep_supervision}",
         f"- training: {metrics['epochs_completed']} epochs x {steps} steps, batch {cfg.train.batch_size}, "

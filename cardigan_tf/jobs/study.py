@@ -4,14 +4,17 @@ For every training-set fraction x synthetic fraction x seed:
 
 1. the training patients are a seeded subset of the train split (validation and test patients
    never reach the GAN, the generated set or the U-Net's training data);
-2. a GAN is trained on that subset only, and a synthetic set is generated from the subset's
-   masks. One GAN serves every cell whose training patients are exactly its own: the synthetic
-   fractions > 0 of a (training fraction, seed), and the seeds whose subsets are equal (a
-   fraction of 1 is every training patient for every seed: one GAN, named after the first
-   seed, instead of one per seed; see :func:`gan_seeds`). No GAN ever serves a cell with fewer
-   or other patients than it was trained on;
-3. a U-Net is trained on the subset, mixing in synthetic images with the cell's synthetic
-   fraction (the expected share of synthetic images in each batch);
+2. a GAN is trained on that subset only (seeded with the cell's seed), and a synthetic set is
+   generated from the subset's masks; it serves the synthetic fractions > 0 of its (training
+   fraction, seed). Each seed trains its own GAN, so the seed-to-seed variance includes the
+   GAN's; with ``shared_gan: true`` seeds whose subsets are equal share one (see
+   :func:`gan_seeds`), and the report says so. No GAN ever serves a cell with fewer or other
+   patients than it was trained on;
+3. a U-Net is trained on the subset, with the cell's synthetic fraction of synthetic images in
+   its stream, in each arm of ``exposures`` (:data:`cardigan_tf.configs.seg.EXPOSURES`):
+   ``add`` sees as many real samples as the cell without synthetic data (more steps),
+   ``replace`` as many steps (fewer real samples); each cell records the real and synthetic
+   samples it saw;
 4. the U-Net is evaluated on the fixed test split (Dice, HD, MAD in mm, EF).
 
 Output in ``runs/study-<name>-<UTC>/``: ``results.csv`` / ``results.md`` (mean and SD per cell
@@ -44,7 +47,7 @@ import json
 import logging
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -82,7 +85,7 @@ class _Eta:
 
     def report(self, root: Path, cells, gan_seed) -> None:
         left = {"gan": sum(1 for f, seed in needed_gans(cells, gan_seed) if not _gan_ready(root, f, seed)),
-                "cell": sum(1 for c in cells if not _done(_cell_dir(root, *c)))}
+                "cell": sum(1 for c in cells if not _done(_cell_dir(root, c)))}
         parts, total, known = [], 0.0, True
         for stage, name in (("gan", "GANs"), ("cell", "U-Net cells")):
             done = self.seconds[stage]
@@ -116,21 +119,43 @@ def _synth_path(root: Path, frac: float, seed: int) -> Path:
     return root / "synthetic" / f"synth-f{_tag(frac)}-seed{seed}.h5"
 
 
-def _cell_dir(root: Path, frac: float, synth: float, seed: int) -> Path:
-    return root / "cells" / f"seg-f{_tag(frac)}-s{_tag(synth)}-seed{seed}"
+class Cell(NamedTuple):
+    """One U-Net of the design: training fraction, synthetic fraction, exposure arm ("" when
+    the synthetic fraction is 0) and seed."""
+
+    frac: float
+    synth: float
+    exposure: str
+    seed: int
+
+    @property
+    def name(self) -> str:
+        arm = f"-{self.exposure}" if self.synth > 0 else ""
+        return f"seg-f{_tag(self.frac)}-s{_tag(self.synth)}{arm}-seed{self.seed}"
+
+
+def _cell_dir(root: Path, cell: Cell) -> Path:
+    """``cells/<cell name>``; a ``replace`` cell of a study written before the exposure arms
+    keeps its folder without the arm in its name."""
+    path = root / "cells" / cell.name
+    if cell.exposure == "replace" and not path.exists():
+        legacy = root / "cells" / f"seg-f{_tag(cell.frac)}-s{_tag(cell.synth)}-seed{cell.seed}"
+        if legacy.exists():
+            return legacy
+    return path
 
 
 def gan_seeds(root: Path, cfg: "StudyConfig", train_patients: list[str]) -> dict[tuple[float, int], int]:
-    """(training fraction, seed) -> the seed whose GAN serves it: the first seed of ``cfg.seeds``
-    with exactly the same training patients (so every seed at a fraction of 1 shares one GAN).
-    A GAN of the cell's own seed that is already finished (a study folder written before GANs
-    were shared) keeps serving its cells."""
+    """(training fraction, seed) -> the seed whose GAN serves it: its own, or with
+    ``cfg.shared_gan`` the first seed of ``cfg.seeds`` with exactly the same training patients
+    (every seed at a fraction of 1 then shares one GAN). A finished GAN of the cell's own seed
+    keeps serving its cells."""
     out = {}
     for frac in cfg.train_fractions:
         first: dict[tuple[str, ...], int] = {}
         for seed in cfg.seeds:
             key = tuple(subset_patients(train_patients, frac, seed=seed))
-            canonical = first.setdefault(key, seed)
+            canonical = first.setdefault(key, seed) if cfg.shared_gan else seed
             out[frac, seed] = seed if _gan_ready(root, frac, seed) else canonical
     return out
 
@@ -176,25 +201,23 @@ def _gan_unit(frac: float, seed: int) -> str:
     return f"gan-f{_tag(frac)}-seed{seed}"
 
 
-def _cell_unit(frac: float, synth: float, seed: int) -> str:
-    return f"seg-f{_tag(frac)}-s{_tag(synth)}-seed{seed}"
-
-
-def study_cells(cfg: StudyConfig) -> list[tuple[float, float, int]]:
-    """Every (training fraction, synthetic fraction, seed) cell of the design."""
-    return [(f, s, seed) for seed in cfg.seeds for f in cfg.train_fractions for s in cfg.synthetic_fractions]
+def study_cells(cfg: StudyConfig) -> list[Cell]:
+    """Every cell of the design: per seed and training fraction, the cell without synthetic
+    data and each synthetic fraction > 0 in each exposure arm."""
+    return [Cell(f, s, arm if s > 0 else "", seed) for seed in cfg.seeds for f in cfg.train_fractions
+            for s in cfg.synthetic_fractions for arm in (cfg.exposures if s > 0 else [""])]
 
 
 def progress(root: Path, cfg: StudyConfig) -> tuple[int, int, int]:
     """(cells finished, cells in all, GANs finished) of the study in ``root``."""
     cells = study_cells(cfg)
     gans = sum(1 for d in (root / "gans").glob("gan-*") if is_finished(d, "gan"))
-    return sum(1 for c in cells if _done(_cell_dir(root, *c))), len(cells), gans
+    return sum(1 for c in cells if _done(_cell_dir(root, c))), len(cells), gans
 
 
 def needed_gans(cells, gan_seed: dict[tuple[float, int], int]) -> set[tuple[float, int]]:
     """The (training fraction, GAN seed) pairs that the cells with synthetic data need."""
-    return {(f, gan_seed[f, seed]) for f, s, seed in cells if s > 0}
+    return {(c.frac, gan_seed[c.frac, c.seed]) for c in cells if c.synth > 0}
 
 
 def create_study(cfg: StudyConfig, runs_dir: str | Path = "runs", study_dir: str | Path | None = None) -> Path:
@@ -247,15 +270,16 @@ def run_study(cfg: StudyConfig | None, resume: str | Path | None = None, runs_di
     waited_since = None
     eta = _Eta()
     while True:
-        pending = [c for c in cells if not _done(_cell_dir(root, *c))]
+        pending = [c for c in cells if not _done(_cell_dir(root, c))]
         if not pending:
             break
         # cells whose GAN is still missing first: with several processes, the GANs (the long
         # units) start at once on different processes instead of one after another
-        pending.sort(key=lambda c: not (c[1] > 0 and not _gan_ready(root, c[0], gan_seed[c[0], c[2]])))
+        pending.sort(key=lambda c: not (c.synth > 0 and not _gan_ready(root, c.frac, gan_seed[c.frac, c.seed])))
         progressed = False
-        for frac, synth, seed in pending:
-            if _done(_cell_dir(root, frac, synth, seed)):
+        for cell in pending:
+            frac, synth, seed = cell.frac, cell.synth, cell.seed
+            if _done(_cell_dir(root, cell)):
                 continue
             patients = subset_patients(train_patients, frac, seed=seed)
             gseed = gan_seed[frac, seed]
@@ -272,16 +296,17 @@ def run_study(cfg: StudyConfig | None, resume: str | Path | None = None, runs_di
                 finally:
                     release(root, _gan_unit(frac, gseed))
                 progressed = True
-            unit = _cell_unit(frac, synth, seed)
+            unit = cell.name
             if not claim(root, unit):
                 continue
             try:
-                if not _done(_cell_dir(root, frac, synth, seed)):
-                    left = sum(1 for c in cells if not _done(_cell_dir(root, *c)))
-                    log.info("[%d/%d cells left] train fraction %g, synthetic fraction %g, seed %d (%.0f s so far)",
-                             left, len(cells), frac, synth, seed, time.time() - t0)
+                if not _done(_cell_dir(root, cell)):
+                    left = sum(1 for c in cells if not _done(_cell_dir(root, c)))
+                    log.info("[%d/%d cells left] train fraction %g, synthetic fraction %g%s, seed %d (%.0f s so far)",
+                             left, len(cells), frac, synth, f" ({cell.exposure})" if synth else "", seed,
+                             time.time() - t0)
                     t_cell = time.time()
-                    _run_cell(root, cfg, data, patients, frac, synth, seed, gseed)
+                    _run_cell(root, cfg, data, patients, cell, gseed)
                     work_log(root, unit, "done")
                     eta.add("cell", time.time() - t_cell)
                     eta.report(root, cells, gan_seed)
@@ -324,9 +349,10 @@ def _make_gan(root, cfg, data, patients, frac, seed) -> None:
         generate_set(gan_dir, synth_path, masks=cfg.masks, per_mask=cfg.per_mask, n=n_images, seed=seed)
 
 
-def _seg_config(cfg: StudyConfig, data: Path, patients: list[str], synth: float, seed: int, synth_path):
+def _seg_config(cfg: StudyConfig, data: Path, patients: list[str], cell: Cell, synth_path):
     """The U-Net config of one cell: ``patients`` of the train split, ``synth_path`` mixed in at
-    the synthetic fraction ``synth``."""
+    the cell's synthetic fraction in its exposure arm."""
+    synth, seed = cell.synth, cell.seed
     scfg = copy.deepcopy(cfg.seg)
     scfg.data.data = str(data)
     scfg.data.seed = cfg.data_seed
@@ -334,21 +360,27 @@ def _seg_config(cfg: StudyConfig, data: Path, patients: list[str], synth: float,
     scfg.data.train_patients = patients
     scfg.data.synthetic = str(synth_path) if synth_path else None
     scfg.data.synthetic_fraction = synth
+    scfg.data.exposure = cell.exposure or "replace"
     scfg.train.seed = seed
     return scfg
 
 
-def _run_cell(root, cfg, data, patients, frac, synth, seed, gan_seed) -> None:
+def _run_cell(root, cfg, data, patients, cell: Cell, gan_seed) -> None:
     """Train (or resume, or keep) and evaluate one cell's U-Net; write its result.json
     (``gan_seed``: the seed of the GAN whose synthetic set it uses, see :func:`gan_seeds`)."""
-    cell_dir = _cell_dir(root, frac, synth, seed)
+    frac, synth = cell.frac, cell.synth
+    cell_dir = _cell_dir(root, cell)
     synth_path = _synth_path(root, frac, gan_seed) if synth > 0 else None
-    train_seg(_seg_config(cfg, data, patients, synth, seed, synth_path), run_dir=cell_dir)
+    train_seg(_seg_config(cfg, data, patients, cell, synth_path), run_dir=cell_dir)
     if not (cell_dir / f"eval-{cfg.split}").is_dir():
-        evaluate_run(cell_dir, split=cfg.split, simpson=cfg.simpson)
+        evaluate_run(cell_dir, split=cfg.split, simpson=cfg.simpson, which=cfg.cell_model)
     result = _cell_result(cell_dir, cfg.split)
-    result.update(train_fraction=frac, synthetic_fraction=synth, seed=seed, n_train_patients=len(patients),
-                  gan=_gan_unit(frac, gan_seed) if synth > 0 else None)
+    metrics = json.loads((cell_dir / "metrics.json").read_text())
+    seen = metrics.get("samples_seen" if cfg.cell_model == "final" else "samples_seen_best") or {}
+    result.update(train_fraction=frac, synthetic_fraction=synth, exposure=cell.exposure, seed=cell.seed,
+                  n_train_patients=len(patients), gan=_gan_unit(frac, gan_seed) if synth > 0 else None,
+                  steps=metrics.get("epochs_completed", 0) * metrics.get("steps_per_epoch", 0),
+                  real_samples_seen=seen.get("real"), synthetic_samples_seen=seen.get("synthetic"))
     write_json(cell_dir / "result.json", result)
 
 
@@ -364,7 +396,7 @@ def write_quality_reports(root: Path, cfg: StudyConfig, data: Path, gan_seed=Non
             gan_dir, synth = _gan_dir(root, frac, seed), _synth_path(root, frac, seed)
             if not synth.is_file() or (gan_dir / "quality").is_dir():
                 continue
-            base = _cell_dir(root, frac, 0.0, seed)
+            base = _cell_dir(root, Cell(frac, 0.0, "", seed))
             if not is_finished(base, "seg"):
                 atomic_write_text(gan_dir / "quality_skipped.txt",
                                   f"no finished U-Net trained without synthetic images for training fraction "

@@ -33,10 +33,26 @@ MIN_PATIENTS = stats.MIN_PAIRS_FOR_005
 NAN = float("nan")
 
 
-def _arm_cells(by_key: dict, tf: float, sf: float, paired_seeds: bool) -> tuple[dict, dict]:
-    """Seed -> cell of synthetic fraction 0 and of ``sf`` at ``tf`` (common seeds when paired)."""
-    base = {seed: c for (t, f, seed), c in by_key.items() if t == tf and f == 0.0}
-    other = {seed: c for (t, f, seed), c in by_key.items() if t == tf and f == sf}
+def arm_of(cell: dict[str, Any]) -> str:
+    """A cell's exposure arm: "" without synthetic data; "replace" for a cell saved before the
+    arms existed (it kept the steps of the cell without synthetic data)."""
+    return "" if cell["synthetic_fraction"] == 0 else (cell.get("exposure") or "replace")
+
+
+def cells_by_key(cells: list[dict[str, Any]]) -> dict[tuple[float, float, str, int], dict[str, Any]]:
+    """(training fraction, synthetic fraction, arm, seed) -> cell."""
+    return {(c["train_fraction"], c["synthetic_fraction"], arm_of(c), c["seed"]): c for c in cells}
+
+
+def contrasts(by_key: dict) -> list[tuple[float, float, str]]:
+    """(training fraction, synthetic fraction > 0, arm) of every contrast against fraction 0."""
+    return sorted({(t, f, a) for t, f, a, _ in by_key if f > 0}, key=lambda k: (k[0], k[1], k[2]))
+
+
+def _arm_cells(by_key: dict, tf: float, sf: float, arm: str, paired_seeds: bool) -> tuple[dict, dict]:
+    """Seed -> cell of synthetic fraction 0 and of ``sf`` in ``arm`` at ``tf`` (common seeds when paired)."""
+    base = {seed: c for (t, f, _, seed), c in by_key.items() if t == tf and f == 0.0}
+    other = {seed: c for (t, f, a, seed), c in by_key.items() if t == tf and f == sf and a == arm}
     if paired_seeds:
         common = set(base) & set(other)
         base, other = ({s: c for s, c in arm.items() if s in common} for arm in (base, other))
@@ -113,7 +129,7 @@ def _contrast(base: dict, other: dict, sf: float, endpoint) -> dict[str, Any]:
 
 
 def primary_rows(cells: list[dict[str, Any]], endpoint) -> list[dict[str, Any]]:
-    """One row per (training fraction, synthetic fraction > 0) contrast of the primary endpoint.
+    """One row per (training fraction, synthetic fraction > 0, exposure arm) contrast of the primary endpoint.
 
     ``cells``: result dicts with ``train_fraction``, ``synthetic_fraction``, ``seed`` and
     ``per_image`` rows (:func:`cardigan_tf.jobs.study_report.attach_per_image`); ``endpoint``: a
@@ -122,16 +138,16 @@ def primary_rows(cells: list[dict[str, Any]], endpoint) -> list[dict[str, Any]]:
     ``pvalue_holm`` over the ``n_contrasts`` tests of this family, ``significant`` ("yes"/"no";
     empty without a test), ``mdd`` at ``power``, the variance components and the failure counts.
     """
-    by_key = {(c["train_fraction"], c["synthetic_fraction"], c["seed"]): c for c in cells if "per_image" in c}
+    by_key = cells_by_key([c for c in cells if "per_image" in c])
     rows = []
-    for tf in sorted({t for t, _, _ in by_key}):
-        for sf in sorted({f for t, f, _ in by_key if t == tf and f > 0}):
-            base, other = _arm_cells(by_key, tf, sf, endpoint.paired_seeds)
-            if not base or not other:
-                continue
-            rows.append({"train_fraction": tf, "synthetic_fraction": sf, "role": "primary",
-                         "structure": endpoint.structure, "metric": endpoint.metric,
-                         **_contrast(base, other, sf, endpoint), **_failures(base, other, endpoint.structure)})
+    for tf, sf, arm in contrasts(by_key):
+        base, other = _arm_cells(by_key, tf, sf, arm, endpoint.paired_seeds)
+        if not base or not other:
+            continue
+        rows.append({"train_fraction": tf, "synthetic_fraction": sf, "exposure": arm, "role": "primary",
+                     "structure": endpoint.structure, "metric": endpoint.metric,
+                     **_contrast(base, other, sf, endpoint), **_failures(base, other, endpoint.structure),
+                     **_exposure(base, other)})
     adjusted = stats.holm([r["pvalue"] for r in rows])
     n_tests = sum(math.isfinite(r["pvalue"]) for r in rows)
     for r, p in zip(rows, adjusted):
@@ -141,8 +157,28 @@ def primary_rows(cells: list[dict[str, Any]], endpoint) -> list[dict[str, Any]]:
     return rows
 
 
+def _exposure(base: dict, other: dict) -> dict[str, Any]:
+    """Mean real and synthetic samples seen by the training runs of both arms of a contrast."""
+    def mean(arm, key):
+        vals = [c.get(key) for c in arm.values() if c.get(key) is not None]
+        return sum(vals) / len(vals) if vals else NAN
+
+    return {"real_seen_none": mean(base, "real_samples_seen"), "real_seen_synthetic": mean(other, "real_samples_seen"),
+            "synthetic_seen": mean(other, "synthetic_samples_seen"),
+            "steps_none": mean(base, "steps"), "steps_synthetic": mean(other, "steps")}
+
+
+def arm_text(sf: float, arm: str) -> str:
+    """"synthetic fraction 0.5 (add)"."""
+    return f"synthetic fraction {sf:g}" + (f" ({arm})" if arm else "")
+
+
 def _num(v: float, metric: str) -> str:
     return "–" if not math.isfinite(v) else (f"{v:+.4f}" if metric == "dice" else f"{v:+.2f}")
+
+
+def _count(v: float) -> str:
+    return "–" if not math.isfinite(v) else f"{v:.0f}"
 
 
 def _p(p: float) -> str:
@@ -165,8 +201,8 @@ def _method(method: str) -> str:
 
 def _sentence(r: dict[str, Any]) -> str:
     m, unit = r["metric"], f" {r['unit']}" if r["unit"] else ""
-    head = (f"- {100 * r['train_fraction']:g}% of the training patients, synthetic fraction "
-            f"{r['synthetic_fraction']:g}: {_num(r['estimate'], m)} [{_num(r['ci_low'], m)}, {_num(r['ci_high'], m)}]{unit}")
+    head = (f"- {100 * r['train_fraction']:g}% of the training patients, "
+            f"{arm_text(r['synthetic_fraction'], r.get('exposure', ''))}: {_num(r['estimate'], m)} [{_num(r['ci_low'], m)}, {_num(r['ci_high'], m)}]{unit}")
     if not math.isfinite(r["pvalue"]):
         return f"{head}; no test ({r['note'] or 'no comparison possible'})."
     verdict = "significant" if r["significant"] == "yes" else "not significant"
@@ -193,20 +229,24 @@ def primary_lines(rows: list[dict[str, Any]]) -> list[str]:
         "## Primary endpoint",
         "",
         f"Declared in the study config before the results (`primary`): per-patient mean {name} over views and "
-        f"phases, each synthetic fraction against none at the same training fraction (synthetic minus none), "
+        f"phases, each synthetic fraction in each exposure arm against none at the same training fraction "
+        f"(synthetic minus none; `add`: the same real samples as the cell without synthetic data plus the "
+        f"synthetic ones, more steps; `replace`: the same steps, synthetic samples in real ones' places), "
         f"seeds {'paired (seed k of both arms trains on the same patients)' if r0['paired_seeds'] == 'yes' else 'independent'}. "
         f"Method: {'; '.join(methods) or '–'}. The {level} interval excludes 0 exactly when p < {r0['alpha']:g}; "
         f"Holm corrects over the {r0['n_contrasts'] or 'no'} tested contrast(s) of this family only; \"significant\" means "
         f"Holm-adjusted p <= {r0['alpha']:g}. MDD: the smallest true difference this design detects with "
         f"{100 * r0['power']:g} % power. Everything after this section is secondary (primary.csv holds this table).",
         "",
-        f"| train fraction | synthetic fraction | patients | seeds (none / synthetic) | difference [{level} CI] | "
+        f"| train fraction | synthetic fraction | arm | real samples seen (none / synthetic) | patients | "
+        f"seeds (none / synthetic) | difference [{level} CI] | "
         "df | p | p (Holm) | MDD | seed SD (none / synthetic) | patient SD |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         m = r["metric"]
-        lines.append(f"| {r['train_fraction']:g} | {r['synthetic_fraction']:g} | {r['n_patients']} | "
+        lines.append(f"| {r['train_fraction']:g} | {r['synthetic_fraction']:g} | {r.get('exposure', '')} | "
+                     f"{_count(r.get('real_seen_none', NAN))} / {_count(r.get('real_seen_synthetic', NAN))} | {r['n_patients']} | "
                      f"{r['n_seeds_none']} / {r['n_seeds_synthetic']} | {_num(r['estimate'], m)} "
                      f"[{_num(r['ci_low'], m)}, {_num(r['ci_high'], m)}] | {_df(r['df'])} | {_p(r['pvalue'])} | {_p(r['pvalue_holm'])} | "
                      f"{_num(r['mdd'], m).lstrip('+')} | {_num(r['seed_sd_none'], m).lstrip('+')} / "

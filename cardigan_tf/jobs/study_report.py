@@ -12,7 +12,7 @@ from typing import Any
 from cardigan_tf import stats
 from cardigan_tf.data.h5layout import read_root_attrs
 from cardigan_tf.files import atomic_write_text
-from cardigan_tf.jobs.study_primary import primary_lines, primary_rows
+from cardigan_tf.jobs.study_primary import arm_text, cells_by_key, contrasts, primary_lines, primary_rows
 from cardigan_tf.labels import STRUCTURE_TITLES, STRUCTURES
 from cardigan_tf.metrics.segmentation import METRICS
 
@@ -97,8 +97,8 @@ def _index(rows: list[dict[str, Any]]) -> dict[tuple[str, str, str], dict[str, A
 
 
 def wilcoxon_rows(cells: list[dict[str, Any]], n_boot: int = 10000, alpha: float = ALPHA) -> list[dict[str, Any]]:
-    """Synthetic fraction 0 against each other synthetic fraction, per training fraction,
-    structure and metric (Dice, HD, MAD), counting test patients, not images.
+    """Synthetic fraction 0 against each other synthetic fraction in each exposure arm, per
+    training fraction, structure and metric (Dice, HD, MAD), counting test patients, not images.
 
     Each cell needs ``per_image`` rows (see :func:`attach_per_image`; ``per_image_dice`` alone is
     accepted for Dice). Images are paired by (seed, patient, view, phase); each patient's
@@ -110,44 +110,41 @@ def wilcoxon_rows(cells: list[dict[str, Any]], n_boot: int = 10000, alpha: float
     Every row has ``role`` "secondary": the study's conclusion rests on :mod:`cardigan_tf.jobs.study_primary`.
     """
     rows = []
-    by_key = {(c["train_fraction"], c["synthetic_fraction"], c["seed"]): c for c in cells}
-    train_fracs = sorted({c["train_fraction"] for c in cells})
-    synth_fracs = sorted({c["synthetic_fraction"] for c in cells if c["synthetic_fraction"] > 0})
-    for tf in train_fracs:
-        for sf in synth_fracs:
-            pairs = [(seed, by_key[(tf, 0.0, seed)], cell) for (t, f, seed), cell in sorted(by_key.items())
-                     if t == tf and f == sf and (tf, 0.0, seed) in by_key]
-            if not pairs:
-                continue
-            units = sorted({c.get("distance_unit", "mm") for _, base, other in pairs for c in (base, other)})
-            for m in METRICS:
-                for s in STRUCTURES:
-                    key = f"{s}_{m}"
-                    records = []
-                    for seed, base, other in pairs:
-                        ref = _index(_per_image(base))
-                        for image, row in _index(_per_image(other)).items():
-                            if image in ref and key in row and key in ref[image]:
-                                records.append((image[0], seed, row[key] - ref[image][key]))
-                    if not records:
-                        continue
-                    mixed = m != "dice" and len(units) > 1  # mm against px: no meaningful difference
-                    diffs = stats.patient_mean_differences([] if mixed else records)
-                    res = stats.paired_patient_test(list(diffs["patients"].values()), n_boot=n_boot)
-                    seed_vals = list(diffs["seeds"].values())
-                    note = f"distance units differ between cells ({', '.join(units)}): not compared" if mixed else res["note"]
-                    rows.append({
-                        "train_fraction": tf, "synthetic_fraction": sf, "structure": s, "metric": m,
-                        "unit": "" if m == "dice" else "/".join(units),
-                        "n_patients": res["n"], "n_seeds": len(diffs["seeds"]), "n_image_pairs": diffs["n_images"],
-                        "mean_diff": res["mean_diff"], "ci_low": res["ci_low"], "ci_high": res["ci_high"],
-                        "median_diff": res["median_diff"],
-                        "seed_diffs": " ".join(f"{sd}:{v:+.6g}" for sd, v in diffs["seeds"].items()),
-                        "seed_diff_min": min(seed_vals) if seed_vals else float("nan"),
-                        "seed_diff_max": max(seed_vals) if seed_vals else float("nan"),
-                        "statistic": res["statistic"], "pvalue": res["pvalue"], "test_method": res["method"],
-                        "note": note, "role": "secondary",
-                    })
+    by_key = cells_by_key(cells)
+    for tf, sf, arm in contrasts(by_key):
+        pairs = [(seed, by_key[(tf, 0.0, "", seed)], cell) for (t, f, a, seed), cell in sorted(by_key.items())
+                 if t == tf and f == sf and a == arm and (tf, 0.0, "", seed) in by_key]
+        if not pairs:
+            continue
+        units = sorted({c.get("distance_unit", "mm") for _, base, other in pairs for c in (base, other)})
+        for m in METRICS:
+            for s in STRUCTURES:
+                key = f"{s}_{m}"
+                records = []
+                for seed, base, other in pairs:
+                    ref = _index(_per_image(base))
+                    for image, row in _index(_per_image(other)).items():
+                        if image in ref and key in row and key in ref[image]:
+                            records.append((image[0], seed, row[key] - ref[image][key]))
+                if not records:
+                    continue
+                mixed = m != "dice" and len(units) > 1  # mm against px: no meaningful difference
+                diffs = stats.patient_mean_differences([] if mixed else records)
+                res = stats.paired_patient_test(list(diffs["patients"].values()), n_boot=n_boot)
+                seed_vals = list(diffs["seeds"].values())
+                note = f"distance units differ between cells ({', '.join(units)}): not compared" if mixed else res["note"]
+                rows.append({
+                    "train_fraction": tf, "synthetic_fraction": sf, "exposure": arm, "structure": s, "metric": m,
+                    "unit": "" if m == "dice" else "/".join(units),
+                    "n_patients": res["n"], "n_seeds": len(diffs["seeds"]), "n_image_pairs": diffs["n_images"],
+                    "mean_diff": res["mean_diff"], "ci_low": res["ci_low"], "ci_high": res["ci_high"],
+                    "median_diff": res["median_diff"],
+                    "seed_diffs": " ".join(f"{sd}:{v:+.6g}" for sd, v in diffs["seeds"].items()),
+                    "seed_diff_min": min(seed_vals) if seed_vals else float("nan"),
+                    "seed_diff_max": max(seed_vals) if seed_vals else float("nan"),
+                    "statistic": res["statistic"], "pvalue": res["pvalue"], "test_method": res["method"],
+                    "note": note, "role": "secondary",
+                })
     adjusted = stats.holm([r["pvalue"] for r in rows])
     n_tests = sum(math.isfinite(r["pvalue"]) for r in rows)
     for r, p in zip(rows, adjusted):
@@ -192,7 +189,8 @@ def _findings(tests: list[dict]) -> list[str]:
         if t["structure"] != "lv_endo" or t["metric"] != "dice":
             continue
         lines.append(
-            f"- {100 * t['train_fraction']:g}% of the training patients, synthetic fraction {t['synthetic_fraction']:g}: "
+            f"- {100 * t['train_fraction']:g}% of the training patients, "
+            f"{arm_text(t['synthetic_fraction'], t.get('exposure', ''))}: "
             f"mean LV endo Dice difference {_effect(t)} against no synthetic images over {t['n_patients']} test "
             f"patients (each patient averaged over its views, phases and {t['n_seeds']} seed(s)); per seed "
             f"{_seeds(t)}; {_p_text(t)}."
@@ -223,15 +221,16 @@ def test_table_lines(tests: list[dict]) -> list[str]:
         f"those comparisons (wilcoxon.csv: n_image_pairs). p-values are corrected for the {n_tests} tests of this table together (Holm); \"significant\" "
         f"means Holm-corrected p <= {ALPHA:g}.",
         "",
-        f"| train fraction | synthetic fraction | structure | metric | patients | mean diff [95% CI] | per seed | "
+        f"| train fraction | synthetic fraction | arm | structure | metric | patients | mean diff [95% CI] | per seed | "
         f"p uncorrected | p ({correction}) |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for t in tests:
         holm = _fmt_p(t["pvalue_holm"])
         if t["significant"] == "yes":
             holm += " (significant)"
-        lines.append(f"| {t['train_fraction']:g} | {t['synthetic_fraction']:g} | {STRUCTURE_TITLES[t['structure']]} | "
+        lines.append(f"| {t['train_fraction']:g} | {t['synthetic_fraction']:g} | {t.get('exposure', '')} | "
+                     f"{STRUCTURE_TITLES[t['structure']]} | "
                      f"{METRIC_NAMES[t['metric']]} | {t['n_patients']} | {_effect(t)} | {_seeds(t)} | "
                      f"{_fmt_p(t['pvalue'])} | {holm} |")
     return lines + [""]

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
-from cardigan_tf.jobs.study_report import attach_per_image, wilcoxon_rows
+from cardigan_tf.jobs.study_report import attach_per_image
+from cardigan_tf.jobs.study_wilcoxon import wilcoxon_rows
 from cardigan_tf.stats import (
     bootstrap_ci,
     holm,

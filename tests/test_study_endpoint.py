@@ -13,11 +13,16 @@ from cardigan_tf.config import ConfigError, from_dict, to_dict
 from cardigan_tf.configs import migrate
 from cardigan_tf.configs.study import PrimaryEndpoint, StudyConfig, build_study_config
 from cardigan_tf.jobs.study_primary import primary_lines, primary_rows
-from cardigan_tf.jobs.study_report import (
-    attach_per_image,
-    wilcoxon_rows,
-    write_study_report,
+from cardigan_tf.jobs.study_report import attach_per_image, write_study_report
+from cardigan_tf.jobs.study_secondary import (
+    attach_clinical,
+    cell_failures,
+    clinical_rows,
+    failure_rows,
+    secondary_lines,
+    sensitivity_rows,
 )
+from cardigan_tf.jobs.study_wilcoxon import wilcoxon_rows
 from cardigan_tf.labels import STRUCTURES
 from cardigan_tf.metrics.segmentation import METRICS, flatten_result
 
@@ -36,7 +41,8 @@ def _cell_rows(rng, tf, sf, seed, patient_level, fail_rate):
         for view, phase in IMAGES:
             dice = float(np.clip(level + shift + rng.normal(0, 0.01), 0, 1))
             missing = bool(rng.random() < fail_rate)
-            result = {s: {"dice": dice if s == "lv_endo" else 0.8, "hd": float("nan") if missing else 5.0,
+            hd = 5.0 + 0.1 * (p % 5)
+            result = {s: {"dice": dice if s == "lv_endo" else 0.8, "hd": float("nan") if missing else hd,
                           "mad": float("nan") if missing else 1.0, "missing": missing} for s in STRUCTURES}
             rows.append(flatten_result(result, patient=f"patient{p:04d}", view=view, phase=phase, quality="Good",
                                        gt_source="ref", distance_unit="mm"))
@@ -177,3 +183,59 @@ def test_study_report_writes_primary_csv_first_and_marks_the_rest_secondary(tmp_
     report = (tmp_path / "report.md").read_text()
     assert report.index("## Primary endpoint") < report.index("## Results") < report.index("## Secondary")
     assert "Secondary, exploratory (not corrected for the primary family; intervals only for interpretation)" in report
+
+
+def _write_clinical(root, cells, rng, ef_gain):
+    """clinical.csv per cell: EF error |N(0, 5)| per patient, smaller by ``ef_gain`` points with
+    synthetic images at training fraction 0.5; patient 0's EF not measurable in every cell."""
+    for c in cells:
+        gain = ef_gain if (c["synthetic_fraction"] > 0 and c["train_fraction"] == 0.5) else 0.0
+        rows = []
+        for p in range(N_PATIENTS):
+            ef_gt = 55.0 + p
+            err = abs(rng.normal(6.0, 1.0)) - gain
+            failed = p == 0
+            rows.append({"patient": f"patient{p:04d}", "edv_pred": 100.0 + err, "edv_gt": 100.0,
+                         "esv_pred": 40.0, "esv_gt": 40.0, "ef_pred": float("nan") if failed else ef_gt + err,
+                         "ef_gt": ef_gt, "simpson": "per_phase",
+                         "reason_pred": "2CH/ED: the LV is in 3 separate pieces (the largest holds 50 %)" if failed else "",
+                         "reason_gt": ""})
+        with open(root / "cells" / c["cell"] / "eval-test" / "clinical.csv", "w", newline="") as fh:
+            w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+            w.writeheader()
+            w.writerows(rows)
+
+
+def test_secondary_endpoints_count_failures_score_them_and_test_ef(tmp_path):
+    cells = _write_study(tmp_path, fail_rate_synthetic=0.6)
+    _write_clinical(tmp_path, cells, np.random.default_rng(3), ef_gain=2.0)
+    attach_clinical(tmp_path, cells, "test")
+    failures = failure_rows(cells)
+    assert {(r["failure"], r["unit_of_count"]) for r in failures} == {
+        *((s, "image") for s in STRUCTURES), ("ef", "patient")}
+    for r in failures:
+        key = (r["train_fraction"], r["synthetic_fraction"], r["exposure"])
+        synthetic = [c for c in cells if (c["train_fraction"], c["synthetic_fraction"], "replace") == key]
+        if r["failure"] == "ef":  # patient 0 fails in every cell: no difference, counted
+            assert r["failures_none"] == r["failures_synthetic"] == len(SEEDS) and r["pvalue"] == 1.0
+            continue
+        recount = sum(int(row[f"{r['failure']}_missing"]) for c in synthetic for row in c["per_image"])
+        assert r["failures_synthetic"] == recount and r["rate_synthetic"] > 0.4 and r["pvalue"] < 0.01
+    sens = sensitivity_rows(cells, ENDPOINT)
+    worst = max(row["lv_endo_hd"] for c in cells for row in c["per_image"] if math.isfinite(row["lv_endo_hd"]))
+    for r in sens:
+        assert r["worst_value"] == pytest.approx(worst if r["metric"] == "hd" else 1.0)
+        if r["metric"] == "hd":  # the synthetic arm fails more: scored failures make it worse, not neutral
+            assert r["estimate_failures_worst"] > r["estimate_failures_dropped"] + 0.1
+            assert r["failures_synthetic"] > r["failures_none"]
+    clinical = {(r["train_fraction"], r["index"]): r for r in clinical_rows(cells, ENDPOINT)}
+    ef = clinical[0.5, "ef_abs_error"]
+    assert ef["n_patients"] == N_PATIENTS - 1 and ef["n_left_out"] == 1
+    assert ef["ci_low"] < -2.0 < ef["ci_high"] and ef["pvalue"] < 0.05
+    assert clinical[1.0, "ef_abs_error"]["ci_low"] < 0 < clinical[1.0, "ef_abs_error"]["ci_high"]
+    assert clinical[0.5, "edv_error"]["estimate"] == pytest.approx(-2.0, abs=0.5)
+    assert clinical[0.5, "esv_error"]["estimate"] == 0.0
+    text = "\n".join(secondary_lines(failures, sens, list(clinical.values()), "per_phase"))
+    assert "EF not measurable" in text and "failures = worst" in text and "`per_phase`" in text
+    counts = cell_failures(cells[0])
+    assert counts["ef_failures"] == 1 and counts["ef_failure_reason"] == "the LV is in 3 separate pieces"

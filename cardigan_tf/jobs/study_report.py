@@ -12,12 +12,27 @@ from typing import Any
 from cardigan_tf import stats
 from cardigan_tf.data.h5layout import read_root_attrs
 from cardigan_tf.files import atomic_write_text
-from cardigan_tf.jobs.study_primary import arm_text, cells_by_key, contrasts, primary_lines, primary_rows
-from cardigan_tf.labels import STRUCTURE_TITLES, STRUCTURES
+from cardigan_tf.jobs.study_primary import (
+    primary_lines,
+    primary_rows,
+)
+from cardigan_tf.jobs.study_secondary import (
+    attach_clinical,
+    cell_failures,
+    clinical_rows,
+    failure_rows,
+    secondary_lines,
+    sensitivity_rows,
+)
+from cardigan_tf.jobs.study_wilcoxon import (
+    SECONDARY,
+    findings,
+    rows_from_dice,
+    test_table_lines,
+    wilcoxon_rows,
+)
+from cardigan_tf.labels import STRUCTURES
 from cardigan_tf.metrics.segmentation import METRICS
-
-METRIC_NAMES = {"dice": "Dice", "hd": "HD", "mad": "MAD"}
-SECONDARY = "Secondary, exploratory (not corrected for the primary family; intervals only for interpretation)"
 
 
 def load_cells(root: Path) -> list[dict[str, Any]]:
@@ -31,7 +46,6 @@ def load_cells(root: Path) -> list[dict[str, Any]]:
 
 
 UNIT_KEYS = ("distance_unit", "unit")  # per-image CSV column / summary.json key naming HD and MAD's unit
-ALPHA = 0.05
 
 
 def _read_unit(eval_dir: Path, rows: list[dict[str, str]]) -> str:
@@ -76,164 +90,8 @@ def attach_per_image(root: Path, cells: list[dict[str, Any]], split: str) -> Non
                 rows.append(row)
             cell["per_image"], cell["distance_unit"] = rows, _read_unit(eval_dir, raw)
         elif "per_image_dice" in cell:
-            cell["per_image"] = _rows_from_dice(cell["per_image_dice"])
+            cell["per_image"] = rows_from_dice(cell["per_image_dice"])
             cell.setdefault("distance_unit", "mm")
-
-
-def _rows_from_dice(per_image_dice: dict[str, dict[str, float]]) -> list[dict[str, Any]]:
-    """result.json's ``{"patient/view/phase": {structure: dice}}`` as per-image rows (Dice only)."""
-    return [dict(zip(("patient", "view", "phase"), key.split("/")), **{f"{s}_dice": float(v[s]) for s in v})
-            for key, v in per_image_dice.items()]
-
-
-def _per_image(cell: dict[str, Any]) -> list[dict[str, Any]]:
-    if "per_image" in cell:
-        return cell["per_image"]
-    return _rows_from_dice(cell.get("per_image_dice", {}))
-
-
-def _index(rows: list[dict[str, Any]]) -> dict[tuple[str, str, str], dict[str, Any]]:
-    return {(r["patient"], r["view"], r["phase"]): r for r in rows}
-
-
-def wilcoxon_rows(cells: list[dict[str, Any]], n_boot: int = 10000, alpha: float = ALPHA) -> list[dict[str, Any]]:
-    """Synthetic fraction 0 against each other synthetic fraction in each exposure arm, per
-    training fraction, structure and metric (Dice, HD, MAD), counting test patients, not images.
-
-    Each cell needs ``per_image`` rows (see :func:`attach_per_image`; ``per_image_dice`` alone is
-    accepted for Dice). Images are paired by (seed, patient, view, phase); each patient's
-    difference (synthetic minus none) is averaged over its views, phases and seeds, and those
-    per-patient differences are tested (Wilcoxon signed-rank) and bootstrapped (95 % interval of
-    the mean over patients). ``seed_diffs`` gives each seed's mean difference. The p-values are
-    Holm-corrected over every test of the returned table (``pvalue_holm``, ``n_tests``);
-    ``significant`` is "yes"/"no" after correction at ``alpha`` and empty when no test was possible.
-    Every row has ``role`` "secondary": the study's conclusion rests on :mod:`cardigan_tf.jobs.study_primary`.
-    """
-    rows = []
-    by_key = cells_by_key(cells)
-    for tf, sf, arm in contrasts(by_key):
-        pairs = [(seed, by_key[(tf, 0.0, "", seed)], cell) for (t, f, a, seed), cell in sorted(by_key.items())
-                 if t == tf and f == sf and a == arm and (tf, 0.0, "", seed) in by_key]
-        if not pairs:
-            continue
-        units = sorted({c.get("distance_unit", "mm") for _, base, other in pairs for c in (base, other)})
-        for m in METRICS:
-            for s in STRUCTURES:
-                key = f"{s}_{m}"
-                records = []
-                for seed, base, other in pairs:
-                    ref = _index(_per_image(base))
-                    for image, row in _index(_per_image(other)).items():
-                        if image in ref and key in row and key in ref[image]:
-                            records.append((image[0], seed, row[key] - ref[image][key]))
-                if not records:
-                    continue
-                mixed = m != "dice" and len(units) > 1  # mm against px: no meaningful difference
-                diffs = stats.patient_mean_differences([] if mixed else records)
-                res = stats.paired_patient_test(list(diffs["patients"].values()), n_boot=n_boot)
-                seed_vals = list(diffs["seeds"].values())
-                note = f"distance units differ between cells ({', '.join(units)}): not compared" if mixed else res["note"]
-                rows.append({
-                    "train_fraction": tf, "synthetic_fraction": sf, "exposure": arm, "structure": s, "metric": m,
-                    "unit": "" if m == "dice" else "/".join(units),
-                    "n_patients": res["n"], "n_seeds": len(diffs["seeds"]), "n_image_pairs": diffs["n_images"],
-                    "mean_diff": res["mean_diff"], "ci_low": res["ci_low"], "ci_high": res["ci_high"],
-                    "median_diff": res["median_diff"],
-                    "seed_diffs": " ".join(f"{sd}:{v:+.6g}" for sd, v in diffs["seeds"].items()),
-                    "seed_diff_min": min(seed_vals) if seed_vals else float("nan"),
-                    "seed_diff_max": max(seed_vals) if seed_vals else float("nan"),
-                    "statistic": res["statistic"], "pvalue": res["pvalue"], "test_method": res["method"],
-                    "note": note, "role": "secondary",
-                })
-    adjusted = stats.holm([r["pvalue"] for r in rows])
-    n_tests = sum(math.isfinite(r["pvalue"]) for r in rows)
-    for r, p in zip(rows, adjusted):
-        r["pvalue_holm"] = p
-        r["n_tests"] = n_tests
-        r["correction"] = f"Holm over {n_tests} tests" if n_tests else "none (no test possible)"
-        r["significant"] = "" if not math.isfinite(p) else ("yes" if p <= alpha else "no")
-    return rows
-
-
-def _fmt_p(p: float) -> str:
-    return "–" if not math.isfinite(p) else (f"{p:.3g}" if p >= 1e-4 else "<1e-4")
-
-
-def _diff(v: float, m: str) -> str:
-    return "–" if not math.isfinite(v) else (f"{v:+.4f}" if m == "dice" else f"{v:+.2f}")
-
-
-def _effect(t: dict[str, Any]) -> str:
-    """"+0.0123 [95% CI -0.0040, +0.0280] mm"."""
-    unit = f" {t['unit']}" if t.get("unit") else ""
-    return (f"{_diff(t['mean_diff'], t['metric'])} [95% CI {_diff(t['ci_low'], t['metric'])}, "
-            f"{_diff(t['ci_high'], t['metric'])}]{unit}")
-
-
-def _seeds(t: dict[str, Any]) -> str:
-    parts = [p.split(":", 1) for p in t["seed_diffs"].split()]
-    return ", ".join(f"{_diff(float(v), t['metric'])} (seed {sd})" for sd, v in parts) or "–"
-
-
-def _p_text(t: dict[str, Any]) -> str:
-    if not math.isfinite(t["pvalue"]):
-        return f"no test ({t['note']})" if t["note"] else "no test"
-    verdict = "significant" if t["significant"] == "yes" else "not significant"
-    return (f"Wilcoxon signed-rank on per-patient means p = {_fmt_p(t['pvalue_holm'])} after Holm correction "
-            f"over {t['n_tests']} tests (uncorrected {_fmt_p(t['pvalue'])}): {verdict} at {ALPHA:g} after correction")
-
-
-def _findings(tests: list[dict]) -> list[str]:
-    lines = []
-    for t in tests:
-        if t["structure"] != "lv_endo" or t["metric"] != "dice":
-            continue
-        lines.append(
-            f"- {100 * t['train_fraction']:g}% of the training patients, "
-            f"{arm_text(t['synthetic_fraction'], t.get('exposure', ''))}: "
-            f"mean LV endo Dice difference {_effect(t)} against no synthetic images over {t['n_patients']} test "
-            f"patients (each patient averaged over its views, phases and {t['n_seeds']} seed(s)); per seed "
-            f"{_seeds(t)}; {_p_text(t)}."
-        )
-    if not lines:
-        return ["- No synthetic fraction > 0 was run: no comparison."]
-    few = [t for t in tests if 0 < t["n_patients"] < stats.MIN_PAIRS_FOR_005]
-    if few and len(few) == len([t for t in tests if t["n_patients"] > 0]):
-        n = max(t["n_patients"] for t in few)
-        lines.append(f"- With {n} test patient(s) (fewer than {stats.MIN_PAIRS_FOR_005}) no two-sided signed-rank "
-                     "test can reach p < 0.05: only the effects and their intervals are reported, and nothing "
-                     "is called significant (a bootstrap interval over so few patients is itself too narrow).")
-    return lines
-
-
-def test_table_lines(tests: list[dict]) -> list[str]:
-    """The markdown table of the paired comparisons (report.md)."""
-    if not tests:
-        return []
-    n_tests = tests[0]["n_tests"]
-    correction = f"Holm over {n_tests} tests" if n_tests else "no test possible"
-    lines = [
-        f"{SECONDARY}: every metric and structure. Paired comparisons, synthetic fraction 0 against each other fraction, counting test patients: each "
-        "patient's difference (synthetic minus none) is averaged over its views, phases and seeds; mean over "
-        "patients with a 95 % percentile bootstrap interval over patients, each seed's mean difference, and the "
-        "two-sided Wilcoxon signed-rank test of the per-patient differences. Higher Dice and lower HD/MAD are "
-        "better. Images whose HD/MAD is undefined under either setting (an empty prediction) are left out of "
-        f"those comparisons (wilcoxon.csv: n_image_pairs). p-values are corrected for the {n_tests} tests of this table together (Holm); \"significant\" "
-        f"means Holm-corrected p <= {ALPHA:g}.",
-        "",
-        f"| train fraction | synthetic fraction | arm | structure | metric | patients | mean diff [95% CI] | per seed | "
-        f"p uncorrected | p ({correction}) |",
-        "|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for t in tests:
-        holm = _fmt_p(t["pvalue_holm"])
-        if t["significant"] == "yes":
-            holm += " (significant)"
-        lines.append(f"| {t['train_fraction']:g} | {t['synthetic_fraction']:g} | {t.get('exposure', '')} | "
-                     f"{STRUCTURE_TITLES[t['structure']]} | "
-                     f"{METRIC_NAMES[t['metric']]} | {t['n_patients']} | {_effect(t)} | {_seeds(t)} | "
-                     f"{_fmt_p(t['pvalue'])} | {holm} |")
-    return lines + [""]
 
 
 def _synthetic_counts(root: Path) -> str:
@@ -304,7 +162,7 @@ def quality_lines(found: list[dict[str, Any]], skipped: list[str]) -> list[str]:
     return lines + [""]
 
 
-def _gan_sharing(cells: list[dict[str, Any]]) -> str:
+def _gan_sharing(cells: list[dict[str, Any]], cfg) -> str:
     """A sentence naming the GANs that served cells of several seeds (same training patients);
     ``cells``: :func:`load_cells`."""
     served: dict[str, set] = {}
@@ -314,9 +172,31 @@ def _gan_sharing(cells: list[dict[str, Any]]) -> str:
     shared = [f"`{g}` served seeds {', '.join(str(s) for s in sorted(seeds))}"
               for g, seeds in sorted(served.items()) if len(seeds) > 1]
     if not shared:
-        return ""
+        return (" Each seed trained its own GAN: the seed-to-seed differences include the GAN's training randomness."
+                if not cfg.shared_gan else "")
     return (" Seeds with the same training patients share one GAN and its synthetic set (" + "; ".join(shared)
             + "): their differences do not include a GAN's training randomness.")
+
+
+EXPOSURE_COLUMNS = ("real_samples_seen", "synthetic_samples_seen")
+FAILURE_COLUMNS = (*(f"{s}_failures" for s in STRUCTURES), "ef_failures")
+
+
+def cell_lines(flat: list[dict[str, Any]]) -> list[str]:
+    """Per U-Net: its steps, the real and synthetic samples it saw, and its failures."""
+    lines = ["## Training runs: exposure and failures", "",
+             "| cell | steps | real samples | synthetic samples | failed images (LV endo / LV epi / LA) | EF not measurable "
+             "(most frequent reason) |", "|---|---|---|---|---|---|"]
+    for c in sorted(flat, key=lambda c: (c["train_fraction"], c["synthetic_fraction"], c.get("exposure") or "", c["seed"])):
+        fails = " / ".join(_count(c.get(f"{s}_failures")) for s in STRUCTURES)
+        reason = f" ({c['ef_failure_reason']})" if c.get("ef_failure_reason") else ""
+        lines.append(f"| `{c.get('cell_name', '')}` | {_count(c.get('steps'))} | {_count(c.get('real_samples_seen'))} | "
+                     f"{_count(c.get('synthetic_samples_seen'))} | {fails} | {_count(c.get('ef_failures'))}{reason} |")
+    return lines + [""]
+
+
+def _count(v) -> str:
+    return "–" if v is None or (isinstance(v, float) and not math.isfinite(v)) else f"{int(v)}"
 
 
 def write_study_report(root: Path, cfg) -> Path:
@@ -326,11 +206,14 @@ def write_study_report(root: Path, cfg) -> Path:
     if not cells:
         raise RuntimeError(f"{root}: no finished cell to report on")
     attach_per_image(root, cells, cfg.split)
+    attach_clinical(root, cells, cfg.split)
     units = sorted({c.get("distance_unit", "mm") for c in cells})
     unit = "/".join(units)
-    flat = [{k: v for k, v in c.items() if k not in ("per_image_dice", "per_image", "cell")} for c in cells]
+    flat = [{**{k: v for k, v in c.items() if k not in ("per_image_dice", "per_image", "clinical", "cell")},
+             **cell_failures(c)} for c in cells]
+    named = [{**row, "cell_name": c["cell"]} for row, c in zip(flat, cells)]
     stats.write_table_csv(flat, root / "cells.csv")
-    bookkeeping = ("n_images", "n_train_patients")
+    bookkeeping = ("n_images", "n_train_patients", "steps", *EXPOSURE_COLUMNS, *FAILURE_COLUMNS, "ef_failure_reason")
     summary = stats.summarize_cells([{k: v for k, v in row.items() if k not in bookkeeping} for row in flat])
     for row in summary:
         row["distance_unit"] = unit  # the unit of the HD / MAD columns
@@ -343,6 +226,11 @@ def write_study_report(root: Path, cfg) -> Path:
     primary = primary_rows(cells, cfg.primary)
     if primary:
         stats.write_table_csv(primary, root / "primary.csv")
+    failures, sensitivity, clinical = (failure_rows(cells), sensitivity_rows(cells, cfg.primary),
+                                       clinical_rows(cells, cfg.primary))
+    for rows, name in ((failures, "failures.csv"), (sensitivity, "sensitivity.csv"), (clinical, "clinical_tests.csv")):
+        if rows:
+            stats.write_table_csv(rows, root / name)
     stats.plot_dice_vs_synthetic(summary, root / "dice_vs_synthetic.png",
                                  title=f"Dice vs synthetic fraction ({'phantom' if not cfg.data else cfg.data})")
     previews = sorted((root / "synthetic").glob("*.png"))
@@ -359,7 +247,11 @@ def write_study_report(root: Path, cfg) -> Path:
         f"batch {cfg.gan.train.batch_size}), mask source `{cfg.masks}`, "
         f"up to {cfg.synthetic_multiplier}x as many synthetic as real training images ({_synthetic_counts(root)}).",
         "The GAN of each (training fraction, seed) saw only that subset of training patients; "
-        "validation and test patients never reached a GAN or a synthetic set." + _gan_sharing(cells),
+        "validation and test patients never reached a GAN or a synthetic set." + _gan_sharing(cells, cfg),
+        f"Exposure arms of every synthetic fraction > 0: {', '.join(f'`{a}`' for a in cfg.exposures)} (`add`: the "
+        "real samples of the cell without synthetic data plus the synthetic ones, more steps; `replace`: the same "
+        "steps, synthetic samples in real ones' places; cells.csv: real_samples_seen, synthetic_samples_seen, steps). "
+        f"Each cell is evaluated with its `{cfg.cell_model}` model.",
         "",
         *primary_lines(primary),
         "## Results (mean ± SD over seeds)",
@@ -372,10 +264,12 @@ def write_study_report(root: Path, cfg) -> Path:
         f"{SECONDARY}: LV endo Dice by the seed-averaged test of the table below, which resamples patients but "
         "not training runs (its intervals are too narrow when seeds differ; docs/statistics.md).",
         "",
-        *_findings(tests),
+        *findings(tests),
         "",
     ]
     lines += test_table_lines(tests)
+    lines += secondary_lines(failures, sensitivity, clinical, cfg.simpson)
+    lines += cell_lines(named)
     found, skipped = load_quality(root)
     lines += quality_lines(found, skipped)
     if previews:
@@ -385,7 +279,8 @@ def write_study_report(root: Path, cfg) -> Path:
         lines += ["## Synthetic samples", "", caption, "",
                   "![synthetic samples](samples.png)", ""]
     lines += ["Files: `primary.csv` (the primary endpoint), `results.csv` (per cell), `cells.csv` (per U-Net), "
-              "`wilcoxon.csv` (secondary comparisons), `cells/*/eval-*/` "
+              "`wilcoxon.csv`, `failures.csv`, `sensitivity.csv`, `clinical_tests.csv` (secondary comparisons), "
+              "`cells/*/eval-*/` "
               "(per-image CSV, worst cases, Bland-Altman), `gans/` (GAN runs; `gans/*/quality/` GAN quality reports), "
               "`synthetic/` (CAMUSx sets and their preview grids).", ""]
     report = root / "report.md"

@@ -90,7 +90,8 @@ class RunKind:
 KINDS: dict[str, RunKind] = {k.name: k for k in (
     RunKind("study", finished=("report.md",), resumable=(), markers=("cells",)),
     RunKind("gan", finished=("metrics.json", "generator_ema.keras"),
-            models={"ema": ("generator_ema.keras",), "raw": ("generator.keras",)}, default_model="ema",
+            models={"ema": ("generator_ema.keras",), "raw": ("generator.keras",),
+                    "selected": ("generator_selected.keras",)}, default_model="ema",
             resumable=("train.steps", "train.epochs", "train.strategy"),
             markers=("generator_ema.keras", "generator.keras")),
     RunKind("seg", finished=("metrics.json", "final.keras"),

@@ -80,6 +80,11 @@ def test_gan_saw_only_its_training_subset(tiny_study):
     assert prov["source_patients"] == subset
     cell = json.loads((study / "cells" / "seg-f0.5-s0.5-add-seed0" / "result.json").read_text())
     assert cell["n_train_patients"] == 4
+    # the synthetic set is drawn by the checkpoint chosen on validation masks with the fraction-0 U-Net
+    selection = json.loads((gan_dir / "selection.json").read_text())
+    assert selection["scorer"].endswith("seg-f0.5-s0-seed0") and selection["split"] == "valid"
+    assert prov["weights"] == "selected" and (gan_dir / "generator_selected.keras").is_file()
+    assert "## GAN checkpoint and like-for-like quality" in (study / "report.md").read_text()
 
 
 def test_exposure_arms_hold_real_samples_or_steps_fixed(tiny_study):

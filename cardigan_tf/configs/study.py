@@ -23,6 +23,10 @@ MASK_SOURCES = ("real", "deformed", "sampled")
 #: the model of each cell that is evaluated: ``final`` (every cell trained for its whole budget,
 #: so the add/replace arms' exposures hold as designed) or ``best`` (best validation epoch)
 CELL_MODELS = ("final", "best")
+#: the generator of each study GAN that draws its synthetic set: ``selected`` (the kept
+#: checkpoint whose images the real-trained U-Net of the same patients segments best on held-out
+#: validation masks; cardigan_tf.jobs.gan_selection) or ``last`` (the last step's EMA generator)
+GAN_CHECKPOINTS = ("selected", "last")
 
 
 @dataclasses.dataclass
@@ -76,6 +80,7 @@ class StudyConfig:
     exposures: list[str] = dataclasses.field(default_factory=lambda: ["add", "replace"])
     shared_gan: bool = False  # true: seeds with the same training patients share one GAN
     cell_model: str = "final"  # see CELL_MODELS
+    gan_checkpoint: str = "selected"  # see GAN_CHECKPOINTS
     masks: str = "real"
     per_mask: int = 1
     synthetic_multiplier: int = 2  # synthetic images = multiplier x training images
@@ -101,6 +106,8 @@ class StudyConfig:
         if not self.exposures or any(e not in EXPOSURES for e in self.exposures) \
                 or len(set(self.exposures)) != len(self.exposures):
             raise ConfigError(f"exposures: expected distinct values of {list(EXPOSURES)}, got {self.exposures}")
+        if self.gan_checkpoint not in GAN_CHECKPOINTS:
+            raise ConfigError(f"gan_checkpoint: expected one of {list(GAN_CHECKPOINTS)}, got {self.gan_checkpoint!r}")
         if self.cell_model not in CELL_MODELS:
             raise ConfigError(f"cell_model: expected one of {list(CELL_MODELS)}, got {self.cell_model!r}")
         if self.simpson not in ("per_phase", "camus"):
@@ -115,10 +122,10 @@ class StudyConfig:
 def migrate(data: dict) -> dict:
     """A saved study without ``primary`` takes the default primary endpoint; one without
     ``exposures`` ran synthetic fractions as ``replace`` only, with seeds sharing GANs where
-    their training patients were equal, and evaluated the best epoch."""
+    their training patients were equal, the last GAN step, and evaluated the best epoch."""
     data.setdefault("primary", {})
     if "exposures" not in data:
-        data.update(exposures=["replace"], shared_gan=True, cell_model="best")
+        data.update(exposures=["replace"], shared_gan=True, cell_model="best", gan_checkpoint="last")
     if isinstance(data.get("gan"), dict):
         migrate_gan(data["gan"])
     return data

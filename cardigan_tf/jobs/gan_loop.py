@@ -146,7 +146,7 @@ def fit_gan(cfg, run_dir: Path, resuming: bool = False) -> Path:
     for model, fname in ((gan.generator_ema, "generator_ema.keras"), (gan.generator, "generator.keras"),
                          (gan.encoder, "encoder.keras")):
         if model is not None:
-            _save_model(model, run_dir / fname)
+            save_model(model, run_dir / fname)
     write_json(run_dir / "metrics.json", metrics)
     _report(run_dir, cfg, metrics)
     return run_dir
@@ -157,7 +157,8 @@ def _run_data(cfg, run_dir: Path) -> Path:
     return run_dataset(run_dir, cfg.data.data, cfg.model.size, cfg.data.seed, cfg.data.n_phantom)
 
 
-def _save_model(model, path: Path) -> None:
+def save_model(model, path: Path) -> None:
+    """``model`` saved as the ``.keras`` file ``path``, atomically."""
     with atomic_path(path) as tmp:
         keras_path = tmp.with_name(tmp.name + ".keras")  # Keras wants the .keras suffix
         model.save(keras_path)

@@ -47,7 +47,7 @@ from cardigan_tf.inference import synthesize as _synthesize
 from cardigan_tf.labels import LV, PHASES
 from cardigan_tf.models.mask_ae import MaskAEConfig, sample_valid_masks, train_mask_vae
 from cardigan_tf.resize import resize_pairs_np
-from cardigan_tf.runs import open_run
+from cardigan_tf.runs import KINDS, open_run
 from cardigan_tf.viz import save_sample_grid
 
 log = logging.getLogger(__name__)
@@ -193,8 +193,8 @@ def generate_set(gan: str | Path, out: str | Path, masks: str = "real", per_mask
         raise ValueError("--per-mask and --n must be >= 1")
     if masks not in MASK_SOURCES:
         raise ValueError(f"--masks {masks!r}: expected one of {MASK_SOURCES}")
-    if weights not in ("ema", "raw"):
-        raise ValueError(f"weights {weights!r}: expected 'ema' or 'raw'")
+    if weights not in KINDS["gan"].models:
+        raise ValueError(f"weights {weights!r}: expected one of {list(KINDS['gan'].models)}")
     generator, run, step = load_gan_run(gan, weights)
     cfg = run.config
     styled = len(generator.inputs) > 1

@@ -61,6 +61,7 @@ from cardigan_tf.files import atomic_write_text, write_json
 from cardigan_tf.jobs.evaluation import evaluate_run
 from cardigan_tf.jobs.gan import train_gan
 from cardigan_tf.jobs.gan_quality import gan_quality_report
+from cardigan_tf.jobs.gan_selection import select_checkpoint
 from cardigan_tf.jobs.generation import generate_set
 from cardigan_tf.jobs.seg import train_seg
 from cardigan_tf.jobs.study_claims import claim, claims_dir, data_lock, release, work_log
@@ -267,6 +268,7 @@ def run_study(cfg: StudyConfig | None, resume: str | Path | None = None, runs_di
     log.info("study %s: %d cells, %d GANs on %s (%d training patients)", root.name, len(cells), n_gans, data,
              len(train_patients))
     t0 = time.time()
+    selecting = cfg.gan_checkpoint == "selected"
     waited_since = None
     eta = _Eta()
     while True:
@@ -275,7 +277,9 @@ def run_study(cfg: StudyConfig | None, resume: str | Path | None = None, runs_di
             break
         # cells whose GAN is still missing first: with several processes, the GANs (the long
         # units) start at once on different processes instead of one after another
-        pending.sort(key=lambda c: not (c.synth > 0 and not _gan_ready(root, c.frac, gan_seed[c.frac, c.seed])))
+        # with checkpoint selection a GAN needs its scorer (the synthetic-fraction-0 cell of its seed)
+        pending.sort(key=lambda c: (not (selecting and c.synth == 0),
+                                    not (c.synth > 0 and not _gan_ready(root, c.frac, gan_seed[c.frac, c.seed]))))
         progressed = False
         for cell in pending:
             frac, synth, seed = cell.frac, cell.synth, cell.seed
@@ -284,6 +288,8 @@ def run_study(cfg: StudyConfig | None, resume: str | Path | None = None, runs_di
             patients = subset_patients(train_patients, frac, seed=seed)
             gseed = gan_seed[frac, seed]
             if synth > 0 and not _gan_ready(root, frac, gseed):
+                if selecting and not _done(_cell_dir(root, Cell(frac, 0.0, "", gseed))):
+                    continue  # its scorer is not trained yet: another cell first
                 if not claim(root, _gan_unit(frac, gseed)):
                     continue  # another process trains this GAN: take another cell first
                 try:
@@ -342,11 +348,16 @@ def _make_gan(root, cfg, data, patients, frac, seed) -> None:
     synthetic set (``seed``: the GAN's seed, see :func:`gan_seeds`)."""
     gan_dir = _gan_dir(root, frac, seed)
     train_gan(_gan_config(cfg, data, patients, seed), run_dir=gan_dir)
+    weights = "ema"
+    if cfg.gan_checkpoint == "selected":
+        select_checkpoint(gan_dir, _cell_dir(root, Cell(frac, 0.0, "", seed)), data, seed=seed)
+        weights = "selected"
     synth_path = _synth_path(root, frac, seed)
     if not synth_path.is_file():
         frames = len(cfg.gan.data.views or VIEWS) * len(cfg.gan.data.phases or PHASES)
         n_images = cfg.synthetic_multiplier * frames * len(patients)
-        generate_set(gan_dir, synth_path, masks=cfg.masks, per_mask=cfg.per_mask, n=n_images, seed=seed)
+        generate_set(gan_dir, synth_path, masks=cfg.masks, per_mask=cfg.per_mask, n=n_images, seed=seed,
+                     weights=weights)
 
 
 def _seg_config(cfg: StudyConfig, data: Path, patients: list[str], cell: Cell, synth_path):

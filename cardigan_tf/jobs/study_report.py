@@ -162,6 +162,29 @@ def quality_lines(found: list[dict[str, Any]], skipped: list[str]) -> list[str]:
     return lines + [""]
 
 
+def selection_lines(root: Path) -> list[str]:
+    """Per study GAN: the checkpoint chosen on held-out validation masks, with the like-for-like
+    pair (the real-trained U-Net of the same patients on real and on generated images of the same
+    masks; cardigan_tf.jobs.gan_selection)."""
+    records = [(d.name, json.loads((d / "selection.json").read_text())) for d in sorted((root / "gans").glob("gan-*"))
+               if (d / "selection.json").is_file()]
+    if not records:
+        return []
+    lines = ["## GAN checkpoint and like-for-like quality (held-out validation masks)", "",
+             "Each GAN's synthetic set is drawn by the kept checkpoint whose images the U-Net trained on the same "
+             "patients without synthetic images segments best; the masks are those of the validation patients, "
+             "which no GAN and no U-Net trains on. Dice against the mask at the working size, real image / "
+             "generated image of the same mask.", "",
+             "| GAN | chosen step (last) | masks | LV endo real / generated | LV epi real / generated | "
+             "LA real / generated |", "|---|---|---|---|---|---|"]
+    for name, r in records:
+        pc = r["paired_consistency"]["structures"]
+        pair = " | ".join(f"{pc[s]['real']:.3f} / {pc[s]['synthetic']:.3f}" for s in STRUCTURES)
+        lines.append(f"| `{name}` | {r['selected_step']} ({r['last_step']}) | {r['paired_consistency']['n_images']} | "
+                     f"{pair} |")
+    return lines + [""]
+
+
 def _gan_sharing(cells: list[dict[str, Any]], cfg) -> str:
     """A sentence naming the GANs that served cells of several seeds (same training patients);
     ``cells``: :func:`load_cells`."""
@@ -271,6 +294,7 @@ def write_study_report(root: Path, cfg) -> Path:
     lines += secondary_lines(failures, sensitivity, clinical, cfg.simpson)
     lines += cell_lines(named)
     found, skipped = load_quality(root)
+    lines += selection_lines(root)
     lines += quality_lines(found, skipped)
     if previews:
         caption = {"real": "Mask | synthetic image | real image of the same mask:",

@@ -24,6 +24,7 @@ from cardigan_tf.jobs.study_secondary import (
 )
 from cardigan_tf.jobs.study_wilcoxon import wilcoxon_rows
 from cardigan_tf.labels import STRUCTURES
+from cardigan_tf.stats_simulation import REGIMES, simulate_images
 from cardigan_tf.metrics.segmentation import METRICS, flatten_result
 
 TRAIN_FRACTIONS, SYNTH_FRACTIONS, SEEDS = (0.5, 1.0), (0.25, 0.5), (0, 1, 2)
@@ -239,3 +240,42 @@ def test_secondary_endpoints_count_failures_score_them_and_test_ef(tmp_path):
     assert "EF not measurable" in text and "failures = worst" in text and "`per_phase`" in text
     counts = cell_failures(cells[0])
     assert counts["ef_failures"] == 1 and counts["ef_failure_reason"] == "the LV is in 3 separate pieces"
+
+
+#: simulated studies per setting for the end-to-end calibration through primary_rows
+N_E2E = 300
+
+
+def _simulated_cells(images_a, images_b):
+    """One simulated study's per-image arrays (seeds, patients, images) as the cells the study
+    report hands to primary_rows: the synthetic-fraction-0 arm and an ``add`` arm at 0.5."""
+    cells = []
+    for sf, arm, values in ((0.0, "", images_a), (0.5, "add", images_b)):
+        for seed, per_patient in enumerate(values):
+            rows = [{"patient": f"p{p:02d}", "view": IMAGES[i][0], "phase": IMAGES[i][1], "lv_endo_dice": float(v)}
+                    for p, per_image in enumerate(per_patient) for i, v in enumerate(per_image)]
+            cells.append({"cell": f"c{sf}-{seed}", "train_fraction": 1.0, "synthetic_fraction": sf, "exposure": arm,
+                          "seed": seed, "per_image": rows})
+    return cells
+
+
+def _study_calls(effect: float, seed: int) -> list[dict]:
+    a, b = simulate_images(REGIMES["reference"], N_E2E, np.random.default_rng(seed), effect)
+    endpoint = PrimaryEndpoint(n_boot=500, paired_seeds=False)
+    return [primary_rows(_simulated_cells(a[k], b[k]), endpoint)[0] for k in range(N_E2E)]
+
+
+def test_the_study_analysis_itself_is_calibrated():
+    """The study's own analysis (primary_rows, as write_study_report calls it) on per-image tables
+    of known truth (stats_simulation, the reference regime: 10 patients, 3 seeds, 4 images):
+    two identical arms are called significant at a rate within [0.02, 0.08] at alpha 0.05; and a
+    true gain equal to the minimal detectable difference the report states (its median over the
+    null studies) is found about 80 % of the time, so "no effect larger than the MDD" holds."""
+    null = _study_calls(0.0, 11)
+    assert all(r["n_patients"] == 10 and r["exposure"] == "add" for r in null)
+    fpr = np.mean([r["significant"] == "yes" for r in null])
+    assert 0.02 <= fpr <= 0.08, fpr
+    mdd = float(np.median([r["mdd"] for r in null]))
+    assert 0.01 < mdd < 0.03
+    power = np.mean([r["significant"] == "yes" for r in _study_calls(mdd, 12)])
+    assert 0.70 <= power <= 0.90, (mdd, power)

@@ -11,7 +11,7 @@ power under an effect) and the coverage of the 95 % interval, for
 - the seed-averaged test (cardigan_tf.stats.paired_patient_test: per-patient means over seeds,
   percentile bootstrap over patients, Wilcoxon signed-rank p-value).
 
-    python experiments/stats_calibration.py [--studies 4000] [--boot 2000]
+    python -m experiments.stats_calibration [--studies 4000] [--boot 2000]
 """
 
 from __future__ import annotations

@@ -12,6 +12,7 @@ from cardigan_tf.data import h5layout, phantom, phantom_anatomy, phantom_imaging
 from cardigan_tf.data.dataset_info import dataset_info
 from cardigan_tf.data.source import resolve_data
 from cardigan_tf.labels import LA, LV, MYO, PHASES, QUALITIES, VIEWS
+from cardigan_tf.prepare import main as prepare_main
 from cardigan_tf.files import OverwriteError
 
 
@@ -291,3 +292,16 @@ def test_bad_phantom_arguments():
     assert cfg.phantom.style_of("test") == "B" and cfg.phantom.style_of("valid") == "A"
     with pytest.raises(ConfigError, match="phantom.quality_mix"):
         build_study_config(None, ["phantom.quality_mix=[0, 0, 2]"])
+
+
+def test_prepare_writes_a_configured_phantom(tmp_path, capsys):
+    out = tmp_path / "p.h5"
+    assert prepare_main(["--phantom", "--patients", "10", "--size", "64", "--out", str(out),
+                         "--set", "quality_mix=[0, 0, 1]", "--set", "test_style=B"]) == 0
+    styles = {split: s.meta["style"] for split, s in h5layout.iter_samples(out)}
+    assert styles == {"train": "A", "valid": "A", "test": "B"}
+    assert {s.quality for _, s in h5layout.iter_samples(out)} == {"Poor"}
+    capsys.readouterr()
+    assert prepare_main(["--phantom", "--out", str(tmp_path / "q.h5"), "--set", "style=C"]) == 2
+    err = capsys.readouterr().err
+    assert "error: " in err and "phantom.style" in err and "'C'" in err and not (tmp_path / "q.h5").exists()

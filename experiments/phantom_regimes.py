@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 from cardigan_tf.configs.seg import build_seg_config
-from cardigan_tf.data.h5layout import list_patients
+from cardigan_tf.data.h5layout import iter_samples, list_patients
 from cardigan_tf.data.phantom_imaging import PhantomConfig
 from cardigan_tf.data.source import resolve_data
 from cardigan_tf.jobs.evaluation import evaluate_run
@@ -53,6 +53,7 @@ def main() -> None:
     for name, phantom, k in args.regime:
         data = resolve_data(None, out / "data", size=64, seed=args.seed, n_phantom=args.patients, phantom=phantom)
         train = list_patients(data)["train"][:k]
+        seen = {s.patient: s.quality for _, s in iter_samples(data, ["train"]) if s.patient in train}
         cfg = build_seg_config("tiny", None, [
             f"data.data={data}", f"data.train_patients={train}", f"train.epochs={args.epochs}",
             f"train.steps_per_epoch={args.steps}", "train.patience=0", "train.n_overlays=0",
@@ -62,7 +63,8 @@ def main() -> None:
         summary = evaluate_run(run, split="test", overwrite=True)
         seconds = time.perf_counter() - t0
         row = {"regime": name, "quality_mix": phantom.attrs()["quality_mix"], "style": phantom.style,
-               "test_style": phantom.style_of("test"), "train_patients": k, "epochs": args.epochs,
+               "test_style": phantom.style_of("test"), "train_patients": k,
+               "train_qualities": "/".join(seen[p] for p in train), "epochs": args.epochs,
                "steps": args.steps, "train_seed": args.train_seed,
                "lv_endo_dice": round(summary["by_phase"]["all"]["lv_endo"]["dice"]["mean"], 4),
                "n_test_images": summary["n_images"], "seconds": round(seconds, 1)}

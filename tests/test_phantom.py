@@ -268,6 +268,8 @@ def test_phantom_config_is_deterministic_per_seed(tmp_path):
     assert resolve_data(None, tmp_path, size=64, seed=1, n_phantom=3, phantom=cfg) == first
     other = resolve_data(None, tmp_path, size=64, seed=1, n_phantom=3)
     assert other.name == "phantom.h5" and h5layout.read_root_attrs(other)["style"] == "A"
+    same = phantom.PhantomConfig(quality_mix=[0.35, 0.5, 0.15], style="A", test_style="A")  # the default phantom
+    assert resolve_data(None, tmp_path, size=64, seed=1, n_phantom=3, phantom=same) == other
 
 
 @pytest.mark.parametrize("overrides, message", [

@@ -129,8 +129,8 @@ class PhantomConfig:
                 "test_style": self.test_style or self.style}
 
     def tag(self) -> str:
-        """A short file-name tag, "" for the default config: ``q35-50-15_A-B``."""
-        if self == PhantomConfig():
+        """A short file-name tag, "" for a config that draws the default phantom: ``q35-50-15_A-B``."""
+        if self.attrs() == PhantomConfig().attrs():
             return ""
         styles = self.style if (self.test_style or self.style) == self.style else f"{self.style}-{self.test_style}"
         return "q" + "-".join(f"{round(100 * f):d}" for f in self.quality_mix) + "_" + styles

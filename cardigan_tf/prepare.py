@@ -5,6 +5,7 @@ Usage::
     python -m cardigan_tf.prepare --source CAMUS_DIR --out camus_256.h5 [--size 256]
         [--fold K] [--seed S] [--tfrecords DIR --shards N] [--skip-invalid] [--overwrite]
     python -m cardigan_tf.prepare --phantom --patients N --out phantom.h5 [--size] [--seed]
+        [--set quality_mix=[0.2,0.5,0.3]] [--set style=A] [--set test_style=B]
 
 The work is :func:`cardigan_tf.data.prepare.prepare` (see it for resizing and splits).
 """
@@ -15,6 +16,7 @@ import argparse
 import sys
 
 from cardigan_tf import cli
+from cardigan_tf.config import load_config
 from cardigan_tf.data import phantom
 from cardigan_tf.data.h5layout import list_patients, read_root_attrs
 from cardigan_tf.data.splits import split_summary
@@ -26,6 +28,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--source", help="CAMUS folder (2019 or 2023 release) or seed-layout .h5")
     p.add_argument("--phantom", action="store_true", help="write the built-in phantom instead of converting")
     p.add_argument("--patients", type=int, default=50, help="phantom patients (with --phantom)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="with --phantom: a PhantomConfig value, e.g. quality_mix=[0.2,0.5,0.3] (Good, Medium, "
+                        "Poor), style=A, test_style=B (the test patients' acquisition style); repeatable")
     p.add_argument("--out", required=True, help="output .h5 file")
     p.add_argument("--size", type=int, default=256, help="working size of 'im'/'gt' (default 256)")
     p.add_argument("--fold", type=int, default=None,
@@ -51,7 +56,8 @@ def run(args: argparse.Namespace):
 def _write(args: argparse.Namespace):
     if args.phantom:
         path = phantom.write_h5(args.out, n_patients=args.patients, seed=args.seed, size=args.size,
-                                overwrite=args.overwrite)
+                                overwrite=args.overwrite,
+                                phantom=load_config(phantom.PhantomConfig, None, args.overrides))
         if args.tfrecords:
             from cardigan_tf.data import tfrecord  # lazy: loads TensorFlow, which --help does not need
 
@@ -60,6 +66,8 @@ def _write(args: argparse.Namespace):
         return path
     if not args.source:
         raise cli.UsageError("--source is required (or --phantom)")
+    if args.overrides:
+        raise cli.UsageError("--set sets phantom values: it needs --phantom")
     from cardigan_tf.data.prepare import prepare  # lazy: loads TensorFlow, which --help does not need
 
     return prepare(args.source, args.out, size=args.size, fold=args.fold, seed=args.seed,

@@ -180,21 +180,22 @@ def recorded_dataset(run_dir: str | Path) -> Path | None:
     return next((path.resolve() for path in candidates if path.exists()), None)
 
 
-def _resolve_into(run_dir: str | Path, data: Any, size: int, seed: int, n_phantom: int) -> Path:
+def _resolve_into(run_dir: str | Path, data: Any, size: int, seed: int, n_phantom: int, phantom: Any = None) -> Path:
     """``data`` (phantom, .h5, TFRecord folder or CAMUS folder; split with ``seed``) resolved
-    into ``run_dir/data``."""
+    into ``run_dir/data``; ``phantom``: the built-in phantom's PhantomConfig (None: default)."""
     from cardigan_tf.data.source import resolve_data  # lazy: TensorFlow (see the imports)
 
-    return Path(resolve_data(data, Path(run_dir) / "data", size=int(size), seed=int(seed), n_phantom=int(n_phantom)))
+    return Path(resolve_data(data, Path(run_dir) / "data", size=int(size), seed=int(seed), n_phantom=int(n_phantom),
+                             phantom=phantom))
 
 
-def run_dataset(run_dir: str | Path, data: Any, size: int, seed: int, n_phantom: int) -> Path:
+def run_dataset(run_dir: str | Path, data: Any, size: int, seed: int, n_phantom: int, phantom: Any = None) -> Path:
     """The prepared dataset of a run being trained: the one recorded in ``run_dir/data.json``
     when it still exists, else ``data`` resolved into ``run_dir/data`` and recorded with its
     fingerprint."""
     path = recorded_dataset(run_dir)
     if path is None:
-        path = _resolve_into(run_dir, data, size, seed, n_phantom)
+        path = _resolve_into(run_dir, data, size, seed, n_phantom, phantom)
         record_data(run_dir, path, data)
     return path
 
@@ -276,7 +277,7 @@ class Run:
             data = self.config.data.data
         cfg = self.config
         size = cfg.model.size if self.kind == "gan" else cfg.data.size
-        return _resolve_into(self.path, data, size, cfg.data.seed, cfg.data.n_phantom)
+        return _resolve_into(self.path, data, size, cfg.data.seed, cfg.data.n_phantom, cfg.data.phantom)
 
     @property
     def provenance(self) -> dict:

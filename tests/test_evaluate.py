@@ -49,7 +49,10 @@ def test_evaluate_writes_report_files(key_seg_evaluation):
     clin = _read_csv(out / "clinical.csv")
     assert len(clin) == summary["n_patients"]
     assert set(summary["clinical_agreement"]) >= {"ef_vs_gt", "edv_vs_gt", "esv_vs_gt", "ef_vs_cfg"}
-    assert summary["clinical_agreement"]["edv_vs_gt"]["n"] == len(clin)
+    # a patient whose volume could not be measured (a reason recorded) leaves the agreement, counted
+    measured = [r for r in clin if not r["reason_pred"] and not r["reason_gt"]]
+    assert summary["clinical_agreement"]["edv_vs_gt"]["n"] == len(measured) >= len(clin) - 1
+    assert summary["clinical_not_measured"] == len(clin) - len(measured)
     # the worst case is the lowest LV endo Dice of the CSV
     rows = _read_csv(out / "per_image.csv")
     lowest = min(rows, key=lambda r: float(r["lv_endo_dice"]))
@@ -74,10 +77,35 @@ def test_csv_json_markdown_are_consistent(key_seg_evaluation):
         st = saved["by_phase"][phase]["lv_endo"]
         line = f"| LV endo | {phase} | {st['dice']['mean']:.3f} ± {st['dice']['sd']:.3f} | {st['hd']['mean']:.2f} ± "
         assert line in report
-    quality = {r["quality"] for r in rows}
-    for q in quality:
-        assert f"| {q or 'unknown'} |" in report
     assert "EF (%)" in report and "Bland-Altman" in report
+
+
+def test_results_broken_down_by_image_quality_and_style(key_seg_evaluation):
+    """Per quality level (and acquisition style): Dice, HD, MAD per structure with the images and
+    patients of each, equal to the per-image CSV regrouped here."""
+    summary, out = key_seg_evaluation
+    rows = _read_csv(out / "per_image.csv")
+    report = (out / "report.md").read_text()
+    assert {r["style"] for r in rows} == {"A"}  # the phantom records its acquisition style
+    assert "## By image quality" in report and "## By acquisition style" in report
+    for key, groups, patients in (("quality", summary["by_quality"], summary["patients_by_quality"]),
+                                  ("style", summary["by_style"], summary["patients_by_style"])):
+        assert set(groups) - {"all"} == {r[key] for r in rows}
+        for g in {r[key] for r in rows}:
+            mine = [r for r in rows if r[key] == g]
+            assert patients[g] == len({r["patient"] for r in mine})
+            for s in ("lv_endo", "lv_epi", "la"):
+                dice = np.array([float(r[f"{s}_dice"]) for r in mine])
+                st = groups[g][s]["dice"]
+                assert st["n"] + st["nan"] == len(mine)
+                assert st["mean"] == pytest.approx(np.nanmean(dice), rel=1e-9)
+            st = groups[g]["lv_endo"]
+            assert (f"| {g} | {len(mine)} | {patients[g]} | LV endo | {st['dice']['mean']:.3f} ± {st['dice']['sd']:.3f} | "
+                    f"{st['hd']['mean']:.2f} ± {st['hd']['sd']:.2f} |") in report
+    # the quality levels come in CAMUS' order
+    order = [q for q in ("Good", "Medium", "Poor") if q in summary["by_quality"]]
+    at = [report.index(f"| {q} | ") for q in order]
+    assert at == sorted(at)
 
 
 def test_evaluate_refuses_overwrite_and_cli(key_seg_run, key_seg_evaluation, tmp_path, capsys):
@@ -117,6 +145,7 @@ def test_original_resolution_reference_uses_original_spacing(key_seg_run, key_se
     assert summary_ref["gt_resolution"] == "original"
     rows = _read_csv(tmp_path / "ev_ref" / "per_image.csv")
     assert {r["gt_source"] for r in rows} == {"ref"}
+    assert "style" not in rows[0] and "by_style" not in summary_ref  # a file without styles
     for s in ("lv_endo", "lv_epi"):
         a = summary_work["by_phase"]["all"][s]
         b = summary_ref["by_phase"]["all"][s]

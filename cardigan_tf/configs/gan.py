@@ -24,6 +24,7 @@ import dataclasses
 
 from cardigan_tf.config import ConfigError, from_dict, load_config, load_yaml, to_dict
 from cardigan_tf.data.augment import AugmentConfig
+from cardigan_tf.data.phantom_imaging import PhantomConfig
 from cardigan_tf.labels import NUM_CLASSES
 from cardigan_tf.models.discriminator import DiscriminatorConfig
 from cardigan_tf.models.encoder import EncoderConfig
@@ -116,8 +117,8 @@ def gan_augment() -> AugmentConfig:
 class GanDataConfig:
     """Training data: ``data`` = CAMUS folder / seed-layout .h5, or null for the phantom.
 
-    ``seed`` (phantom generation and the seeded split of a folder without official lists) and
-    ``n_phantom`` define the data exactly as the U-Net's ``data`` section does, under the same
+    ``seed`` (phantom generation and the seeded split of a folder without official lists),
+    ``n_phantom`` and ``phantom`` (quality mix, acquisition styles) define the data exactly as the U-Net's ``data`` section does, under the same
     keys: a GAN and a U-Net given the same values see the same patients in the same splits.
     """
 
@@ -127,6 +128,7 @@ class GanDataConfig:
     train_patients: list[str] | None = None  # restrict training to these patient ids
     augment: AugmentConfig = dataclasses.field(default_factory=gan_augment)
     n_phantom: int = 60
+    phantom: PhantomConfig = dataclasses.field(default_factory=PhantomConfig)
     seed: int = 0
 
 
@@ -141,6 +143,7 @@ class GanConfig:
         self.model.validate()
         self.train.validate()
         self.data.augment.validate()
+        self.data.phantom.validate()
 
 
 def _preset(name: str, size: int, width: int, batch: int, epochs: int, decay: int, beta2: float,

@@ -20,6 +20,7 @@ from typing import Any
 
 from cardigan_tf.config import ConfigError, load_config
 from cardigan_tf.data.augment import AugmentConfig
+from cardigan_tf.data.phantom_imaging import PhantomConfig
 from cardigan_tf.labels import PHASES, VIEWS
 from cardigan_tf.models.unet import UNetConfig
 from cardigan_tf.runtime import STRATEGIES
@@ -72,8 +73,9 @@ class SegTrainConfig:
 
 @dataclass
 class SegDataConfig:
-    """Data of a U-Net run. ``seed`` and ``n_phantom`` define the data and its seeded split
-    under the same keys as the GAN's ``data`` section."""
+    """Data of a U-Net run. ``seed``, ``n_phantom`` and ``phantom`` (quality mix, acquisition
+    styles of the built-in phantom) define the data and its seeded split under the same keys as
+    the GAN's ``data`` section."""
 
     data: str | None = None
     synthetic: str | None = None
@@ -85,6 +87,7 @@ class SegDataConfig:
     train_patients: list[str] | None = None
     exposure: str = "replace"  # see EXPOSURES
     n_phantom: int = 60
+    phantom: PhantomConfig = field(default_factory=PhantomConfig)
     seed: int = 0  # phantom generation / seeded split of the data
 
     def validate(self) -> None:
@@ -95,6 +98,7 @@ class SegDataConfig:
         if self.exposure not in EXPOSURES:
             raise ConfigError(f"data.exposure: expected one of {EXPOSURES}, got {self.exposure!r}")
         self.augment.validate()
+        self.phantom.validate()
 
 
 @dataclass

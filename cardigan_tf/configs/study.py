@@ -16,6 +16,7 @@ from cardigan_tf.configs.gan import migrate as migrate_gan
 from cardigan_tf.configs.gan import preset_config as gan_preset_config
 from cardigan_tf.configs.seg import EXPOSURES, SegConfig
 from cardigan_tf.configs.seg import preset_config as seg_preset_config
+from cardigan_tf.data.phantom_imaging import PhantomConfig
 from cardigan_tf.labels import STRUCTURES
 from cardigan_tf.metrics.segmentation import METRICS
 
@@ -71,6 +72,7 @@ class StudyConfig:
     name: str = "study"
     data: str | None = None
     n_phantom: int = 60
+    phantom: PhantomConfig = dataclasses.field(default_factory=PhantomConfig)  # quality mix, styles
     data_seed: int = 0
     train_fractions: list[float] = dataclasses.field(default_factory=lambda: [0.1, 0.25, 1.0])
     synthetic_fractions: list[float] = dataclasses.field(default_factory=lambda: [0.0, 0.25, 0.5])
@@ -95,6 +97,7 @@ class StudyConfig:
 
     def validate(self) -> None:
         self.primary.validate()
+        self.phantom.validate()
         if not self.train_fractions or any(not 0 < f <= 1 for f in self.train_fractions):
             raise ConfigError(f"train_fractions: expected values in (0, 1], got {self.train_fractions}")
         if not self.synthetic_fractions or any(not 0 <= f < 1 for f in self.synthetic_fractions):

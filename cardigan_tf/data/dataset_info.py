@@ -1,5 +1,5 @@
 """What a prepared dataset holds: frames and patients per split, view, phase and image quality
-(a seed-layout .h5 read from its metadata only, a TFRecord folder from its index, or arrays)."""
+and acquisition style (a seed-layout .h5 read from its metadata only, a TFRecord folder from its index, or arrays)."""
 
 from __future__ import annotations
 
@@ -14,16 +14,19 @@ from cardigan_tf.data.sample import DataError
 
 
 def dataset_info(source: Source) -> dict[str, Any]:
-    """Counts per split, view, phase and quality: ``{split: {"frames", "patients", "views": {..},
-    "phases": {..}, "qualities": {..}}}`` (read from the metadata only for .h5 files)."""
+    """Counts per split, view, phase, quality and style: ``{split: {"frames", "patients", "views":
+    {..}, "phases": {..}, "qualities": {..}, "styles": {..}}}`` (read from the metadata only for
+    .h5 files; ``styles`` only where a file records them, as the phantom does)."""
     out: dict[str, Any] = {}
 
-    def add(split, patient, view, phase, quality):
+    def add(split, patient, view, phase, quality, style=""):
         d = out.setdefault(split, {"frames": 0, "patients": set(), "views": {}, "phases": {}, "qualities": {}})
         d["frames"] += 1
         d["patients"].add(patient)
         for key, value in (("views", view), ("phases", phase), ("qualities", quality or "unknown")):
             d[key][value] = d[key].get(value, 0) + 1
+        if style:
+            d.setdefault("styles", {})[style] = d.get("styles", {}).get(style, 0) + 1
 
     if isinstance(source, dict):
         n = len(source["image"])
@@ -44,8 +47,9 @@ def dataset_info(source: Source) -> dict[str, Any]:
                     for view, grp in fh[split][patient].items():
                         phases = h5layout._maybe_json(h5layout._decode(grp.attrs.get("phases", ""))) or list(h5layout.DEFAULT_PHASES)
                         quality = h5layout._decode(grp.attrs.get("quality", ""))
+                        style = h5layout._decode(grp.attrs.get("style", ""))
                         for phase in phases:
-                            add(split, patient, view, phase, quality)
+                            add(split, patient, view, phase, quality, style)
     for d in out.values():
         d["patients"] = len(d["patients"])
     return out
@@ -56,7 +60,7 @@ def format_info(info: dict[str, Any]) -> str:
     lines = []
     for split, d in info.items():
         parts = [f"{split}: {d.get('frames', d.get('examples', '?'))} frames, {d.get('patients', '?')} patients"]
-        for key in ("views", "phases", "qualities"):
+        for key in ("views", "phases", "qualities", "styles"):
             if key in d:
                 parts.append(key + " " + ", ".join(f"{k}={v}" for k, v in sorted(d[key].items())))
         lines.append("; ".join(parts))

@@ -11,8 +11,9 @@ Layout::
 Index ``i`` along ``n`` is the phase ``attrs["phases"][i]``; when the attribute is absent
 (CREATIS' files) it is ("ED", "ES"). Our files add, per view group: ``spacing`` (row, col mm of
 the original image), ``original_shape``, ``quality``, ``cfg`` (JSON of the Info cfg values),
-``source_files`` (JSON name -> sha256), and root attributes describing the file
-(``format``, ``source_layout``, ``size``, ``split_method``, ``n_skipped``, ``skipped``, ...).
+``source_files`` (JSON name -> sha256), the phantom's ``style`` (its acquisition style, read
+back as ``Sample.meta["style"]`` like every other view-group attribute), and root attributes
+describing the file (``format``, ``source_layout``, ``size``, ``split_method``, ``n_skipped``, ``skipped``, ...).
 Synthetic "CAMUSx" sets use the same layout with ``kind = "synthetic"`` and ``provenance``.
 """
 

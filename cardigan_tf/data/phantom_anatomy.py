@@ -11,23 +11,13 @@ from typing import Any
 
 import numpy as np
 
+from cardigan_tf.data.phantom_imaging import DEFAULT_QUALITY_MIX, STYLES, draw_imaging
 from cardigan_tf.labels import PHASES, QUALITIES, VIEWS
 from cardigan_tf.metrics.clinical import phase_volumes
 
-__all__ = ["DEPTH_MM", "WIDTH_MM", "SECTOR_RADIUS_MM", "SECTOR_HALF_ANGLE", "QUALITY_PROBS", "LA_CENTRE",
-           "spacing_for", "draw_patient", "frame_geometry", "lv_half_width", "simpson_volumes"]
+__all__ = ["LA_CENTRE", "draw_patient", "frame_geometry", "lv_half_width", "simpson_volumes"]
 
-DEPTH_MM = 150.0  # image height (rows) in mm
-WIDTH_MM = 170.0  # image width (cols) in mm
-SECTOR_RADIUS_MM = 146.0
-SECTOR_HALF_ANGLE = np.deg2rad(35.5)
-QUALITY_PROBS = (0.35, 0.45, 0.20)
 LA_CENTRE = 0.55  # atrial ellipse centre below the base, in half-lengths: wide mitral opening
-
-
-def spacing_for(size: int) -> tuple[float, float]:
-    """(row, col) pixel spacing in mm of a phantom image of ``size`` x ``size`` pixels."""
-    return (DEPTH_MM / size, WIDTH_MM / size)
 
 
 # ----------------------------------------------------------------------------- parameters
@@ -35,10 +25,11 @@ def _u(rng: np.random.Generator, lo: float, hi: float) -> float:
     return float(rng.uniform(lo, hi))
 
 
-def _in_sector(px: np.ndarray, py: np.ndarray, margin: float = 2.0) -> bool:
+def _in_sector(px: np.ndarray, py: np.ndarray, style: str, margin: float = 2.0) -> bool:
+    acq = STYLES[style]
     r = np.hypot(px, py)
     th = np.arctan2(px, py)
-    return bool(np.all(r <= SECTOR_RADIUS_MM - margin) and np.all(np.abs(th) <= SECTOR_HALF_ANGLE - margin / np.maximum(r, 1.0)))
+    return bool(np.all(r <= acq.radius_mm - margin) and np.all(np.abs(th) <= acq.half_angle - margin / np.maximum(r, 1.0)))
 
 
 _VIEW_RANGES = {  # name: (2CH range, 4CH range); the 4CH LV sits right of the RV
@@ -56,9 +47,9 @@ _VIEW_RANGES = {  # name: (2CH range, 4CH range); the 4CH LV sits right of the R
 }
 
 
-def _view_params(rng: np.random.Generator, view: str, base: dict[str, float]) -> dict[str, float]:
+def _view_params(rng: np.random.Generator, view: str, base: dict[str, Any]) -> dict[str, float]:
     """Position and shape of one view; redrawn (apex 1 mm deeper each time) until the LV and
-    myocardium of both phases lie inside the sector."""
+    myocardium of both phases lie inside the sector of the patient's style."""
     j = VIEWS.index(view)
     lo = np.array([r[j][0] for r in _VIEW_RANGES.values()])
     hi = np.array([r[j][1] for r in _VIEW_RANGES.values()])
@@ -66,7 +57,7 @@ def _view_params(rng: np.random.Generator, view: str, base: dict[str, float]) ->
         v = dict(zip(_VIEW_RANGES, (float(x) for x in rng.uniform(lo, hi))))
         v["tilt_deg"] += base["tilt_deg"]
         v["apex_depth"] += 1.0 * attempt
-        if _myo_inside(frame_geometry(base, v, "ED")) and _myo_inside(frame_geometry(base, v, "ES")):
+        if all(_myo_inside(frame_geometry(base, v, phase), base["style"]) for phase in PHASES):
             return v
     return v  # pragma: no cover - the deeper apex guarantees success long before
 
@@ -74,18 +65,26 @@ def _view_params(rng: np.random.Generator, view: str, base: dict[str, float]) ->
 _COS33, _SIN33 = np.cos(np.linspace(0, np.pi, 33)), np.sin(np.linspace(0, np.pi, 33))
 
 
-def _myo_inside(g: dict[str, float]) -> bool:
+def _myo_inside(g: dict[str, float], style: str) -> bool:
     s = g["c"] - (g["c"] + g["t_apex"]) * _COS33
     t = (g["W"] + g["T"]) * _SIN33
     keep = s <= g["L"]
     s, t = np.concatenate([s[keep], s[keep]]), np.concatenate([t[keep], -t[keep]])
     px = g["ax"] + s * g["ux"] + t * g["nx"]
     py = g["ay"] + s * g["uy"] + t * g["ny"]
-    return _in_sector(px, py)
+    return _in_sector(px, py, style)
 
 
-def draw_patient(rng: np.random.Generator) -> dict[str, Any]:
-    """Per-patient parameters (mm, degrees, ratios) shared by both views and phases."""
+def draw_patient(rng: np.random.Generator, quality_mix=DEFAULT_QUALITY_MIX, style: str = "A") -> dict[str, Any]:
+    """Per-patient parameters (mm, degrees, ratios) shared by both views and phases: the anatomy,
+    the image quality (drawn with the probabilities ``quality_mix`` of Good, Medium, Poor), the
+    acquisition ``style`` and, per view, what stays put between its frames (``imaging``).
+
+    The quality takes one uniform draw whatever the mix, so a patient's anatomy does not depend
+    on ``quality_mix``; it depends on ``style`` only where a view had to be redrawn to fit the
+    style's sector."""
+    if style not in STYLES:
+        raise ValueError(f"style: expected one of {list(STYLES)}, got {style!r}")
     p: dict[str, Any] = {
         "L": _u(rng, 68, 90),  # ED cavity length, apex to mitral base
         "W": _u(rng, 19, 26),  # ED cavity half-width
@@ -98,13 +97,15 @@ def draw_patient(rng: np.random.Generator) -> dict[str, Any]:
         "la_a": _u(rng, 17, 28),  # LA half-length along the axis
         "la_b": _u(rng, 1.1, 1.35),  # LA half-width / (0.85 * ED cavity half-width)
         "la_es": _u(rng, 1.05, 1.22),
-        "quality": str(rng.choice(QUALITIES, p=QUALITY_PROBS)),
+        "quality": str(rng.choice(QUALITIES, p=np.asarray(quality_mix, np.float64) / np.sum(quality_mix))),
         "gain": _u(rng, 0.8, 1.25),
         "atten": _u(rng, 0.002, 0.008),
         "myo_level": _u(rng, 0.5, 0.75),
         "tissue_level": _u(rng, 0.18, 0.32),
     }
+    p["style"] = style
     p["views"] = {view: _view_params(rng, view, p) for view in VIEWS}
+    p["imaging"] = {view: draw_imaging(rng, p["quality"], style) for view in VIEWS}
     return p
 
 

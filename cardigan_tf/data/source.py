@@ -1,7 +1,7 @@
 """Resolve a command's ``--data`` argument into a seed-layout .h5 file.
 
-``resolve_data(None, work_dir)`` writes the built-in phantom to ``work_dir/phantom.h5``;
-an .h5 in the seed layout is used as is; a CAMUS folder (2019 or 2023 release, or a folder of
+``resolve_data(None, work_dir)`` writes the built-in phantom to ``work_dir/phantom.h5``
+(``phantom_<tag>.h5`` for a non-default quality mix or style); an .h5 in the seed layout is used as is; a CAMUS folder (2019 or 2023 release, or a folder of
 patient folders) is converted with :func:`cardigan_tf.data.prepare.prepare` into
 ``work_dir/camus_<size>.h5``. A folder of TFRecord shards (with the ``index.json`` that
 :mod:`cardigan_tf.data.tfrecord` writes) is returned as is for the pipeline to stream. A file already there from an earlier call with the same
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import h5py
 
-from cardigan_tf.data import phantom
+from cardigan_tf.data.phantom import PhantomConfig, phantom_attrs, write_h5
 from cardigan_tf.data.camus import detect_layout
 from cardigan_tf.data.h5layout import is_h5_layout, read_root_attrs
 from cardigan_tf.data.prepare import prepare
@@ -68,17 +68,22 @@ def check_data(data: str | Path | None, what: str = "--data") -> None:
 
 
 def resolve_data(data: str | Path | None, work_dir: str | Path, size: int = 256, seed: int = 0,
-                 n_phantom: int = 60) -> Path:
-    """Return a seed-layout .h5 for ``data`` (None -> the built-in phantom)."""
+                 n_phantom: int = 60, phantom: PhantomConfig | None = None) -> Path:
+    """Return a seed-layout .h5 for ``data`` (None -> the built-in phantom, drawn with
+    ``phantom``'s quality mix and styles: ``work_dir/phantom.h5`` for the default config, else
+    ``work_dir/phantom_<tag>.h5``, e.g. ``phantom_q0-0-100_A-B.h5``)."""
     work_dir = Path(work_dir)
     if data is None or str(data) == "":
-        want = {"kind": "phantom", "size": int(size), "seed": int(seed), "n_patients": int(n_phantom)}
-        path, ready = _target(work_dir / "phantom.h5", want)
+        phantom = phantom if phantom is not None else PhantomConfig()
+        want = phantom_attrs(n_phantom, seed, size, phantom)
+        tag = phantom.tag()
+        path, ready = _target(work_dir / (f"phantom_{tag}.h5" if tag else "phantom.h5"), want)
         if ready:
             return path
         work_dir.mkdir(parents=True, exist_ok=True)
-        log.info("writing the built-in phantom (%d patients, %dx%d) to %s", n_phantom, size, size, path)
-        return Path(phantom.write_h5(path, n_patients=int(n_phantom), seed=int(seed), size=int(size)))
+        log.info("writing the built-in phantom (%d patients, %dx%d, %s) to %s", n_phantom, size, size,
+                 phantom.attrs(), path)
+        return Path(write_h5(path, n_patients=int(n_phantom), seed=int(seed), size=int(size), phantom=phantom))
     data = Path(data)
     if not data.exists():
         raise DataError(data, "does not exist (expected a seed-layout .h5 file or a CAMUS folder)")

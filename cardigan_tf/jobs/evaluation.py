@@ -3,13 +3,16 @@
 Metrics report of a segmentation run, CAMUS-style, written to ``RUN_DIR/eval-<split>/``
 (refused if it exists, unless ``--overwrite``; the folder appears only when complete):
 
-- ``per_image.csv``: patient, view, phase, quality, gt_source, and per structure (lv_endo,
-  lv_epi, la) dice, hd (mm), mad (mm), missing;
+- ``per_image.csv``: patient, view, phase, quality, style (when the data records acquisition
+  styles, as the phantom does), gt_source, and per structure (lv_endo, lv_epi, la) dice, hd
+  (mm), mad (mm), missing;
 - ``clinical.csv``: per patient EDV, ESV (ml), EF (%) from the predicted and the ground-truth
   masks (Simpson biplane), and the cfg values (LVedv, LVesv, LVef) where the data has them;
 - ``summary.json``: everything below, machine-readable;
 - ``report.md``: the CAMUS paper's table (structure x phase; Dice, HD, MAD mean +- SD), EF and
-  volume agreement (correlation, bias +- SD, MAE), a breakdown by image quality;
+  volume agreement (correlation, bias +- SD, MAE), Dice, HD and MAD per structure by image
+  quality (Good / Medium / Poor, with the images and patients of each; as the CAMUS paper
+  reports them) and, when recorded, by acquisition style;
 - ``worst/``: overlays (image | truth | prediction) of the cases with the lowest LV endo Dice;
 - ``bland_altman_ef.png``: EF from predicted vs ground-truth masks.
 
@@ -45,7 +48,7 @@ from cardigan_tf.data.h5layout import iter_samples
 from cardigan_tf.data.sample import EmptyDatasetError
 from cardigan_tf.files import atomic_path, refuse_overwrite, write_json
 from cardigan_tf.inference import masks_from_probabilities, model_input, predict_probabilities
-from cardigan_tf.labels import PHASES, STRUCTURE_TITLES, STRUCTURES
+from cardigan_tf.labels import PHASES, QUALITIES, STRUCTURE_TITLES, STRUCTURES
 from cardigan_tf.metrics import segmentation as seg
 from cardigan_tf.metrics.clinical import SIMPSON_CONVENTIONS, agreement, patients_indices
 from cardigan_tf.resize import resize_mask_np
@@ -168,18 +171,44 @@ def _markdown(run_dir: Path, split: str, summary: dict) -> str:
         ref_name = "ground-truth masks" if ref == "gt" else "cfg values"
         lines.append(f"| {names[k]} | {ref_name} | {a['corr']:.3f} | {a['bias']:.2f} ± {a['sd']:.2f} | "
                      f"{a['mae']:.2f} | {a['n']} |")
-    lines += ["", "## By image quality (mean ± SD)", "",
-              f"| quality | n images | LV endo Dice | LV epi Dice | LA Dice | LV endo HD ({u}) |", "|---|---|---|---|---|---|"]
-    for q, st in sorted(by_q.items()):
-        if q == "all":
-            continue
-        lines.append(f"| {q or 'unknown'} | {st['lv_endo']['dice']['n'] + st['lv_endo']['dice']['nan']} | "
-                     f"{_fmt(st['lv_endo']['dice'])} | {_fmt(st['lv_epi']['dice'])} | {_fmt(st['la']['dice'])} | "
-                     f"{_fmt(st['lv_endo']['hd'], 2)} |")
+    lines += _breakdown("image quality", "quality", by_q, summary.get("patients_by_quality", {}), u)
+    if summary.get("by_style"):
+        lines += _breakdown("acquisition style", "style", summary["by_style"], summary.get("patients_by_style", {}), u)
     lines += ["", "Worst cases by LV endo Dice: `worst/`. EF Bland-Altman: `bland_altman_ef.png`.", ""]
     if summary.get("timing_s"):
         lines += ["Time per stage: " + ", ".join(f"{k} {v:.2f} s" for k, v in summary["timing_s"].items()) + ".", ""]
     return "\n".join(lines)
+
+
+def _group_order(groups) -> list[str]:
+    """Quality levels in CAMUS' order (Good, Medium, Poor), then any other name, unknown ("") last."""
+    rank = {q: i for i, q in enumerate(QUALITIES)}
+    return sorted((g for g in groups if g != "all"), key=lambda g: (g == "", rank.get(g, len(rank)), g))
+
+
+def _breakdown(title: str, key: str, groups: dict, patients: dict, unit: str) -> list[str]:
+    """A report section: Dice, HD and MAD (mean ± SD) per structure for each group of images
+    (one quality level or style), with the images and patients of each."""
+    lines = ["", f"## By {title} (mean ± SD)", "",
+             f"| {key} | images | patients | structure | Dice | HD ({unit}) | MAD ({unit}) |",
+             "|---|---|---|---|---|---|---|"]
+    for g in _group_order(groups):
+        for s in STRUCTURES:
+            st = groups[g].get(s)
+            if st is None:
+                continue
+            n = st["dice"]["n"] + st["dice"]["nan"]
+            lines.append(f"| {g or 'unknown'} | {n} | {patients.get(g, '?')} | {STRUCTURE_TITLES[s]} | "
+                         f"{_fmt(st['dice'])} | {_fmt(st['hd'], 2)} | {_fmt(st['mad'], 2)} |")
+    return lines
+
+
+def _patients_by(rows: list[dict], key: str) -> dict[str, int]:
+    """Distinct patients per value of ``key`` in the per-image rows."""
+    found: dict[str, set] = {}
+    for r in rows:
+        found.setdefault(str(r.get(key, "")), set()).add(r["patient"])
+    return {k: len(v) for k, v in found.items()}
 
 
 def _spacing_override(spacing) -> tuple[float, float] | None:
@@ -229,6 +258,7 @@ def evaluate_run(run_dir, data=None, split: str = "test", postprocess: bool = Fa
     if given_spacing is not None:
         for s in samples:
             s.spacing = given_spacing
+    with_style = any(s.meta.get("style") for s in samples)
     t = stages.add("load", t)
 
     rows, cases, per_patient, sources = [], [], {}, set()
@@ -248,8 +278,9 @@ def evaluate_run(run_dir, data=None, split: str = "test", postprocess: bool = Fa
                 pred = seg.postprocess(pred)
             sources.add(source)
             result = seg.evaluate_masks(pred, gt, sp)
+            styled = {"style": str(s.meta.get("style") or "")} if with_style else {}
             rows.append(seg.flatten_result(result, patient=s.patient, view=s.view, phase=s.phase,
-                                           quality=s.quality, gt_source=source, distance_unit=unit))
+                                           quality=s.quality, **styled, gt_source=source, distance_unit=unit))
             cases.append((result["lv_endo"]["dice"], s, xs[..., 0], p_small))
             d = per_patient.setdefault(s.patient, {"pred": {}, "gt": {}, "spacing": {}, "cfg": s.meta.get("cfg") or {}})
             d["pred"][(s.view, s.phase)] = (pred == 1)
@@ -277,6 +308,9 @@ def evaluate_run(run_dir, data=None, split: str = "test", postprocess: bool = Fa
         "by_phase": seg.summarize(rows, group_by=("phase",)),
         "by_view_phase": seg.summarize(rows, group_by=("view", "phase")),
         "by_quality": seg.summarize(rows, group_by=("quality",)),
+        "patients_by_quality": _patients_by(rows, "quality"),
+        **({"by_style": seg.summarize(rows, group_by=("style",)), "patients_by_style": _patients_by(rows, "style")}
+           if with_style else {}),
         "clinical_agreement": agree, "clinical_patients": len(clin_rows), "simpson": simpson,
         "clinical_not_measured": sum(1 for r in clin_rows if r["reason_pred"] or r["reason_gt"]),
     }

@@ -154,7 +154,7 @@ def fit_gan(cfg, run_dir: Path, resuming: bool = False) -> Path:
 
 def _run_data(cfg, run_dir: Path) -> Path:
     """The run's dataset (split with ``data.seed``, the U-Net's key), resolved once and recorded."""
-    return run_dataset(run_dir, cfg.data.data, cfg.model.size, cfg.data.seed, cfg.data.n_phantom)
+    return run_dataset(run_dir, cfg.data.data, cfg.model.size, cfg.data.seed, cfg.data.n_phantom, cfg.data.phantom)
 
 
 def save_model(model, path: Path) -> None:

@@ -50,7 +50,8 @@ log = logging.getLogger(__name__)
 
 def _real_source(real_data, provenance: dict, seg_cfg, seg_dir: Path) -> Path:
     if real_data is not None:
-        return Path(resolve_data(real_data, seg_dir / "data", size=seg_cfg.data.size, seed=seg_cfg.data.seed))
+        return Path(resolve_data(real_data, seg_dir / "data", size=seg_cfg.data.size, seed=seg_cfg.data.seed,
+                                 n_phantom=seg_cfg.data.n_phantom, phantom=seg_cfg.data.phantom))
     src = provenance.get("source_data")
     if src and Path(src).is_file():
         return Path(src)

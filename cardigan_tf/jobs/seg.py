@@ -54,7 +54,7 @@ def count_train_frames(data_path, cfg: SegConfig) -> int:
 def resolve_run_data(cfg: SegConfig, run_dir: Path) -> Path:
     """The seed-layout .h5 (or TFRecord folder) of this run: resolved once, recorded with its
     fingerprint in run_dir/data.json, and reused from there."""
-    return run_dataset(run_dir, cfg.data.data, cfg.data.size, cfg.data.seed, cfg.data.n_phantom)
+    return run_dataset(run_dir, cfg.data.data, cfg.data.size, cfg.data.seed, cfg.data.n_phantom, cfg.data.phantom)
 
 
 def check_inputs(cfg: SegConfig) -> None:

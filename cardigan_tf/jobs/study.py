@@ -168,6 +168,7 @@ def _gan_config(cfg: "StudyConfig", data: Path, patients: list[str], seed: int) 
     gcfg.data.data = str(data)
     gcfg.data.seed = cfg.data_seed
     gcfg.data.n_phantom = cfg.n_phantom
+    gcfg.data.phantom = cfg.phantom
     gcfg.data.train_patients = sorted(patients)
     return gcfg
 
@@ -256,7 +257,7 @@ def run_study(cfg: StudyConfig | None, resume: str | Path | None = None, runs_di
 
     with data_lock(root):
         data = resolve_data(cfg.data, root / "data", size=cfg.seg.model.size, seed=cfg.data_seed,
-                            n_phantom=cfg.n_phantom)
+                            n_phantom=cfg.n_phantom, phantom=cfg.phantom)
     train_patients = list_patients(data).get("train", [])
     if not train_patients:
         raise ConfigError(f"{data}: no patient in the train split")
@@ -368,6 +369,7 @@ def _seg_config(cfg: StudyConfig, data: Path, patients: list[str], cell: Cell, s
     scfg.data.data = str(data)
     scfg.data.seed = cfg.data_seed
     scfg.data.n_phantom = cfg.n_phantom
+    scfg.data.phantom = cfg.phantom
     scfg.data.train_patients = patients
     scfg.data.synthetic = str(synth_path) if synth_path else None
     scfg.data.synthetic_fraction = synth

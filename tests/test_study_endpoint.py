@@ -19,6 +19,7 @@ from cardigan_tf.jobs.study_secondary import (
     cell_failures,
     clinical_rows,
     failure_rows,
+    quality_breakdown_lines,
     secondary_lines,
     sensitivity_rows,
 )
@@ -238,6 +239,8 @@ def test_secondary_endpoints_count_failures_score_them_and_test_ef(tmp_path):
     assert clinical[0.5, "esv_error"]["estimate"] == 0.0
     text = "\n".join(secondary_lines(failures, sens, list(clinical.values()), "per_phase"))
     assert "EF not measurable" in text and "failures = worst" in text and "`per_phase`" in text
+    by_quality = "\n".join(quality_breakdown_lines(cells))
+    assert "| Good |" in by_quality and by_quality.count("\n| 0.5 |") == 1 + len(SYNTH_FRACTIONS)
     counts = cell_failures(cells[0])
     assert counts["ef_failures"] == 1 and counts["ef_failure_reason"] == "the LV is in 3 separate pieces"
 

@@ -21,6 +21,7 @@ from cardigan_tf.jobs.study_secondary import (
     cell_failures,
     clinical_rows,
     failure_rows,
+    quality_breakdown_lines,
     secondary_lines,
     sensitivity_rows,
 )
@@ -80,7 +81,8 @@ def attach_per_image(root: Path, cells: list[dict[str, Any]], split: str) -> Non
                                  "and <structure>_<dice|hd|mad>)")
             rows = []
             for r in raw:
-                row: dict[str, Any] = {"patient": r["patient"], "view": r["view"], "phase": r["phase"]}
+                row: dict[str, Any] = {"patient": r["patient"], "view": r["view"], "phase": r["phase"],
+                                       "quality": r.get("quality") or ""}
                 for s in STRUCTURES:
                     for m in METRICS:
                         text = r.get(f"{s}_{m}")
@@ -292,6 +294,7 @@ def write_study_report(root: Path, cfg) -> Path:
     ]
     lines += test_table_lines(tests)
     lines += secondary_lines(failures, sensitivity, clinical, cfg.simpson)
+    lines += quality_breakdown_lines(cells)
     lines += cell_lines(named)
     found, skipped = load_quality(root)
     lines += selection_lines(root)

@@ -26,8 +26,8 @@ import math
 from pathlib import Path
 from typing import Any
 
-from cardigan_tf.jobs.study_primary import arm_text, cells_by_key, contrasts
-from cardigan_tf.labels import STRUCTURE_TITLES, STRUCTURES
+from cardigan_tf.jobs.study_primary import arm_of, arm_text, cells_by_key, contrasts
+from cardigan_tf.labels import QUALITIES, STRUCTURE_TITLES, STRUCTURES
 from cardigan_tf.stats_failures import failure_sign_test
 from cardigan_tf.stats_hierarchical import hierarchical_paired_comparison
 
@@ -276,4 +276,27 @@ def secondary_lines(failures: list[dict], sensitivity: list[dict], clinical: lis
                          f"{_n(r['estimate'])} [{_n(r['ci_low'])}, {_n(r['ci_high'])}] | {_pv(r['pvalue'])} |")
     else:
         lines.append("- No EF measured by every compared run (or no contrast).")
+    return lines + [""]
+
+
+def quality_breakdown_lines(cells: list[dict[str, Any]]) -> list[str]:
+    """LV endo Dice per image quality (CAMUS' Good / Medium / Poor) for every arm, mean over
+    its runs' test images (n images), as the CAMUS paper breaks results down."""
+    qualities = [q for q in QUALITIES if any(r.get("quality") == q for c in cells for r in c.get("per_image", []))]
+    if not qualities:
+        return []
+    groups: dict[tuple, list[dict]] = {}
+    for c in cells:
+        groups.setdefault((c["train_fraction"], c["synthetic_fraction"], arm_of(c)), []).append(c)
+    lines = ["## By image quality (secondary)", "",
+             "LV endo Dice of the test images of each image quality, mean over the arm's training runs (images).", "",
+             "| train fraction | arm | " + " | ".join(qualities) + " |", "|---|---|" + "---|" * len(qualities)]
+    for (tf, sf, arm), group in sorted(groups.items()):
+        parts = []
+        for q in qualities:
+            vals = [r["lv_endo_dice"] for c in group for r in c.get("per_image", [])
+                    if r.get("quality") == q and math.isfinite(r.get("lv_endo_dice", NAN))]
+            parts.append(f"{sum(vals) / len(vals):.3f} ({len(vals)})" if vals else "–")
+        name = arm_text(sf, arm) if sf > 0 else "no synthetic images"
+        lines.append(f"| {tf:g} | {name} | " + " | ".join(parts) + " |")
     return lines + [""]

@@ -278,9 +278,7 @@ def run_study(cfg: StudyConfig | None, resume: str | Path | None = None, runs_di
             break
         # cells whose GAN is still missing first: with several processes, the GANs (the long
         # units) start at once on different processes instead of one after another
-        # with checkpoint selection a GAN needs its scorer (the synthetic-fraction-0 cell of its seed)
-        pending.sort(key=lambda c: (not (selecting and c.synth == 0),
-                                    not (c.synth > 0 and not _gan_ready(root, c.frac, gan_seed[c.frac, c.seed]))))
+        pending.sort(key=lambda c: not (c.synth > 0 and not _gan_ready(root, c.frac, gan_seed[c.frac, c.seed])))
         progressed = False
         for cell in pending:
             frac, synth, seed = cell.frac, cell.synth, cell.seed
@@ -289,20 +287,25 @@ def run_study(cfg: StudyConfig | None, resume: str | Path | None = None, runs_di
             patients = subset_patients(train_patients, frac, seed=seed)
             gseed = gan_seed[frac, seed]
             if synth > 0 and not _gan_ready(root, frac, gseed):
-                if selecting and not _done(_cell_dir(root, Cell(frac, 0.0, "", gseed))):
-                    continue  # its scorer is not trained yet: another cell first
                 if not claim(root, _gan_unit(frac, gseed)):
                     continue  # another process trains this GAN: take another cell first
                 try:
                     if not _gan_ready(root, frac, gseed):
                         t_gan = time.time()
-                        _make_gan(root, cfg, data, patients, frac, gseed)
+                        if not is_finished(_gan_dir(root, frac, gseed), "gan"):
+                            train_gan(_gan_config(cfg, data, patients, gseed), run_dir=_gan_dir(root, frac, gseed))
+                            progressed = True
+                        if selecting and not _done(_cell_dir(root, Cell(frac, 0.0, "", gseed))):
+                            continue  # its checkpoint is chosen once its scorer (share 0, same seed) is trained
+                        _make_synthetic_set(root, cfg, data, patients, frac, gseed)
                         work_log(root, _gan_unit(frac, gseed), "done")
                         eta.add("gan", time.time() - t_gan)
                         eta.report(root, cells, gan_seed)
+                        progressed = True
                 finally:
                     release(root, _gan_unit(frac, gseed))
-                progressed = True
+                if not _gan_ready(root, frac, gseed):
+                    continue  # trained, waiting for its scorer
             unit = cell.name
             if not claim(root, unit):
                 continue
@@ -344,11 +347,10 @@ def _gan_ready(root: Path, frac: float, seed: int) -> bool:
     return is_finished(_gan_dir(root, frac, seed), "gan") and _synth_path(root, frac, seed).is_file()
 
 
-def _make_gan(root, cfg, data, patients, frac, seed) -> None:
-    """Train (or resume, or keep) the GAN of (training fraction, seed) and generate its
-    synthetic set (``seed``: the GAN's seed, see :func:`gan_seeds`)."""
+def _make_synthetic_set(root, cfg, data, patients, frac, seed) -> None:
+    """The synthetic set of the trained GAN of (training fraction, seed) (``seed``: the GAN's
+    seed, see :func:`gan_seeds`), drawn by its selected checkpoint or its last step."""
     gan_dir = _gan_dir(root, frac, seed)
-    train_gan(_gan_config(cfg, data, patients, seed), run_dir=gan_dir)
     weights = "ema"
     if cfg.gan_checkpoint == "selected":
         select_checkpoint(gan_dir, _cell_dir(root, Cell(frac, 0.0, "", seed)), data, seed=seed)

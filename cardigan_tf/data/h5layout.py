@@ -10,10 +10,17 @@ Layout::
 
 Index ``i`` along ``n`` is the phase ``attrs["phases"][i]``; when the attribute is absent
 (CREATIS' files) it is ("ED", "ES"). Our files add, per view group: ``spacing`` (row, col mm of
-the original image), ``original_shape``, ``quality``, ``cfg`` (JSON of the Info cfg values),
-``source_files`` (JSON name -> sha256), and root attributes describing the file
-(``format``, ``source_layout``, ``size``, ``split_method``, ``n_skipped``, ``skipped``, ...).
+the original image) and ``spacing_known`` (True; False with no ``spacing`` when the source
+recorded none, as CREATIS' files do: distances are then in pixels), ``original_shape``,
+``quality``, ``cfg`` (JSON of the Info cfg values), ``source_files`` (JSON name -> sha256), and
+root attributes describing the file (``format``, ``format_version``, ``source_layout``, ``size``,
+``split_method``, ``spacing_known`` (every view group's), ``n_skipped``, ``skipped``, ...).
 Synthetic "CAMUSx" sets use the same layout with ``kind = "synthetic"`` and ``provenance``.
+
+A view group without ``spacing_known`` (CREATIS' files, files of ``format_version`` 1) knows
+its spacing when it has a ``spacing`` attribute, except a group converted from CREATIS' layout
+(its ``source_layout`` attribute ``creatis_h5``) whose ``spacing`` is (1, 1): that one was
+written in place of an unknown spacing.
 """
 
 from __future__ import annotations
@@ -28,9 +35,12 @@ import numpy as np
 from cardigan_tf.data.sample import DataError, EmptyDatasetError, Sample
 from cardigan_tf.files import atomic_path, refuse_overwrite
 from cardigan_tf.labels import LABEL_VALUES, PHASES, VIEWS
+from cardigan_tf.units import SPACING_KNOWN
 
 FORMAT = "cardigan_tf/camus-h5"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: view groups carry ``spacing_known``
+#: ``source_layout`` of a file in CREATIS' layout (no root attributes, no spacing)
+CREATIS_LAYOUT = "creatis_h5"
 SPLITS = ("train", "valid", "test", "unlabelled")
 DEFAULT_PHASES = PHASES  # the frames of a view group that records no ``phases``
 
@@ -54,6 +64,9 @@ class H5Writer:
 
         with H5Writer("out.h5", attrs={"source_layout": "camus2019"}, overwrite=False) as w:
             w.write_view("train", "patient0001", "2CH", im, gt, spacing=(0.154, 0.308), ...)
+
+    ``spacing=None`` writes ``spacing_known = False`` and no spacing; the root attribute
+    ``spacing_known`` (every view group's) is written on ``close``.
     """
 
     def __init__(self, path: str | Path, attrs: dict[str, Any] | None = None, overwrite: bool = False):
@@ -66,6 +79,7 @@ class H5Writer:
         self.file.attrs["format_version"] = FORMAT_VERSION
         self.set_attrs(attrs or {})
         self.count = 0
+        self.all_spacing_known = True
 
     def set_attrs(self, attrs: dict[str, Any], group: str | None = None) -> None:
         target = self.file[group] if group else self.file
@@ -114,7 +128,13 @@ class H5Writer:
             grp.create_dataset("gt_ref", data=np.asarray(gt_ref, np.uint8), compression="gzip", compression_opts=1)
         grp.attrs["phases"] = _attr_json(phases)
         if spacing is not None:
-            grp.attrs["spacing"] = np.asarray(spacing, np.float64)
+            spacing = np.asarray(spacing, np.float64)
+            if spacing.shape != (2,) or not np.all(np.isfinite(spacing)) or spacing.min() <= 0:
+                raise ValueError(f"{split}/{patient}/{view}/spacing: expected two positive mm values (row, col), "
+                                 f"got {spacing.tolist()}")
+            grp.attrs["spacing"] = spacing
+        grp.attrs[SPACING_KNOWN] = spacing is not None
+        self.all_spacing_known &= spacing is not None
         if original_shape is not None:
             grp.attrs["original_shape"] = np.asarray(original_shape, np.int64)
         grp.attrs["quality"] = quality or ""
@@ -127,6 +147,7 @@ class H5Writer:
     def close(self) -> None:
         if self.file is not None:
             self.file.attrs["n_images"] = self.count
+            self.file.attrs[SPACING_KNOWN] = self.all_spacing_known
             self.file.close()
             self.file = None
             self._ctx.__exit__(None, None, None)
@@ -227,6 +248,26 @@ def _label_stack(ds: h5py.Dataset, where: str, shape: tuple[int, ...]) -> np.nda
     return arr.astype(np.uint8)
 
 
+def _spacing(grp: h5py.Group, where: str) -> tuple[tuple[float, float], bool]:
+    """(spacing (row, col), whether it is known) of one view group (see the module doc)."""
+    attrs = grp.attrs
+    if "spacing" in attrs:
+        spacing = tuple(float(v) for v in np.ravel(attrs["spacing"]))
+        if len(spacing) != 2 or not all(np.isfinite(spacing)) or min(spacing) <= 0:
+            raise DataError(f"{where}.attrs[spacing]", f"expected two positive mm values (row, col), got {spacing}")
+    else:
+        spacing = None
+    if SPACING_KNOWN in attrs:
+        known = bool(attrs[SPACING_KNOWN])
+        if known and spacing is None:
+            raise DataError(f"{where}.attrs", "spacing_known is True but there is no 'spacing' attribute "
+                                              "(expected the (row, col) mm spacing beside it)")
+    else:
+        converted_creatis = _decode(attrs.get("source_layout", "")) == CREATIS_LAYOUT and spacing == (1.0, 1.0)
+        known = spacing is not None and not converted_creatis
+    return (spacing if known else (1.0, 1.0)), known
+
+
 def iter_samples(
     path: str | Path,
     splits: Iterable[str] | None = None,
@@ -237,15 +278,16 @@ def iter_samples(
     """Yield ``(split, Sample)`` for every frame in the file, in sorted order.
 
     ``with_ref=True`` adds ``meta["image_ref"]`` / ``meta["mask_ref"]`` (original resolution).
-    For CREATIS' files, which carry no spacing, spacing is (1, 1) and ``meta["spacing_known"]``
-    is False: distances are then in pixels of the reference image.
+    A view group that records no spacing (CREATIS' files, and files converted from them; see
+    the module doc) gives spacing (1, 1) and ``meta["spacing_known"]`` False: distances are then
+    in pixels of the reference image.
     """
     path = Path(path)
     want_splits = list(splits) if splits is not None else list(SPLITS)
     want_views = set(views) if views is not None else set(VIEWS)
     want_phases = set(phases) if phases is not None else set(PHASES)
     with _open(path) as f:
-        source_layout = _decode(f.attrs.get("source_layout", "creatis_h5"))
+        source_layout = _decode(f.attrs.get("source_layout", CREATIS_LAYOUT))
         for split in want_splits:
             if split not in f:
                 continue
@@ -274,19 +316,19 @@ def iter_samples(
                         ref_shapes = [_squeeze_last_shape(grp[k].shape) for k in ("gt_ref", "im_ref") if k in grp]
                         ref_shapes = [sh for sh in ref_shapes if len(sh) == 3]
                         original_shape = tuple(ref_shapes[0][1:]) if ref_shapes else tuple(im.shape[1:])
-                    spacing_known = "spacing" in grp.attrs
-                    spacing = tuple(float(v) for v in grp.attrs["spacing"]) if spacing_known else (1.0, 1.0)
+                    spacing, spacing_known = _spacing(grp, where)
                     quality = _decode(grp.attrs.get("quality", ""))
                     base_meta = {
                         "split": split,
                         "source_layout": source_layout,
-                        "spacing_known": spacing_known,
+                        SPACING_KNOWN: spacing_known,
                         "cfg": _maybe_json(_decode(grp.attrs.get("cfg", "{}"))) or {},
                         "source_files": _maybe_json(_decode(grp.attrs.get("source_files", "{}"))) or {},
                         "h5_path": f"{split}/{patient}/{view}",
                     }
                     for key, value in grp.attrs.items():
-                        if key not in ("phases", "spacing", "original_shape", "quality", "cfg", "source_files"):
+                        if key not in ("phases", "spacing", SPACING_KNOWN, "original_shape", "quality", "cfg",
+                                       "source_files"):
                             base_meta[key] = _maybe_json(_decode(value))
                     for i, phase in enumerate(ph):
                         if phase not in want_phases:
@@ -322,8 +364,9 @@ def load_arrays(
     """Stack the selected frames into arrays (for in-memory tf.data pipelines).
 
     Returns ``image`` float32 (N, H, W, 1), ``mask`` uint8 (N, H, W), and per-frame
-    ``patient``, ``view``, ``phase``, ``quality`` (str arrays), ``spacing`` (N, 2) and
-    ``original_shape`` (N, 2). Raises EmptyDatasetError when nothing matches.
+    ``patient``, ``view``, ``phase``, ``quality`` (str arrays), ``spacing`` (N, 2),
+    ``spacing_known`` (N,) bool and ``original_shape`` (N, 2). Raises EmptyDatasetError when
+    nothing matches.
     """
     splits = [split] if isinstance(split, str) else list(split)
     qual = set(qualities) if qualities is not None else None
@@ -359,6 +402,7 @@ def load_arrays(
         "phase": np.array([s.phase for s in rows]),
         "quality": np.array([s.quality for s in rows]),
         "spacing": np.array([s.spacing for s in rows], np.float64),
+        SPACING_KNOWN: np.array([bool(s.meta[SPACING_KNOWN]) for s in rows], bool),
         "original_shape": np.array([s.original_shape for s in rows], np.int64),
     }
 

@@ -15,6 +15,7 @@ from cardigan_tf.files import atomic_write_text
 from cardigan_tf.jobs.study_primary import primary_lines, primary_rows
 from cardigan_tf.labels import STRUCTURE_TITLES, STRUCTURES
 from cardigan_tf.metrics.segmentation import METRICS
+from cardigan_tf.units import DISTANCE_COLUMN, MM, PX, joined
 
 METRIC_NAMES = {"dice": "Dice", "hd": "HD", "mad": "MAD"}
 SECONDARY = "Secondary, exploratory (not corrected for the primary family; intervals only for interpretation)"
@@ -30,23 +31,23 @@ def load_cells(root: Path) -> list[dict[str, Any]]:
     return out
 
 
-UNIT_KEYS = ("distance_unit", "unit")  # per-image CSV column / summary.json key naming HD and MAD's unit
 ALPHA = 0.05
 
 
 def _read_unit(eval_dir: Path, rows: list[dict[str, str]]) -> str:
-    """HD/MAD unit of one evaluation: the per-image CSV's column, else summary.json's key, else mm."""
-    for key in UNIT_KEYS:
-        found = {r[key] for r in rows if r.get(key)}
-        if found:
-            return "/".join(sorted(found))
+    """HD/MAD unit of one evaluation: the per-image CSV's ``distance_unit`` column, else
+    summary.json's ``distance_unit`` or ``units.hd``, else mm (evaluations that name no unit
+    measured with a known spacing)."""
+    found = {r[DISTANCE_COLUMN] for r in rows if r.get(DISTANCE_COLUMN)}
+    if found:
+        return joined(found)
     summary = eval_dir / "summary.json"
     if summary.is_file():
         data = json.loads(summary.read_text())
-        for key in UNIT_KEYS:
-            if isinstance(data.get(key), str) and data[key]:
-                return data[key]
-    return "mm"
+        for value in (data.get(DISTANCE_COLUMN), (data.get("units") or {}).get("hd")):
+            if isinstance(value, str) and value:
+                return value
+    return MM
 
 
 def attach_per_image(root: Path, cells: list[dict[str, Any]], split: str) -> None:
@@ -74,10 +75,10 @@ def attach_per_image(root: Path, cells: list[dict[str, Any]], split: str) -> Non
                     if r.get(f"{s}_missing") not in (None, ""):
                         row[f"{s}_missing"] = float(r[f"{s}_missing"].strip().lower() in ("true", "1", "1.0"))
                 rows.append(row)
-            cell["per_image"], cell["distance_unit"] = rows, _read_unit(eval_dir, raw)
+            cell["per_image"], cell[DISTANCE_COLUMN] = rows, _read_unit(eval_dir, raw)
         elif "per_image_dice" in cell:
             cell["per_image"] = _rows_from_dice(cell["per_image_dice"])
-            cell.setdefault("distance_unit", "mm")
+            cell.setdefault(DISTANCE_COLUMN, MM)
 
 
 def _rows_from_dice(per_image_dice: dict[str, dict[str, float]]) -> list[dict[str, Any]]:
@@ -119,7 +120,7 @@ def wilcoxon_rows(cells: list[dict[str, Any]], n_boot: int = 10000, alpha: float
                      if t == tf and f == sf and (tf, 0.0, seed) in by_key]
             if not pairs:
                 continue
-            units = sorted({c.get("distance_unit", "mm") for _, base, other in pairs for c in (base, other)})
+            units = sorted({c.get(DISTANCE_COLUMN, MM) for _, base, other in pairs for c in (base, other)})
             for m in METRICS:
                 for s in STRUCTURES:
                     key = f"{s}_{m}"
@@ -138,7 +139,7 @@ def wilcoxon_rows(cells: list[dict[str, Any]], n_boot: int = 10000, alpha: float
                     note = f"distance units differ between cells ({', '.join(units)}): not compared" if mixed else res["note"]
                     rows.append({
                         "train_fraction": tf, "synthetic_fraction": sf, "structure": s, "metric": m,
-                        "unit": "" if m == "dice" else "/".join(units),
+                        DISTANCE_COLUMN: joined(units),
                         "n_patients": res["n"], "n_seeds": len(diffs["seeds"]), "n_image_pairs": diffs["n_images"],
                         "mean_diff": res["mean_diff"], "ci_low": res["ci_low"], "ci_high": res["ci_high"],
                         "median_diff": res["median_diff"],
@@ -167,8 +168,8 @@ def _diff(v: float, m: str) -> str:
 
 
 def _effect(t: dict[str, Any]) -> str:
-    """"+0.0123 [95% CI -0.0040, +0.0280] mm"."""
-    unit = f" {t['unit']}" if t.get("unit") else ""
+    """"+0.0123 [95% CI -0.0040, +0.0280]" (Dice), "-1.20 [95% CI -2.00, -0.40] px" (HD, MAD)."""
+    unit = f" {t[DISTANCE_COLUMN]}" if t["metric"] != "dice" and t.get(DISTANCE_COLUMN) else ""
     return (f"{_diff(t['mean_diff'], t['metric'])} [95% CI {_diff(t['ci_low'], t['metric'])}, "
             f"{_diff(t['ci_high'], t['metric'])}]{unit}")
 
@@ -320,6 +321,17 @@ def _gan_sharing(cells: list[dict[str, Any]]) -> str:
             + "): their differences do not include a GAN's training randomness.")
 
 
+def _unit_line(unit: str) -> str:
+    """What the report's distances are in (every table's ``distance_unit`` column says it too)."""
+    if unit == MM:
+        return "Distances (HD, MAD) in mm, measured with the pixel spacing the data records."
+    if unit == PX:
+        return ("Distances (HD, MAD) in px, pixels of the original grid: the data records no pixel spacing. "
+                "Volumes are not reported, and EF is measured on the pixel grid (distorted where pixels are not square).")
+    return (f"Distances (HD, MAD) in {unit}: some cells' data records a pixel spacing and some do not; "
+            "their distances are not compared.")
+
+
 def write_study_report(root: Path, cfg) -> Path:
     """Write cells.csv, results.csv/.md, wilcoxon.csv, dice_vs_synthetic.png, report.md."""
     root = Path(root)
@@ -327,14 +339,13 @@ def write_study_report(root: Path, cfg) -> Path:
     if not cells:
         raise RuntimeError(f"{root}: no finished cell to report on")
     attach_per_image(root, cells, cfg.split)
-    units = sorted({c.get("distance_unit", "mm") for c in cells})
-    unit = "/".join(units)
+    unit = joined(c.get(DISTANCE_COLUMN, MM) for c in cells)
     flat = [{k: v for k, v in c.items() if k not in ("per_image_dice", "per_image", "cell")} for c in cells]
     stats.write_table_csv(flat, root / "cells.csv")
     bookkeeping = ("n_images", "n_train_patients")
     summary = stats.summarize_cells([{k: v for k, v in row.items() if k not in bookkeeping} for row in flat])
     for row in summary:
-        row["distance_unit"] = unit  # the unit of the HD / MAD columns
+        row[DISTANCE_COLUMN] = unit  # the unit of the HD / MAD columns
     stats.write_table_csv(summary, root / "results.csv")
     table = stats.table_markdown(summary, distance_unit=unit)
     atomic_write_text(root / "results.md", table)
@@ -361,6 +372,7 @@ def write_study_report(root: Path, cfg) -> Path:
         f"up to {cfg.synthetic_multiplier}x as many synthetic as real training images ({_synthetic_counts(root)}).",
         "The GAN of each (training fraction, seed) saw only that subset of training patients; "
         "validation and test patients never reached a GAN or a synthetic set." + _gan_sharing(cells),
+        _unit_line(unit),
         "",
         *primary_lines(primary),
         "## Results (mean ± SD over seeds)",

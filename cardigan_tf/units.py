@@ -22,6 +22,8 @@ DISTANCE_COLUMN = "distance_unit"
 #: the marker that a spacing is the image's own: a seed-layout attribute, a TFRecord feature,
 #: ``Sample.meta`` key and ``summary.json`` key (False: the spacing is (1, 1), in pixels)
 SPACING_KNOWN = "spacing_known"
+#: the spacing of an image whose spacing is unknown: distances measured with it are in pixels
+UNKNOWN_SPACING = (1.0, 1.0)
 #: the unit of LV volumes when the spacing is known (none otherwise)
 VOLUME_UNIT = "ml"
 
@@ -39,3 +41,14 @@ def volume_unit(spacing_known: bool) -> str | None:
 def joined(units: Iterable[str]) -> str:
     """One label for the units of several tables: ``mm``, ``px``, or ``mm/px`` when they differ."""
     return "/".join(sorted(set(units)))
+
+
+def distances_sentence(unit: str) -> str:
+    """What a report's distances are in, for ``unit`` = ``mm``, ``px`` or a :func:`joined` mix."""
+    if unit == MM:
+        return "Distances (HD, MAD) in mm, measured with the pixel spacing the data records."
+    if unit == PX:
+        return ("Distances (HD, MAD) in px, pixels of the original grid: the data records no pixel spacing. "
+                "Volumes are not reported, and EF is measured on the pixel grid (distorted where pixels are not square).")
+    return (f"Distances (HD, MAD) in {unit}: some cells' data records a pixel spacing and some do not; "
+            "their distances are not compared.")

@@ -14,7 +14,7 @@ import numpy as np
 from cardigan_tf.data import camus_io as io
 from cardigan_tf.data.sample import DataError, Sample
 from cardigan_tf.labels import PHASES, VIEWS
-from cardigan_tf.units import SPACING_KNOWN
+from cardigan_tf.units import SPACING_KNOWN, UNKNOWN_SPACING
 
 
 @dataclass
@@ -124,7 +124,7 @@ def read_patient_folder(entry: PatientEntry, root: Path, layout: str, with_seque
             if seq is not None:
                 meta["sequence"] = seq
             samples.append(Sample(image=image[..., None], mask=mask, patient=pid, view=view, phase=phase,
-                                  spacing=spacing or (1.0, 1.0), original_shape=tuple(image.shape), quality=quality,
+                                  spacing=spacing or UNKNOWN_SPACING, original_shape=tuple(image.shape), quality=quality,
                                   meta=meta).validate(str(img_path)))
         ed_s, es_s = samples[-2], samples[-1]
         if ed_s.image.shape != es_s.image.shape:
@@ -152,4 +152,4 @@ def _read_sequence(files: _Listing, pid: str, view: str, ed: int, es: int, nb_fr
     expected = nb_frames if isinstance(nb_frames, int) else abs(es - ed) + 1
     if frames.shape[0] != expected or max(ed, es) > frames.shape[0]:
         warnings.warn(f"{path}: {frames.shape[0]} frames, but the cfg says NbFrame={nb_frames}, ED={ed}, ES={es}")
-    return SequenceRecord(pid, view, frames, masks, spacing or (1.0, 1.0), ed, es, digest(used))
+    return SequenceRecord(pid, view, frames, masks, spacing or UNKNOWN_SPACING, ed, es, digest(used))

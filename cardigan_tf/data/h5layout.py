@@ -10,17 +10,12 @@ Layout::
 
 Index ``i`` along ``n`` is the phase ``attrs["phases"][i]``; when the attribute is absent
 (CREATIS' files) it is ("ED", "ES"). Our files add, per view group: ``spacing`` (row, col mm of
-the original image) and ``spacing_known`` (True; False with no ``spacing`` when the source
-recorded none, as CREATIS' files do: distances are then in pixels), ``original_shape``,
-``quality``, ``cfg`` (JSON of the Info cfg values), ``source_files`` (JSON name -> sha256), and
-root attributes describing the file (``format``, ``format_version``, ``source_layout``, ``size``,
-``split_method``, ``spacing_known`` (every view group's), ``n_skipped``, ``skipped``, ...).
+the original image) and ``spacing_known`` (False, without ``spacing``, when the source recorded
+none: :mod:`cardigan_tf.data.spacing`), ``original_shape``, ``quality``, ``cfg`` (JSON of the
+Info cfg values), ``source_files`` (JSON name -> sha256), and root attributes describing the
+file (``format``, ``format_version``, ``source_layout``, ``size``, ``split_method``,
+``spacing_known`` (every view group's), ``n_skipped``, ``skipped``, ...).
 Synthetic "CAMUSx" sets use the same layout with ``kind = "synthetic"`` and ``provenance``.
-
-A view group without ``spacing_known`` (CREATIS' files, files of ``format_version`` 1) knows
-its spacing when it has a ``spacing`` attribute, except a group converted from CREATIS' layout
-(its ``source_layout`` attribute ``creatis_h5``) whose ``spacing`` is (1, 1): that one was
-written in place of an unknown spacing.
 """
 
 from __future__ import annotations
@@ -33,14 +28,13 @@ import h5py
 import numpy as np
 
 from cardigan_tf.data.sample import DataError, EmptyDatasetError, Sample
+from cardigan_tf.data.spacing import CREATIS_LAYOUT, read_spacing, write_spacing
 from cardigan_tf.files import atomic_path, refuse_overwrite
 from cardigan_tf.labels import LABEL_VALUES, PHASES, VIEWS
 from cardigan_tf.units import SPACING_KNOWN
 
 FORMAT = "cardigan_tf/camus-h5"
 FORMAT_VERSION = 2  # 2: view groups carry ``spacing_known``
-#: ``source_layout`` of a file in CREATIS' layout (no root attributes, no spacing)
-CREATIS_LAYOUT = "creatis_h5"
 SPLITS = ("train", "valid", "test", "unlabelled")
 DEFAULT_PHASES = PHASES  # the frames of a view group that records no ``phases``
 
@@ -127,14 +121,7 @@ class H5Writer:
         if gt_ref is not None:
             grp.create_dataset("gt_ref", data=np.asarray(gt_ref, np.uint8), compression="gzip", compression_opts=1)
         grp.attrs["phases"] = _attr_json(phases)
-        if spacing is not None:
-            spacing = np.asarray(spacing, np.float64)
-            if spacing.shape != (2,) or not np.all(np.isfinite(spacing)) or spacing.min() <= 0:
-                raise ValueError(f"{split}/{patient}/{view}/spacing: expected two positive mm values (row, col), "
-                                 f"got {spacing.tolist()}")
-            grp.attrs["spacing"] = spacing
-        grp.attrs[SPACING_KNOWN] = spacing is not None
-        self.all_spacing_known &= spacing is not None
+        self.all_spacing_known &= write_spacing(grp.attrs, spacing, f"{split}/{patient}/{view}")
         if original_shape is not None:
             grp.attrs["original_shape"] = np.asarray(original_shape, np.int64)
         grp.attrs["quality"] = quality or ""
@@ -248,26 +235,6 @@ def _label_stack(ds: h5py.Dataset, where: str, shape: tuple[int, ...]) -> np.nda
     return arr.astype(np.uint8)
 
 
-def _spacing(grp: h5py.Group, where: str) -> tuple[tuple[float, float], bool]:
-    """(spacing (row, col), whether it is known) of one view group (see the module doc)."""
-    attrs = grp.attrs
-    if "spacing" in attrs:
-        spacing = tuple(float(v) for v in np.ravel(attrs["spacing"]))
-        if len(spacing) != 2 or not all(np.isfinite(spacing)) or min(spacing) <= 0:
-            raise DataError(f"{where}.attrs[spacing]", f"expected two positive mm values (row, col), got {spacing}")
-    else:
-        spacing = None
-    if SPACING_KNOWN in attrs:
-        known = bool(attrs[SPACING_KNOWN])
-        if known and spacing is None:
-            raise DataError(f"{where}.attrs", "spacing_known is True but there is no 'spacing' attribute "
-                                              "(expected the (row, col) mm spacing beside it)")
-    else:
-        converted_creatis = _decode(attrs.get("source_layout", "")) == CREATIS_LAYOUT and spacing == (1.0, 1.0)
-        known = spacing is not None and not converted_creatis
-    return (spacing if known else (1.0, 1.0)), known
-
-
 def iter_samples(
     path: str | Path,
     splits: Iterable[str] | None = None,
@@ -278,9 +245,9 @@ def iter_samples(
     """Yield ``(split, Sample)`` for every frame in the file, in sorted order.
 
     ``with_ref=True`` adds ``meta["image_ref"]`` / ``meta["mask_ref"]`` (original resolution).
-    A view group that records no spacing (CREATIS' files, and files converted from them; see
-    the module doc) gives spacing (1, 1) and ``meta["spacing_known"]`` False: distances are then
-    in pixels of the reference image.
+    A view group that records no spacing (CREATIS' files, and files converted from them:
+    :mod:`cardigan_tf.data.spacing`) gives spacing (1, 1) and ``meta["spacing_known"]`` False:
+    distances are then in pixels of the reference image.
     """
     path = Path(path)
     want_splits = list(splits) if splits is not None else list(SPLITS)
@@ -316,7 +283,7 @@ def iter_samples(
                         ref_shapes = [_squeeze_last_shape(grp[k].shape) for k in ("gt_ref", "im_ref") if k in grp]
                         ref_shapes = [sh for sh in ref_shapes if len(sh) == 3]
                         original_shape = tuple(ref_shapes[0][1:]) if ref_shapes else tuple(im.shape[1:])
-                    spacing, spacing_known = _spacing(grp, where)
+                    spacing, spacing_known = read_spacing(grp.attrs, where)
                     quality = _decode(grp.attrs.get("quality", ""))
                     base_meta = {
                         "split": split,

@@ -32,7 +32,7 @@ from cardigan_tf.data.h5layout import SPLITS, iter_samples as iter_h5_samples, l
 from cardigan_tf.data.sample import DataError, EmptyDatasetError, Sample, spacing_known
 from cardigan_tf.files import OverwriteError, atomic_write_text
 from cardigan_tf.labels import PHASES, VIEWS
-from cardigan_tf.units import SPACING_KNOWN
+from cardigan_tf.units import SPACING_KNOWN, UNKNOWN_SPACING
 
 FORMAT = "cardigan_tf/tfrecord"
 INDEX = "index.json"
@@ -246,7 +246,7 @@ def iter_samples(directory: str | Path, splits: Iterable[str] | None = None, vie
             yield split, Sample(
                 image=np.asarray(ex["image"], np.float32), mask=ex["mask"] if ex["has_mask"] else None,
                 patient=ex["patient"].decode(), view=view, phase=phase,
-                spacing=tuple(float(str(v)) for v in ex["spacing"]) if known else (1.0, 1.0),  # float32's shortest decimal
+                spacing=tuple(float(str(v)) for v in ex["spacing"]) if known else UNKNOWN_SPACING,  # float32's shortest decimal
                 original_shape=tuple(int(v) for v in ex["original_shape"]), quality=ex["quality"].decode(),
                 meta={"split": split, SPACING_KNOWN: known, "has_mask": bool(ex["has_mask"]),
                       "source_layout": "tfrecord", "cfg": {}})

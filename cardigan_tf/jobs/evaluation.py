@@ -54,7 +54,7 @@ from cardigan_tf.metrics import segmentation as seg
 from cardigan_tf.metrics.clinical import SIMPSON_CONVENTIONS, agreement, patients_indices
 from cardigan_tf.resize import resize_mask_np
 from cardigan_tf.runs import open_run
-from cardigan_tf.units import DISTANCE_COLUMN, SPACING_KNOWN, distance_unit, volume_unit
+from cardigan_tf.units import DISTANCE_COLUMN, SPACING_KNOWN, UNKNOWN_SPACING, distance_unit, volume_unit
 
 log = logging.getLogger(__name__)
 
@@ -147,7 +147,7 @@ def _write_csv(path: Path, rows: list[dict]) -> None:
 
 def _markdown(run_dir: Path, split: str, summary: dict) -> str:
     by_phase, by_q = summary["by_phase"], summary["by_quality"]
-    u = summary.get("units", {}).get("hd", "mm")
+    u = summary[DISTANCE_COLUMN]
     lines = [f"# Evaluation of `{run_dir.name}` on split `{split}`", "",
              f"{summary['n_images']} images, {summary['n_patients']} patients; data `{summary['data']}`; "
              f"ground truth at {summary['gt_resolution']} resolution; post-processing: {summary['postprocess']}.", ""]
@@ -235,7 +235,7 @@ def evaluate_run(run_dir, data=None, split: str = "test", postprocess: bool = Fa
         if given_spacing is not None:
             s.spacing = given_spacing
         elif not known:  # one unit for the whole report: pixels of the original grid
-            s.spacing = (1.0, 1.0)
+            s.spacing = UNKNOWN_SPACING
     t = stages.add("load", t)
 
     rows, cases, per_patient, sources = [], [], {}, set()

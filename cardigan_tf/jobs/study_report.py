@@ -15,7 +15,7 @@ from cardigan_tf.files import atomic_write_text
 from cardigan_tf.jobs.study_primary import primary_lines, primary_rows
 from cardigan_tf.labels import STRUCTURE_TITLES, STRUCTURES
 from cardigan_tf.metrics.segmentation import METRICS
-from cardigan_tf.units import DISTANCE_COLUMN, MM, PX, joined
+from cardigan_tf.units import DISTANCE_COLUMN, MM, distances_sentence, joined
 
 METRIC_NAMES = {"dice": "Dice", "hd": "HD", "mad": "MAD"}
 SECONDARY = "Secondary, exploratory (not corrected for the primary family; intervals only for interpretation)"
@@ -321,17 +321,6 @@ def _gan_sharing(cells: list[dict[str, Any]]) -> str:
             + "): their differences do not include a GAN's training randomness.")
 
 
-def _unit_line(unit: str) -> str:
-    """What the report's distances are in (every table's ``distance_unit`` column says it too)."""
-    if unit == MM:
-        return "Distances (HD, MAD) in mm, measured with the pixel spacing the data records."
-    if unit == PX:
-        return ("Distances (HD, MAD) in px, pixels of the original grid: the data records no pixel spacing. "
-                "Volumes are not reported, and EF is measured on the pixel grid (distorted where pixels are not square).")
-    return (f"Distances (HD, MAD) in {unit}: some cells' data records a pixel spacing and some do not; "
-            "their distances are not compared.")
-
-
 def write_study_report(root: Path, cfg) -> Path:
     """Write cells.csv, results.csv/.md, wilcoxon.csv, dice_vs_synthetic.png, report.md."""
     root = Path(root)
@@ -372,7 +361,7 @@ def write_study_report(root: Path, cfg) -> Path:
         f"up to {cfg.synthetic_multiplier}x as many synthetic as real training images ({_synthetic_counts(root)}).",
         "The GAN of each (training fraction, seed) saw only that subset of training patients; "
         "validation and test patients never reached a GAN or a synthetic set." + _gan_sharing(cells),
-        _unit_line(unit),
+        distances_sentence(unit),
         "",
         *primary_lines(primary),
         "## Results (mean ± SD over seeds)",

@@ -35,7 +35,7 @@ from cardigan_tf.labels import STRUCTURES
 from cardigan_tf.metrics.segmentation import METRICS, evaluate_masks
 from cardigan_tf.models.unet import build_unet, inference_model
 from cardigan_tf.resize import resize_mask_np
-from cardigan_tf.units import DISTANCE_COLUMN, PX
+from cardigan_tf.units import DISTANCE_COLUMN, PX, UNKNOWN_SPACING
 
 
 # ----------------------------------------------------------------------------- search space
@@ -193,7 +193,7 @@ class UNetHyperModel(kt.HyperModel):
         unit = samples_unit(samples)  # px when any image lacks a spacing: pixels of the original grid for all
         # the working grid covers the original field of view: mm (or original pixels) per working pixel
         spacings = [(sp[0] * s.original_shape[0] / size, sp[1] * s.original_shape[1] / size)
-                    for s in samples for sp in [(1.0, 1.0) if unit == PX else s.spacing]]
+                    for s in samples for sp in [UNKNOWN_SPACING if unit == PX else s.spacing]]
         self._valid = (x, gts, spacings, unit)
         return self._valid
 

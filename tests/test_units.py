@@ -90,8 +90,8 @@ def test_mhd_set_keeps_its_true_spacing_in_mm(mhd):
 
 
 def test_files_prepared_without_the_marker_are_read_by_their_source(creatis, mhd, tmp_path):
-    """format_version 1 wrote (1, 1) for CREATIS' unknown spacing and no marker: such a group
-    reads as unknown; a version-1 group with a real spacing keeps it."""
+    """A format_version 1 file holds (1, 1) for CREATIS' unknown spacing and no marker: such a
+    group reads as unknown; a version-1 group with a real spacing keeps it."""
     for src, name in ((creatis, "creatis_v1.h5"), (mhd, "mhd_v1.h5")):
         shutil.copy(src / "prepared.h5", tmp_path / name)
         with h5py.File(tmp_path / name, "r+") as f:

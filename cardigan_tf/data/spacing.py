@@ -6,7 +6,7 @@ True beside ``spacing`` (row, col mm), or False without a spacing when the sourc
 :mod:`cardigan_tf.units`). A group without ``spacing_known`` (CREATIS' files, files of
 ``format_version`` 1) knows its spacing when it has a ``spacing`` attribute, except a group
 converted from CREATIS' layout (``source_layout`` attribute ``creatis_h5``) whose ``spacing`` is
-(1, 1): that one was written in place of an unknown spacing.
+(1, 1): in such a file (1, 1) stands for an unknown spacing.
 """
 
 from __future__ import annotations

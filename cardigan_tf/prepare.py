@@ -20,6 +20,7 @@ from cardigan_tf.config import load_config
 from cardigan_tf.data import phantom
 from cardigan_tf.data.h5layout import list_patients, read_root_attrs
 from cardigan_tf.data.splits import split_summary
+from cardigan_tf.units import PX, SPACING_KNOWN
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -49,7 +50,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace):
     path = _write(args)
-    print(split_summary(list_patients(path), read_root_attrs(path).get("split_method", "?")))
+    attrs = read_root_attrs(path)
+    print(split_summary(list_patients(path), attrs.get("split_method", "?")))
+    if not attrs.get(SPACING_KNOWN, True):
+        print(f"pixel spacing: not recorded by the source; distances will be in {PX} and volumes not reported")
     return path
 
 

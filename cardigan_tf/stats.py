@@ -37,6 +37,7 @@ from scipy import stats as sps
 from cardigan_tf.files import atomic_path
 from cardigan_tf.labels import STRUCTURE_TITLES, STRUCTURES
 from cardigan_tf.metrics.segmentation import METRICS
+from cardigan_tf.units import MM
 
 CELL_KEYS = ("train_fraction", "synthetic_fraction")
 #: the exposure arm of a cell ("add" / "replace"; "" or absent without synthetic data)
@@ -44,8 +45,8 @@ ARM_KEY = "exposure"
 SEED_KEY = "seed"
 #: column order of the tables: per-structure Dice, HD, MAD, then EF MAE
 METRIC_ORDER = tuple(f"{s}_{m}" for m in METRICS for s in STRUCTURES) + ("ef_mae",)
-PRETTY = {**STRUCTURE_TITLES, "dice": "Dice", "hd": "HD (mm)",
-          "mad": "MAD (mm)", "ef_mae": "EF MAE (%)", "train_fraction": "train fraction",
+PRETTY = {**STRUCTURE_TITLES, "dice": "Dice", "hd": f"HD ({MM})",
+          "mad": f"MAD ({MM})", "ef_mae": "EF MAE (%)", "train_fraction": "train fraction",
           "synthetic_fraction": "synthetic fraction", "n_seeds": "seeds"}
 
 
@@ -306,7 +307,7 @@ def _fmt(v, digits: int) -> str:
     return str(v)
 
 
-def table_markdown(rows: list[dict], digits: int = 3, mm_digits: int = 2, distance_unit: str = "mm") -> str:
+def table_markdown(rows: list[dict], digits: int = 3, mm_digits: int = 2, distance_unit: str = MM) -> str:
     """Markdown table; summary rows (``*_mean``/``*_sd``) show ``mean ± sd`` per metric.
 
     Dice with ``digits`` decimals, distances (in ``distance_unit``, "px" when the spacing is
@@ -320,7 +321,7 @@ def table_markdown(rows: list[dict], digits: int = 3, mm_digits: int = 2, distan
         metrics = [m for m in METRIC_ORDER if m in means] + [m for m in means if m not in METRIC_ORDER]
     else:
         metrics = _metric_keys(rows)
-    header = [_pretty(k) for k in lead] + [_pretty(m).replace("(mm)", f"({distance_unit})") for m in metrics]
+    header = [_pretty(k) for k in lead] + [_pretty(m).replace(f"({MM})", f"({distance_unit})") for m in metrics]
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     for row in rows:
         cells = [_fmt(row.get(k), 2) for k in lead]

@@ -212,8 +212,8 @@ def test_patients_not_images_are_counted():
     assert t["significant"] == "no" and t["n_tests"] == 9 and t["correction"] == "Holm over 9 tests"
     assert t["pvalue_holm"] == pytest.approx(holm([r["pvalue"] for r in rows])[rows.index(t)])
     hd = next(r for r in rows if r["structure"] == "lv_endo" and r["metric"] == "hd")
-    assert hd["unit"] == "px" and hd["mean_diff"] == pytest.approx(-10 * np.mean(effects), abs=0.02)
-    assert t["unit"] == ""
+    assert hd["distance_unit"] == "px" and hd["mean_diff"] == pytest.approx(-10 * np.mean(effects), abs=0.02)
+    assert t["distance_unit"] == "px"  # the unit of the cells' distances, on every row
     cells[0]["distance_unit"] = "mm"  # one seed's baseline in mm, the rest in px: HD/MAD not comparable
     mixed = wilcoxon_rows(cells, n_boot=200)
     assert all(math.isnan(r["mean_diff"]) and "units differ" in r["note"] for r in mixed if r["metric"] != "dice")
@@ -243,6 +243,9 @@ def test_per_image_csv_and_unit_are_read(tmp_path):
     (ev / "summary.json").write_text(json.dumps({"distance_unit": "px"}))
     attach_per_image(tmp_path, cells, "test")
     assert cells[0]["distance_unit"] == "px"
+    (ev / "summary.json").write_text(json.dumps({"units": {"hd": "px", "mad": "px"}}))
+    attach_per_image(tmp_path, cells, "test")
+    assert cells[0]["distance_unit"] == "px"  # the evaluation's units record
     (ev / "per_image.csv").write_text("\n".join([",".join(cols + ["distance_unit"]), lines[1] + ",mm"]) + "\n")
     attach_per_image(tmp_path, cells, "test")
     assert cells[0]["distance_unit"] == "mm"  # the CSV's own column wins

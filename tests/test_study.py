@@ -45,7 +45,7 @@ def test_tables_plot_and_report(tiny_study):
     assert 0 < len(test_patients) < 6  # the tiny phantom: too few patients for any test
     for r in tests:
         assert r["pvalue"] == "" and r["pvalue_holm"] == "" and r["significant"] == ""
-        assert r["unit"] == ("" if r["metric"] == "dice" else "mm")
+        assert r["distance_unit"] == "mm"  # the phantom records its spacing
         if r["metric"] == "dice":  # every phantom image has all three structures: Dice is always finite
             assert r["n_patients"] == str(len(test_patients)) and r["n_seeds"] == "1"
             assert r["n_image_pairs"] == str(4 * len(test_patients))

@@ -35,7 +35,7 @@ IMAGES = [(v, ph) for v in ("2CH", "4CH") for ph in ("ED", "ES")]
 ENDPOINT = PrimaryEndpoint(n_boot=2000)
 
 
-def _cell_rows(rng, tf, sf, seed, patient_level, fail_rate):
+def _cell_rows(rng, tf, sf, seed, patient_level, fail_rate, unit="mm"):
     """Per-image rows as the evaluation writes them (``flatten_result``), LV endo Dice with the effect."""
     shift = (EFFECT[tf] if sf > 0 else 0.0) + rng.normal(0, 0.003)  # a training run's own offset
     rows = []
@@ -47,12 +47,13 @@ def _cell_rows(rng, tf, sf, seed, patient_level, fail_rate):
             result = {s: {"dice": dice if s == "lv_endo" else 0.8, "hd": float("nan") if missing else hd,
                           "mad": float("nan") if missing else 1.0, "missing": missing} for s in STRUCTURES}
             rows.append(flatten_result(result, patient=f"patient{p:04d}", view=view, phase=phase, quality="Good",
-                                       gt_source="ref", distance_unit="mm"))
+                                       gt_source="ref", distance_unit=unit))
     return rows
 
 
-def _write_study(root, fail_rate_synthetic=0.05):
-    """cells/<cell>/eval-test/per_image.csv and result.json stubs of a 2 x 3 x 3 design."""
+def _write_study(root, fail_rate_synthetic=0.05, unit="mm"):
+    """cells/<cell>/eval-test/per_image.csv and result.json stubs of a 2 x 3 x 3 design (HD and
+    MAD in ``unit``)."""
     rng = np.random.default_rng(7)
     patient_level = rng.normal(0.88, 0.04, N_PATIENTS)  # shared by every cell: patients are paired
     cells = []
@@ -60,7 +61,7 @@ def _write_study(root, fail_rate_synthetic=0.05):
         for sf in (0.0, *SYNTH_FRACTIONS):
             for seed in SEEDS:
                 name = f"seg-f{tf:g}-s{sf:g}-seed{seed}"
-                rows = _cell_rows(rng, tf, sf, seed, patient_level, fail_rate_synthetic if sf else 0.05)
+                rows = _cell_rows(rng, tf, sf, seed, patient_level, fail_rate_synthetic if sf else 0.05, unit)
                 eval_dir = root / "cells" / name / "eval-test"
                 eval_dir.mkdir(parents=True)
                 with open(eval_dir / "per_image.csv", "w", newline="") as fh:
@@ -282,3 +283,28 @@ def test_the_study_analysis_itself_is_calibrated():
     assert 0.01 < mdd < 0.03
     power = np.mean([r["significant"] == "yes" for r in _study_calls(mdd, 12)])
     assert 0.70 <= power <= 0.90, (mdd, power)
+
+
+def _csv(path):
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_a_study_on_data_without_spacing_labels_every_table_px(tmp_path):
+    """Cells evaluated in px (data without a pixel spacing): every table names px on every row,
+    the markdown headers and the report say px, nothing says mm."""
+    _write_study(tmp_path, unit="px")
+    write_study_report(tmp_path, StudyConfig(primary=PrimaryEndpoint(metric="hd", n_boot=200)))
+    for name in ("cells.csv", "results.csv", "wilcoxon.csv", "primary.csv"):
+        rows = _csv(tmp_path / name)
+        assert rows and {r["distance_unit"] for r in rows} == {"px"}, name
+    results = (tmp_path / "results.md").read_text()
+    assert "LV endo HD (px)" in results.splitlines()[0] and "(mm)" not in results
+    report = (tmp_path / "report.md").read_text()
+    assert "Distances (HD, MAD) in px" in report and "difference (px) [95 % CI]" in report
+    assert "(mm)" not in report and " mm" not in report
+    mm = tmp_path / "mm"
+    _write_study(mm)
+    write_study_report(mm, StudyConfig(primary=PrimaryEndpoint(metric="hd", n_boot=200)))
+    assert {r["distance_unit"] for r in _csv(mm / "primary.csv")} == {"mm"}
+    assert "Distances (HD, MAD) in mm" in (mm / "report.md").read_text()

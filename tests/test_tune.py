@@ -115,8 +115,9 @@ def test_search_writes_its_reports_in_a_tune_run_folder(search):
     assert [r["trial"] for r in rows] == ["0", "1"] and {r["status"] for r in rows} == {"COMPLETED"}
     scores = [float(r["val_dice_mean"]) for r in rows]
     assert all(0.0 <= s <= 1.0 for s in scores)
-    for s in ("lv_endo", "lv_epi", "la"):  # per-structure metrics, distances labelled with their unit
-        assert {f"val_{s}_dice", f"val_{s}_hd_mm", f"val_{s}_mad_mm"} <= set(rows[0])
+    assert {r["distance_unit"] for r in rows} == {"mm"}  # the phantom records its spacing
+    for s in ("lv_endo", "lv_epi", "la"):  # per-structure metrics, distances in the row's distance_unit
+        assert {f"val_{s}_dice", f"val_{s}_hd", f"val_{s}_mad"} <= set(rows[0])
         assert 0.0 <= float(rows[0][f"val_{s}_dice"]) <= 1.0
     best = json.loads((tune_dir / "best_hyperparameters.json").read_text())
     assert best["score"] == pytest.approx(max(scores))

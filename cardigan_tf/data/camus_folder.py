@@ -14,6 +14,7 @@ import numpy as np
 from cardigan_tf.data import camus_io as io
 from cardigan_tf.data.sample import DataError, Sample
 from cardigan_tf.labels import PHASES, VIEWS
+from cardigan_tf.units import SPACING_KNOWN, UNKNOWN_SPACING
 
 
 @dataclass
@@ -113,16 +114,17 @@ def read_patient_folder(entry: PatientEntry, root: Path, layout: str, with_seque
                 if mask.shape != image.shape:
                     raise DataError(gt_path, f"ground truth shape {mask.shape} (rows, cols) differs from image "
                                              f"{img_path.name} {image.shape}")
-                if not np.allclose(gt_spacing, spacing, rtol=1e-3):
+                if spacing is not None and gt_spacing is not None and not np.allclose(gt_spacing, spacing, rtol=1e-3):
                     warnings.warn(f"{gt_path}: spacing {gt_spacing} differs from image spacing {spacing}; using the image's")
                 used = used + gt_used
             if seq is not None and seq.frames.shape[1:3] != image.shape:
                 raise DataError(img_path, f"shape {image.shape} differs from the {view} sequence {seq.frames.shape[1:3]}")
             meta = dict(common, frame=ed if phase == "ED" else es, source_files=digest(used + [cfg_path]))
+            meta[SPACING_KNOWN] = spacing is not None  # no ElementSpacing: distances in pixels
             if seq is not None:
                 meta["sequence"] = seq
             samples.append(Sample(image=image[..., None], mask=mask, patient=pid, view=view, phase=phase,
-                                  spacing=spacing, original_shape=tuple(image.shape), quality=quality,
+                                  spacing=spacing or UNKNOWN_SPACING, original_shape=tuple(image.shape), quality=quality,
                                   meta=meta).validate(str(img_path)))
         ed_s, es_s = samples[-2], samples[-1]
         if ed_s.image.shape != es_s.image.shape:
@@ -150,4 +152,4 @@ def _read_sequence(files: _Listing, pid: str, view: str, ed: int, es: int, nb_fr
     expected = nb_frames if isinstance(nb_frames, int) else abs(es - ed) + 1
     if frames.shape[0] != expected or max(ed, es) > frames.shape[0]:
         warnings.warn(f"{path}: {frames.shape[0]} frames, but the cfg says NbFrame={nb_frames}, ED={ed}, ES={es}")
-    return SequenceRecord(pid, view, frames, masks, spacing, ed, es, digest(used))
+    return SequenceRecord(pid, view, frames, masks, spacing or UNKNOWN_SPACING, ed, es, digest(used))

@@ -152,18 +152,21 @@ def check_nifti(path: Path) -> list[Path]:
     return [path]
 
 
-def read_frames(path: Path, single: bool) -> tuple[np.ndarray, tuple[float, float], list[Path]]:
+def read_frames(path: Path, single: bool) -> tuple[np.ndarray, tuple[float, float] | None, list[Path]]:
     """Read one image file with SimpleITK.
 
     ``single=True`` expects a 2-D image or a 3-D (or higher) one whose extra dimensions all
     have size 1, and returns an (H, W) array; ``single=False`` (sequences) returns (T, H, W).
-    Returns ``(array, spacing (row, col) mm, [files read])``.
+    Returns ``(array, spacing (row, col) mm, [files read])``; the spacing is None when a
+    MetaImage header records neither ElementSpacing nor ElementSize (SimpleITK would say 1 mm).
     """
     path = Path(path)
     if not path.is_file():
         raise DataError(path, "file not found")
     name = path.name.lower()
     files = check_mhd(path, single) if name.endswith((".mhd", ".mha")) else check_nifti(path) if ".nii" in name else [path]
+    recorded = not name.endswith((".mhd", ".mha")) or any(k in parse_mhd_header(path)
+                                                          for k in ("elementspacing", "elementsize"))
     try:
         img = sitk.ReadImage(str(path))
     except RuntimeError as exc:
@@ -188,7 +191,7 @@ def read_frames(path: Path, single: bool) -> tuple[np.ndarray, tuple[float, floa
     spacing = (spacing_xyz[1], spacing_xyz[0])
     if min(spacing) <= 0 or not all(np.isfinite(spacing)):
         raise DataError(path, f"ElementSpacing / pixdim: expected positive mm values, got {spacing_xyz}")
-    return arr, spacing, files
+    return arr, (spacing if recorded else None), files
 
 
 def to_unit(arr: np.ndarray, path: Any) -> np.ndarray:

@@ -1,16 +1,17 @@
 """What a prepared dataset holds: frames and patients per split, view, phase and image quality
-and acquisition style (a seed-layout .h5 read from its metadata only, a TFRecord folder from its index, or arrays)."""
+and acquisition style (a seed-layout .h5 read from its metadata only, a TFRecord folder from its
+index, or arrays), and its frames as :class:`~cardigan_tf.data.sample.Sample`\ s whichever of the two formats it is in."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable, Iterator
 
 import h5py
 
 from cardigan_tf.data import h5layout, tfrecord
 from cardigan_tf.data.pipeline import Source, is_tfrecord_dir
-from cardigan_tf.data.sample import DataError
+from cardigan_tf.data.sample import DataError, Sample
 
 
 def dataset_info(source: Source) -> dict[str, Any]:
@@ -53,6 +54,17 @@ def dataset_info(source: Source) -> dict[str, Any]:
     for d in out.values():
         d["patients"] = len(d["patients"])
     return out
+
+
+def iter_dataset(source: str | Path, splits: Iterable[str] | None = None, views: Iterable[str] | None = None,
+                 phases: Iterable[str] | None = None, with_ref: bool = False) -> Iterator[tuple[str, Sample]]:
+    """``(split, Sample)`` of a seed-layout .h5 (:func:`cardigan_tf.data.h5layout.iter_samples`,
+    ``with_ref`` adding the original-resolution arrays) or of a TFRecord folder
+    (:func:`cardigan_tf.data.tfrecord.iter_samples`: the stored size only). Either way
+    ``meta["spacing_known"]`` says whether the spacing is the images' own."""
+    if is_tfrecord_dir(source):
+        return tfrecord.iter_samples(source, splits, views, phases)
+    return h5layout.iter_samples(source, splits, views, phases, with_ref=with_ref)
 
 
 def format_info(info: dict[str, Any]) -> str:

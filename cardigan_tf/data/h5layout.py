@@ -10,10 +10,12 @@ Layout::
 
 Index ``i`` along ``n`` is the phase ``attrs["phases"][i]``; when the attribute is absent
 (CREATIS' files) it is ("ED", "ES"). Our files add, per view group: ``spacing`` (row, col mm of
-the original image), ``original_shape``, ``quality``, ``cfg`` (JSON of the Info cfg values),
-``source_files`` (JSON name -> sha256), the phantom's ``style`` (its acquisition style, read
-back as ``Sample.meta["style"]`` like every other view-group attribute), and root attributes
-describing the file (``format``, ``source_layout``, ``size``, ``split_method``, ``n_skipped``, ``skipped``, ...).
+the original image) and ``spacing_known`` (False, without ``spacing``, when the source recorded
+none: :mod:`cardigan_tf.data.spacing`), ``original_shape``, ``quality``, ``cfg`` (JSON of the
+Info cfg values), ``source_files`` (JSON name -> sha256), the phantom's ``style`` (its acquisition
+style, read back as ``Sample.meta["style"]`` like every other view-group attribute), and root
+attributes describing the file (``format``, ``format_version``, ``source_layout``, ``size``,
+``split_method``, ``spacing_known`` (every view group's), ``n_skipped``, ``skipped``, ...).
 Synthetic "CAMUSx" sets use the same layout with ``kind = "synthetic"`` and ``provenance``.
 """
 
@@ -27,11 +29,13 @@ import h5py
 import numpy as np
 
 from cardigan_tf.data.sample import DataError, EmptyDatasetError, Sample
+from cardigan_tf.data.spacing import CREATIS_LAYOUT, read_spacing, write_spacing
 from cardigan_tf.files import atomic_path, refuse_overwrite
 from cardigan_tf.labels import LABEL_VALUES, PHASES, VIEWS
+from cardigan_tf.units import SPACING_KNOWN
 
 FORMAT = "cardigan_tf/camus-h5"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: view groups carry ``spacing_known``
 SPLITS = ("train", "valid", "test", "unlabelled")
 DEFAULT_PHASES = PHASES  # the frames of a view group that records no ``phases``
 
@@ -55,6 +59,9 @@ class H5Writer:
 
         with H5Writer("out.h5", attrs={"source_layout": "camus2019"}, overwrite=False) as w:
             w.write_view("train", "patient0001", "2CH", im, gt, spacing=(0.154, 0.308), ...)
+
+    ``spacing=None`` writes ``spacing_known = False`` and no spacing; the root attribute
+    ``spacing_known`` (every view group's) is written on ``close``.
     """
 
     def __init__(self, path: str | Path, attrs: dict[str, Any] | None = None, overwrite: bool = False):
@@ -67,6 +74,7 @@ class H5Writer:
         self.file.attrs["format_version"] = FORMAT_VERSION
         self.set_attrs(attrs or {})
         self.count = 0
+        self.all_spacing_known = True
 
     def set_attrs(self, attrs: dict[str, Any], group: str | None = None) -> None:
         target = self.file[group] if group else self.file
@@ -114,8 +122,7 @@ class H5Writer:
         if gt_ref is not None:
             grp.create_dataset("gt_ref", data=np.asarray(gt_ref, np.uint8), compression="gzip", compression_opts=1)
         grp.attrs["phases"] = _attr_json(phases)
-        if spacing is not None:
-            grp.attrs["spacing"] = np.asarray(spacing, np.float64)
+        self.all_spacing_known &= write_spacing(grp.attrs, spacing, f"{split}/{patient}/{view}")
         if original_shape is not None:
             grp.attrs["original_shape"] = np.asarray(original_shape, np.int64)
         grp.attrs["quality"] = quality or ""
@@ -128,6 +135,7 @@ class H5Writer:
     def close(self) -> None:
         if self.file is not None:
             self.file.attrs["n_images"] = self.count
+            self.file.attrs[SPACING_KNOWN] = self.all_spacing_known
             self.file.close()
             self.file = None
             self._ctx.__exit__(None, None, None)
@@ -238,15 +246,16 @@ def iter_samples(
     """Yield ``(split, Sample)`` for every frame in the file, in sorted order.
 
     ``with_ref=True`` adds ``meta["image_ref"]`` / ``meta["mask_ref"]`` (original resolution).
-    For CREATIS' files, which carry no spacing, spacing is (1, 1) and ``meta["spacing_known"]``
-    is False: distances are then in pixels of the reference image.
+    A view group that records no spacing (CREATIS' files, and files converted from them:
+    :mod:`cardigan_tf.data.spacing`) gives spacing (1, 1) and ``meta["spacing_known"]`` False:
+    distances are then in pixels of the reference image.
     """
     path = Path(path)
     want_splits = list(splits) if splits is not None else list(SPLITS)
     want_views = set(views) if views is not None else set(VIEWS)
     want_phases = set(phases) if phases is not None else set(PHASES)
     with _open(path) as f:
-        source_layout = _decode(f.attrs.get("source_layout", "creatis_h5"))
+        source_layout = _decode(f.attrs.get("source_layout", CREATIS_LAYOUT))
         for split in want_splits:
             if split not in f:
                 continue
@@ -275,19 +284,19 @@ def iter_samples(
                         ref_shapes = [_squeeze_last_shape(grp[k].shape) for k in ("gt_ref", "im_ref") if k in grp]
                         ref_shapes = [sh for sh in ref_shapes if len(sh) == 3]
                         original_shape = tuple(ref_shapes[0][1:]) if ref_shapes else tuple(im.shape[1:])
-                    spacing_known = "spacing" in grp.attrs
-                    spacing = tuple(float(v) for v in grp.attrs["spacing"]) if spacing_known else (1.0, 1.0)
+                    spacing, spacing_known = read_spacing(grp.attrs, where)
                     quality = _decode(grp.attrs.get("quality", ""))
                     base_meta = {
                         "split": split,
                         "source_layout": source_layout,
-                        "spacing_known": spacing_known,
+                        SPACING_KNOWN: spacing_known,
                         "cfg": _maybe_json(_decode(grp.attrs.get("cfg", "{}"))) or {},
                         "source_files": _maybe_json(_decode(grp.attrs.get("source_files", "{}"))) or {},
                         "h5_path": f"{split}/{patient}/{view}",
                     }
                     for key, value in grp.attrs.items():
-                        if key not in ("phases", "spacing", "original_shape", "quality", "cfg", "source_files"):
+                        if key not in ("phases", "spacing", SPACING_KNOWN, "original_shape", "quality", "cfg",
+                                       "source_files"):
                             base_meta[key] = _maybe_json(_decode(value))
                     for i, phase in enumerate(ph):
                         if phase not in want_phases:
@@ -323,8 +332,9 @@ def load_arrays(
     """Stack the selected frames into arrays (for in-memory tf.data pipelines).
 
     Returns ``image`` float32 (N, H, W, 1), ``mask`` uint8 (N, H, W), and per-frame
-    ``patient``, ``view``, ``phase``, ``quality`` (str arrays), ``spacing`` (N, 2) and
-    ``original_shape`` (N, 2). Raises EmptyDatasetError when nothing matches.
+    ``patient``, ``view``, ``phase``, ``quality`` (str arrays), ``spacing`` (N, 2),
+    ``spacing_known`` (N,) bool and ``original_shape`` (N, 2). Raises EmptyDatasetError when
+    nothing matches.
     """
     splits = [split] if isinstance(split, str) else list(split)
     qual = set(qualities) if qualities is not None else None
@@ -360,6 +370,7 @@ def load_arrays(
         "phase": np.array([s.phase for s in rows]),
         "quality": np.array([s.quality for s in rows]),
         "spacing": np.array([s.spacing for s in rows], np.float64),
+        SPACING_KNOWN: np.array([bool(s.meta[SPACING_KNOWN]) for s in rows], bool),
         "original_shape": np.array([s.original_shape for s in rows], np.int64),
     }
 

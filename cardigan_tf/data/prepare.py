@@ -15,6 +15,8 @@ validation patients, the fold's own testing patients joining ``train``; without 
 seeded 8:1 split, ``splits.train_valid_split``). Patients without ground truth (2019
 ``testing/`` of the public release) go to the ``unlabelled`` group. The file is written under a
 temporary name and renamed at the end; the command prints the patients per split.
+A source that records no pixel spacing (CREATIS' HDF5) is written with ``spacing_known`` False
+and no spacing (:mod:`cardigan_tf.data.h5layout`): every later step reports its distances in px.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from tqdm import tqdm
 from cardigan_tf.data import tfrecord
 from cardigan_tf.data.camus import CamusDataset, read_camus
 from cardigan_tf.data.h5layout import H5Writer
-from cardigan_tf.data.sample import DataError
+from cardigan_tf.data.sample import DataError, spacing_known
 from cardigan_tf.data.splits import seeded_split, train_valid_split
 from cardigan_tf.files import refuse_overwrite
 from cardigan_tf.labels import PHASES, VIEWS
@@ -170,8 +172,9 @@ def _write_patient(w: H5Writer, split: str, samples, size: int, layout: str) -> 
         attrs = {k: meta[k] for k in _VIEW_ATTRS if meta.get(k) is not None}
         attrs["source_layout"] = meta.get("source_layout") or layout
         attrs["frames"] = [s.meta.get("frame") for s in vs if s.meta.get("frame") is not None]
+        known = all(spacing_known(s) for s in vs)  # an unknown spacing is written as none, never as (1, 1)
         w.write_view(split, vs[0].patient, view, im, gt, phases=[s.phase for s in vs], im_ref=im_ref, gt_ref=gt_ref,
-                     spacing=vs[0].spacing, original_shape=vs[0].original_shape, quality=vs[0].quality,
+                     spacing=vs[0].spacing if known else None, original_shape=vs[0].original_shape, quality=vs[0].quality,
                      cfg=meta.get("cfg") or {}, source_files=files, attrs=attrs)
 
 
@@ -205,6 +208,9 @@ def prepare(source: str | Path, out: str | Path, size: int = 256, fold: int | No
                      "unlisted": info["unlisted"], "missing_listed": info["missing_listed"],
                      "fold_test_in_train": info.get("fold_test_in_train", [])})
     log.info("wrote %s: %s patients per split, %d skipped", out, counts, len(ds.skipped))
+    if not w.all_spacing_known:
+        log.warning("%s records no pixel spacing: HD and MAD will be in pixels of the original grid (px) and "
+                    "volumes are not reported", source)
     if tfrecords is not None:
         tfrecord.write_tfrecords(out, tfrecords, shards=shards, overwrite=overwrite, image_dtype=tfrecord_dtype)
     return out

@@ -5,7 +5,9 @@ A :class:`Sample` is one 2-D frame of one view of one patient:
 - ``image``: float32 (H, W, 1) in [0, 1];
 - ``mask``: uint8 (H, W) in {0, 1, 2, 3}, or None for unlabelled images;
 - ``patient`` (str), ``view`` ("2CH"/"4CH"), ``phase`` ("ED"/"ES");
-- ``spacing``: (row, col) in mm of the *original* image;
+- ``spacing``: (row, col) in mm of the *original* image; (1, 1) with
+  ``meta["spacing_known"] = False`` when the source records none (distances are then in pixels,
+  :mod:`cardigan_tf.units`; :func:`spacing_known`, :func:`samples_unit`);
 - ``original_shape``: (rows, cols) of the original image;
 - ``quality``: "Good"/"Medium"/"Poor", or "" when unknown;
 - ``meta``: everything else a reader knows (cfg values, 1-based ED/ES frame indices, source
@@ -20,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from cardigan_tf.labels import LABEL_VALUES, PHASES, VIEWS
+from cardigan_tf.units import SPACING_KNOWN, distance_unit
 
 
 class DataError(ValueError):
@@ -68,3 +71,14 @@ class Sample:
         if len(self.spacing) != 2 or min(self.spacing) <= 0:
             raise DataError(where, f"spacing: expected two positive mm values, got {self.spacing}")
         return self
+
+
+def spacing_known(sample: Sample) -> bool:
+    """Whether ``sample.spacing`` is its image's spacing in mm (False: (1, 1), in pixels)."""
+    return bool(sample.meta.get(SPACING_KNOWN, True))
+
+
+def samples_unit(samples) -> str:
+    """The unit of distances measured on ``samples``: ``mm`` when every one knows its spacing,
+    else ``px``."""
+    return distance_unit(all(spacing_known(s) for s in samples))

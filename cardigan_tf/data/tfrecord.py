@@ -9,7 +9,10 @@ Each patient's frames go to one shard (patients dealt round-robin over the shard
 file-level sharding across workers (``tf.data`` AUTO/FILE policy) never splits a patient.
 Example features: ``image`` (raw bytes, uint8 or float32, (H, W)), ``mask`` (raw uint8 (H, W);
 zeros when unlabelled), ``has_mask``, ``height``, ``width``, ``patient``, ``view``, ``phase``,
-``split``, ``quality``, ``spacing`` (row, col mm of the original image), ``original_shape``.
+``split``, ``quality``, ``spacing`` (row, col mm of the original image), ``spacing_known`` (0
+when the source recorded no spacing: ``spacing`` is then (1, 1) and distances are in pixels;
+read as 1 from shards without the feature), ``original_shape``. ``index.json`` gives each split's
+``spacing_known`` (every frame's) and the folder's.
 
 Shards are written under temporary names and renamed only when every shard is complete.
 """
@@ -19,15 +22,17 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Iterator
 
 import numpy as np
 import tensorflow as tf
 from tqdm import tqdm
 
-from cardigan_tf.data.h5layout import SPLITS, iter_samples, list_patients
-from cardigan_tf.data.sample import DataError, EmptyDatasetError
+from cardigan_tf.data.h5layout import SPLITS, iter_samples as iter_h5_samples, list_patients
+from cardigan_tf.data.sample import DataError, EmptyDatasetError, Sample, spacing_known
 from cardigan_tf.files import OverwriteError, atomic_write_text
+from cardigan_tf.labels import PHASES, VIEWS
+from cardigan_tf.units import SPACING_KNOWN, UNKNOWN_SPACING
 
 FORMAT = "cardigan_tf/tfrecord"
 INDEX = "index.json"
@@ -80,6 +85,7 @@ def encode_example(sample, split: str, image_dtype: str = "float32") -> bytes:
         "split": _bytes(split.encode()),
         "quality": _bytes((sample.quality or "").encode()),
         "spacing": _floats(sample.spacing),
+        SPACING_KNOWN: _ints([spacing_known(sample)]),
         "original_shape": _ints(sample.original_shape),
     }
     return tf.train.Example(features=tf.train.Features(feature=feats)).SerializeToString()
@@ -107,13 +113,15 @@ def write_tfrecords(source: str | Path, directory: str | Path, shards: int = 1, 
     tmp_of = {(s, i): directory / f".{shard_name(s, i, n)}.tmp-{os.getpid()}" for s in want for i in range(n)}
     writers = {k: tf.io.TFRecordWriter(str(p)) for k, p in tmp_of.items()}
     counts = {s: 0 for s in want}
+    known = {s: True for s in want}
     sizes: set[tuple[int, ...]] = set()
     try:
         total = sum(len(present[s]) for s in want) * 4
-        for split, sample in tqdm(iter_samples(source, want), total=total, desc="tfrecord", unit="frame",
+        for split, sample in tqdm(iter_h5_samples(source, want), total=total, desc="tfrecord", unit="frame",
                                   disable=not progress, leave=False):
             writers[(split, shard_of[(split, sample.patient)])].write(encode_example(sample, split, image_dtype))
             counts[split] += 1
+            known[split] &= spacing_known(sample)
             sizes.add(sample.image.shape[:2])
         for wr in writers.values():
             wr.close()
@@ -138,8 +146,9 @@ def write_tfrecords(source: str | Path, directory: str | Path, shards: int = 1, 
     index = {
         "format": FORMAT, "version": 1, "source": str(source), "image_dtype": image_dtype,
         "size": list(next(iter(sizes))) if len(sizes) == 1 else None,
+        SPACING_KNOWN: all(known.values()),
         "splits": {s: {"shards": n, "files": [p.name for p in written[s]], "examples": counts[s],
-                       "patients": len(present[s])} for s in want},
+                       "patients": len(present[s]), SPACING_KNOWN: known[s]} for s in want},
     }
     atomic_write_text(directory / INDEX, json.dumps(index, indent=2) + "\n")
     return written
@@ -172,7 +181,8 @@ def read_tfrecords(directory: str | Path, split: str = "train", *, shuffle_files
 
     Keys: ``image`` float32 (H, W, 1) in [0, 1]; ``mask`` uint8 (H, W); ``has_mask`` bool;
     ``patient``, ``view``, ``phase``, ``split``, ``quality`` (tf.string); ``spacing`` float32 (2,);
-    ``original_shape`` int64 (2,). Shards are read interleaved (``cycle_length`` at a time).
+    ``spacing_known`` bool; ``original_shape`` int64 (2,). Shards are read interleaved
+    (``cycle_length`` at a time).
     """
     index = read_index(directory)
     files = list_shards(directory, split)
@@ -185,6 +195,7 @@ def read_tfrecords(directory: str | Path, split: str = "train", *, shuffle_files
         "view": tf.io.FixedLenFeature([], tf.string), "phase": tf.io.FixedLenFeature([], tf.string),
         "split": tf.io.FixedLenFeature([], tf.string), "quality": tf.io.FixedLenFeature([], tf.string),
         "spacing": tf.io.FixedLenFeature([2], tf.float32), "original_shape": tf.io.FixedLenFeature([2], tf.int64),
+        SPACING_KNOWN: tf.io.FixedLenFeature([], tf.int64, default_value=1),
     }
 
     def parse(serialized):
@@ -201,6 +212,7 @@ def read_tfrecords(directory: str | Path, split: str = "train", *, shuffle_files
             mask = tf.ensure_shape(mask, [size[0], size[1]])
         out = {k: ex[k] for k in ("patient", "view", "phase", "split", "quality", "spacing", "original_shape")}
         out.update(image=image, mask=mask, has_mask=ex["has_mask"] > 0)
+        out[SPACING_KNOWN] = ex[SPACING_KNOWN] > 0
         return out
 
     ds = tf.data.Dataset.from_tensor_slices(files)
@@ -215,3 +227,26 @@ def to_pairs(ds, mask_dtype=None):
     """Dataset of dicts (from :func:`read_tfrecords`) -> ``(image float32 (H,W,1), mask int32 (H,W))``."""
     dtype = mask_dtype or tf.int32
     return ds.map(lambda d: (d["image"], tf.cast(d["mask"], dtype)), num_parallel_calls=tf.data.AUTOTUNE)
+
+
+def iter_samples(directory: str | Path, splits: Iterable[str] | None = None, views: Iterable[str] | None = None,
+                 phases: Iterable[str] | None = None) -> Iterator[tuple[str, Sample]]:
+    """Yield ``(split, Sample)`` for every frame of the folder's splits (those present of
+    ``splits``), at the stored size, in shard order; ``meta`` holds ``split``,
+    ``spacing_known``, ``has_mask`` and ``source_layout`` "tfrecord"."""
+    index = read_index(directory)
+    want_views = set(views) if views is not None else set(VIEWS)
+    want_phases = set(phases) if phases is not None else set(PHASES)
+    for split in [s for s in (splits or SPLITS) if s in index["splits"]]:
+        for ex in read_tfrecords(directory, split).as_numpy_iterator():
+            view, phase = ex["view"].decode(), ex["phase"].decode()
+            if view not in want_views or phase not in want_phases:
+                continue
+            known = bool(ex[SPACING_KNOWN])
+            yield split, Sample(
+                image=np.asarray(ex["image"], np.float32), mask=ex["mask"] if ex["has_mask"] else None,
+                patient=ex["patient"].decode(), view=view, phase=phase,
+                spacing=tuple(float(str(v)) for v in ex["spacing"]) if known else UNKNOWN_SPACING,  # float32's shortest decimal
+                original_shape=tuple(int(v) for v in ex["original_shape"]), quality=ex["quality"].decode(),
+                meta={"split": split, SPACING_KNOWN: known, "has_mask": bool(ex["has_mask"]),
+                      "source_layout": "tfrecord", "cfg": {}})

@@ -4,10 +4,11 @@ Metrics report of a segmentation run, CAMUS-style, written to ``RUN_DIR/eval-<sp
 (refused if it exists, unless ``--overwrite``; the folder appears only when complete):
 
 - ``per_image.csv``: patient, view, phase, quality, style (when the data records acquisition
-  styles, as the phantom does), gt_source, and per structure (lv_endo, lv_epi, la) dice, hd
-  (mm), mad (mm), missing;
-- ``clinical.csv``: per patient EDV, ESV (ml), EF (%) from the predicted and the ground-truth
-  masks (Simpson biplane), and the cfg values (LVedv, LVesv, LVef) where the data has them;
+  styles, as the phantom does), gt_source, distance_unit, and per structure (lv_endo, lv_epi,
+  la) dice, hd, mad (in the row's ``distance_unit``), missing;
+- ``clinical.csv``: per patient EDV, ESV (``volume_unit``: ml; NaN and empty without a spacing),
+  EF (%) from the predicted and the ground-truth masks (Simpson biplane), and the cfg values
+  (LVedv, LVesv, LVef) where the data has them;
 - ``summary.json``: everything below, machine-readable;
 - ``report.md``: the CAMUS paper's table (structure x phase; Dice, HD, MAD mean +- SD), EF and
   volume agreement (correlation, bias +- SD, MAE), Dice, HD and MAD per structure by image
@@ -26,7 +27,10 @@ does not, the working-size ground truth is used and the spacing is rescaled to t
 of one working pixel covering the same field of view. Distances in mm stay physically
 meaningful, but both masks then carry the working grid's quantisation (up to one working pixel),
 so HD/MAD are somewhat coarser than at the original resolution. ``gt_source`` in the CSV says
-which was used. ``--postprocess`` keeps the largest component of each label and fills holes
+which was used. A TFRecord folder holds the working-size frames only, so it is evaluated on that
+grid. Data that records no spacing (CREATIS' HDF5, and the files and shards prepared from it:
+``spacing_known`` False) is measured in pixels of the original grid (``px``, :mod:`cardigan_tf.units`)
+unless ``--spacing`` gives one; a set where only some images record one is measured in px throughout. ``--postprocess`` keeps the largest component of each label and fills holes
 (at the working size, before resizing).
 """
 
@@ -44,8 +48,8 @@ from tqdm import tqdm
 
 from cardigan_tf import viz
 from cardigan_tf.config import ConfigError
-from cardigan_tf.data.h5layout import iter_samples
-from cardigan_tf.data.sample import EmptyDatasetError
+from cardigan_tf.data.dataset_info import iter_dataset
+from cardigan_tf.data.sample import EmptyDatasetError, spacing_known
 from cardigan_tf.files import atomic_path, refuse_overwrite, write_json
 from cardigan_tf.inference import masks_from_probabilities, model_input, predict_probabilities
 from cardigan_tf.labels import PHASES, QUALITIES, STRUCTURE_TITLES, STRUCTURES
@@ -53,6 +57,7 @@ from cardigan_tf.metrics import segmentation as seg
 from cardigan_tf.metrics.clinical import SIMPSON_CONVENTIONS, agreement, patients_indices
 from cardigan_tf.resize import resize_mask_np
 from cardigan_tf.runs import open_run
+from cardigan_tf.units import DISTANCE_COLUMN, SPACING_KNOWN, UNKNOWN_SPACING, distance_unit, volume_unit
 
 log = logging.getLogger(__name__)
 
@@ -120,6 +125,7 @@ def _clinical(per_patient: dict, volumes: bool = True, simpson: str = "per_phase
         for k, ck in (("edv", "LVedv"), ("esv", "LVesv"), ("ef", "LVef")):
             v = d["cfg"].get(ck)
             row[f"{k}_cfg"] = float(v) if isinstance(v, (int, float)) else float("nan")
+        row["volume_unit"] = volume_unit(volumes) or ""
         row["simpson"] = p.get("simpson", simpson)
         row["reason_pred"], row["reason_gt"] = p.get("reason", ""), g.get("reason", "")
         rows.append(row)
@@ -144,7 +150,7 @@ def _write_csv(path: Path, rows: list[dict]) -> None:
 
 def _markdown(run_dir: Path, split: str, summary: dict) -> str:
     by_phase, by_q = summary["by_phase"], summary["by_quality"]
-    u = summary.get("units", {}).get("hd", "mm")
+    u = summary[DISTANCE_COLUMN]
     lines = [f"# Evaluation of `{run_dir.name}` on split `{split}`", "",
              f"{summary['n_images']} images, {summary['n_patients']} patients; data `{summary['data']}`; "
              f"ground truth at {summary['gt_resolution']} resolution; post-processing: {summary['postprocess']}.", ""]
@@ -249,15 +255,18 @@ def evaluate_run(run_dir, data=None, split: str = "test", postprocess: bool = Fa
     data_path = run.dataset(data)
     trained = run.load(which, data=data_path)
     model, model_path, pre = trained.model, trained.path, trained.preprocessing
-    samples = [s for _, s in iter_samples(data_path, [split], cfg.data.views, cfg.data.phases, with_ref=True)
+    samples = [s for _, s in iter_dataset(data_path, [split], cfg.data.views, cfg.data.phases, with_ref=True)
                if s.mask is not None]
     if not samples:
         raise EmptyDatasetError(data_path, f"no labelled image in split {split!r} (views {cfg.data.views})")
-    known = given_spacing is not None or all(s.meta.get("spacing_known", True) for s in samples)
-    unit = "mm" if known else "px"
-    if given_spacing is not None:
-        for s in samples:
+    n_known = sum(spacing_known(s) for s in samples)
+    known = given_spacing is not None or n_known == len(samples)
+    unit = distance_unit(known)
+    for s in samples:
+        if given_spacing is not None:
             s.spacing = given_spacing
+        elif not known:  # one unit for the whole report: pixels of the original grid
+            s.spacing = UNKNOWN_SPACING
     with_style = any(s.meta.get("style") for s in samples)
     t = stages.add("load", t)
 
@@ -291,11 +300,13 @@ def evaluate_run(run_dir, data=None, split: str = "test", postprocess: bool = Fa
     t = time.perf_counter()
     clin_rows, agree = _clinical(per_patient, volumes=known, simpson=simpson)
     t = stages.add("clinical", t)
-    units = {"dice": "fraction", "hd": unit, "mad": unit, "edv": "ml" if known else None,
-             "esv": "ml" if known else None, "ef": "%"}
+    units = {"dice": "fraction", "hd": unit, "mad": unit, "edv": volume_unit(known), "esv": volume_unit(known),
+             "ef": "%"}
     warnings_ = []
     if not known:
-        warnings_.append("the data records no pixel spacing: HD and MAD are in pixels of the original grid (px), "
+        which = "the data records no pixel spacing" if n_known == 0 else (
+            f"only {n_known} of {len(samples)} images record a pixel spacing")
+        warnings_.append(f"{which}: HD and MAD are in pixels of the original grid (px), "
                          "volumes are not reported, and EF is distorted where pixels are not square; "
                          "give --spacing ROW,COL (mm) to report mm and ml")
         log.warning(warnings_[-1])
@@ -303,7 +314,8 @@ def evaluate_run(run_dir, data=None, split: str = "test", postprocess: bool = Fa
         "run": str(run_dir), "model": model_path.name, "split": split, "data": str(data_path),
         "postprocess": bool(postprocess), "preprocessing": pre.to_dict(),
         "gt_resolution": "/".join(sorted({"ref": "original", "working": "working"}[x] for x in sources)),
-        "spacing_known": known, "spacing_given": given_spacing, "units": units, "warnings": warnings_,
+        SPACING_KNOWN: known, "spacing_given": given_spacing, DISTANCE_COLUMN: unit, "units": units,
+        "warnings": warnings_,
         "n_images": len(rows), "n_patients": len(per_patient),
         "by_phase": seg.summarize(rows, group_by=("phase",)),
         "by_view_phase": seg.summarize(rows, group_by=("view", "phase")),

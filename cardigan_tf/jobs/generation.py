@@ -24,7 +24,9 @@ makes sense with ``deformed`` masks (each copy gets its own deformation).
 Output: the seed HDF5 layout (split ``train``; one group per synthetic image,
 ``train/<source patient>_x<k>/<view>`` with ``phases=[phase]``) with root attributes
 ``kind="synthetic"`` and ``provenance`` (GAN run, checkpoint step, EMA or raw weights, seed,
-mask source, counts, rejects), and a preview grid PNG next to the file.
+mask source, counts, rejects), and a preview grid PNG next to the file. Each image carries the
+spacing of its (source) mask and whether it is known (``spacing_known``): an image drawn from a
+mask of data without a spacing has none either.
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ from cardigan_tf.labels import LV, PHASES
 from cardigan_tf.models.mask_ae import MaskAEConfig, sample_valid_masks, train_mask_vae
 from cardigan_tf.resize import resize_pairs_np
 from cardigan_tf.runs import KINDS, open_run
+from cardigan_tf.units import SPACING_KNOWN
 from cardigan_tf.viz import save_sample_grid
 
 log = logging.getLogger(__name__)
@@ -93,13 +96,14 @@ def _assign_phase(mask: np.ndarray, medians: dict[str, float]) -> str:
 
 def build_masks(arrays: dict[str, np.ndarray], source: str, per_mask: int, n: int | None, seed: int,
                 vae_epochs: int | None = None) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """Mask records ``{mask, patient, view, phase, k, spacing, original_shape}`` and counts.
+    """Mask records ``{mask, patient, view, phase, k, spacing, spacing_known, original_shape}`` and counts.
 
     ``vae_epochs`` (``sampled``): mask VAE epochs; None = at least 40 epochs and 300 updates
     (small training subsets get a smaller VAE batch and more epochs).
     """
     rng = np.random.default_rng(seed)
     masks = arrays["mask"]
+    known = arrays.get(SPACING_KNOWN, np.ones(len(masks), bool))
     order = [int(i) for i in rng.permutation(len(masks))]  # n < all masks: a seeded, unbiased choice
     total = n if n is not None else len(order) * per_mask
     records: list[dict[str, Any]] = []
@@ -108,7 +112,7 @@ def build_masks(arrays: dict[str, np.ndarray], source: str, per_mask: int, n: in
     def base(i: int) -> dict[str, Any]:
         return {"index": i, "patient": str(arrays["patient"][i]), "view": str(arrays["view"][i]),
                 "phase": str(arrays["phase"][i]), "spacing": arrays["spacing"][i].tolist(),
-                "original_shape": arrays["original_shape"][i].tolist()}
+                SPACING_KNOWN: bool(known[i]), "original_shape": arrays["original_shape"][i].tolist()}
 
     if source == "real":
         valid = []
@@ -162,6 +166,7 @@ def build_masks(arrays: dict[str, np.ndarray], source: str, per_mask: int, n: in
                 records.append({"mask": m, "patient": f"sampled{view}", "view": view,
                                 "phase": _assign_phase(m, medians), "k": k,
                                 "spacing": arrays["spacing"][first].tolist(),
+                                SPACING_KNOWN: bool(np.all(known[sel])),
                                 "original_shape": arrays["original_shape"][first].tolist(),
                                 "phase_assigned": "by_lv_area"})
         if len(records) < total:
@@ -235,7 +240,7 @@ def generate_set(gan: str | Path, out: str | Path, masks: str = "real", per_mask
             if "phase_assigned" in r:
                 grp_attrs["phase_assigned"] = r["phase_assigned"]
             writer.write_view("train", f"{key}_{r['phase']}", r["view"], im[None], r["mask"][None],
-                              phases=[r["phase"]], spacing=tuple(r["spacing"]),
+                              phases=[r["phase"]], spacing=tuple(r["spacing"]) if r[SPACING_KNOWN] else None,
                               original_shape=tuple(r["original_shape"]), attrs=grp_attrs)
     if preview:
         k = min(8, len(records))

@@ -26,6 +26,7 @@ from cardigan_tf.stats_hierarchical import (
     detectable_difference,
     hierarchical_paired_comparison,
 )
+from cardigan_tf.units import DISTANCE_COLUMN, MM, joined
 
 METRIC_NAMES = {"dice": "Dice", "hd": "HD", "mad": "MAD"}
 #: below this many test patients the primary contrast is estimated but not tested (as the secondary table)
@@ -90,20 +91,20 @@ def _failures(base: dict, other: dict, structure: str) -> dict[str, Any]:
 def _contrast(base: dict, other: dict, sf: float, endpoint) -> dict[str, Any]:
     """One contrast's estimate, interval, p-value, variance components and detectable difference."""
     key = f"{endpoint.structure}_{endpoint.metric}"
-    units = sorted({c.get("distance_unit", "mm") for arm in (base, other) for c in arm.values()})
+    units = sorted({c.get(DISTANCE_COLUMN, MM) for arm in (base, other) for c in arm.values()})
     empty = {"estimate": NAN, "ci_low": NAN, "ci_high": NAN, "pvalue": NAN, "se": NAN, "df": NAN,
              "seed_sd_none": NAN, "seed_sd_synthetic": NAN, "patient_sd": NAN, "mdd": NAN,
              "n_patients": 0, "n_seeds_none": len(base), "n_seeds_synthetic": len(other),
              "method": "", "training_variance_estimated": ""}
     if endpoint.metric != "dice" and len(units) > 1:
-        return {**empty, "unit": "/".join(units), "note": f"distance units differ between cells ({', '.join(units)}): "
-                                                          "not compared"}
+        return {**empty, DISTANCE_COLUMN: joined(units),
+                "note": f"distance units differ between cells ({', '.join(units)}): not compared"}
     try:
         res = hierarchical_paired_comparison(_long_table({0.0: base, sf: other}, key), (0.0, sf),
                                              paired_seeds=endpoint.paired_seeds, level=1 - endpoint.alpha,
                                              n_boot=endpoint.n_boot, rng_seed=endpoint.rng_seed)
     except ValueError as exc:
-        return {**empty, "unit": "" if endpoint.metric == "dice" else units[0], "note": str(exc)}
+        return {**empty, DISTANCE_COLUMN: joined(units), "note": str(exc)}
     notes = [res["note"]] if res["note"] else []
     dropped = sum(res["n_dropped"].values())
     if dropped:
@@ -118,7 +119,7 @@ def _contrast(base: dict, other: dict, sf: float, endpoint) -> dict[str, Any]:
     finite_se = tested and math.isfinite(res["se"]) and res["se"] > 0 and math.isfinite(res["df"])
     mdd = detectable_difference(res, alpha=endpoint.alpha, power=endpoint.power)["mdd"] if finite_se else NAN
     return {
-        "unit": "" if endpoint.metric == "dice" else units[0],
+        DISTANCE_COLUMN: joined(units),
         "estimate": res["estimate"], "ci_low": res["ci_low"], "ci_high": res["ci_high"], "pvalue": pvalue,
         "se": res["se"], "df": res["df"], "seed_sd_none": res["seed_sd"][0.0], "seed_sd_synthetic": res["seed_sd"][sf],
         "patient_sd": res["patient_sd"], "mdd": mdd, "n_patients": res["n_patients"],
@@ -136,7 +137,8 @@ def primary_rows(cells: list[dict[str, Any]], endpoint) -> list[dict[str, Any]]:
     :class:`~cardigan_tf.configs.study.PrimaryEndpoint`. Columns: the contrast, the endpoint,
     ``estimate`` (synthetic minus none) with its ``1 - alpha`` interval, ``pvalue``,
     ``pvalue_holm`` over the ``n_contrasts`` tests of this family, ``significant`` ("yes"/"no";
-    empty without a test), ``mdd`` at ``power``, the variance components and the failure counts.
+    empty without a test), ``mdd`` at ``power``, the variance components, the failure counts and
+    ``distance_unit`` (of the cells' HD / MAD, whatever the endpoint's metric).
     """
     by_key = cells_by_key([c for c in cells if "per_image" in c])
     rows = []
@@ -199,8 +201,13 @@ def _method(method: str) -> str:
     return re.sub(r"(Satterthwaite df) [0-9.]+", r"\1 (per contrast: table)", method)
 
 
+def _unit(r: dict[str, Any]) -> str:
+    """" px" / " mm" after a distance, "" after a Dice."""
+    return f" {r[DISTANCE_COLUMN]}" if r["metric"] != "dice" and r.get(DISTANCE_COLUMN) else ""
+
+
 def _sentence(r: dict[str, Any]) -> str:
-    m, unit = r["metric"], f" {r['unit']}" if r["unit"] else ""
+    m, unit = r["metric"], _unit(r)
     head = (f"- {100 * r['train_fraction']:g}% of the training patients, "
             f"{arm_text(r['synthetic_fraction'], r.get('exposure', ''))}: {_num(r['estimate'], m)} [{_num(r['ci_low'], m)}, {_num(r['ci_high'], m)}]{unit}")
     if not math.isfinite(r["pvalue"]):
@@ -239,7 +246,7 @@ def primary_lines(rows: list[dict[str, Any]]) -> list[str]:
         f"{100 * r0['power']:g} % power. Everything after this section is secondary (primary.csv holds this table).",
         "",
         f"| train fraction | synthetic fraction | arm | real samples seen (none / synthetic) | patients | "
-        f"seeds (none / synthetic) | difference [{level} CI] | "
+        f"seeds (none / synthetic) | difference{f' ({_unit(r0).strip()})' if _unit(r0) else ''} [{level} CI] | "
         "df | p | p (Holm) | MDD | seed SD (none / synthetic) | patient SD |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]

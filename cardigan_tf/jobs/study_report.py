@@ -34,6 +34,7 @@ from cardigan_tf.jobs.study_wilcoxon import (
 )
 from cardigan_tf.labels import STRUCTURES
 from cardigan_tf.metrics.segmentation import METRICS
+from cardigan_tf.units import DISTANCE_COLUMN, MM, distances_sentence, joined
 
 
 def load_cells(root: Path) -> list[dict[str, Any]]:
@@ -46,22 +47,20 @@ def load_cells(root: Path) -> list[dict[str, Any]]:
     return out
 
 
-UNIT_KEYS = ("distance_unit", "unit")  # per-image CSV column / summary.json key naming HD and MAD's unit
-
-
 def _read_unit(eval_dir: Path, rows: list[dict[str, str]]) -> str:
-    """HD/MAD unit of one evaluation: the per-image CSV's column, else summary.json's key, else mm."""
-    for key in UNIT_KEYS:
-        found = {r[key] for r in rows if r.get(key)}
-        if found:
-            return "/".join(sorted(found))
+    """HD/MAD unit of one evaluation: the per-image CSV's ``distance_unit`` column, else
+    summary.json's ``distance_unit`` or ``units.hd``, else mm (evaluations that name no unit
+    measured with a known spacing)."""
+    found = {r[DISTANCE_COLUMN] for r in rows if r.get(DISTANCE_COLUMN)}
+    if found:
+        return joined(found)
     summary = eval_dir / "summary.json"
     if summary.is_file():
         data = json.loads(summary.read_text())
-        for key in UNIT_KEYS:
-            if isinstance(data.get(key), str) and data[key]:
-                return data[key]
-    return "mm"
+        for value in (data.get(DISTANCE_COLUMN), (data.get("units") or {}).get("hd")):
+            if isinstance(value, str) and value:
+                return value
+    return MM
 
 
 def attach_per_image(root: Path, cells: list[dict[str, Any]], split: str) -> None:
@@ -90,10 +89,10 @@ def attach_per_image(root: Path, cells: list[dict[str, Any]], split: str) -> Non
                     if r.get(f"{s}_missing") not in (None, ""):
                         row[f"{s}_missing"] = float(r[f"{s}_missing"].strip().lower() in ("true", "1", "1.0"))
                 rows.append(row)
-            cell["per_image"], cell["distance_unit"] = rows, _read_unit(eval_dir, raw)
+            cell["per_image"], cell[DISTANCE_COLUMN] = rows, _read_unit(eval_dir, raw)
         elif "per_image_dice" in cell:
             cell["per_image"] = rows_from_dice(cell["per_image_dice"])
-            cell.setdefault("distance_unit", "mm")
+            cell.setdefault(DISTANCE_COLUMN, MM)
 
 
 def _synthetic_counts(root: Path) -> str:
@@ -232,8 +231,7 @@ def write_study_report(root: Path, cfg) -> Path:
         raise RuntimeError(f"{root}: no finished cell to report on")
     attach_per_image(root, cells, cfg.split)
     attach_clinical(root, cells, cfg.split)
-    units = sorted({c.get("distance_unit", "mm") for c in cells})
-    unit = "/".join(units)
+    unit = joined(c.get(DISTANCE_COLUMN, MM) for c in cells)
     flat = [{**{k: v for k, v in c.items() if k not in ("per_image_dice", "per_image", "clinical", "cell")},
              **cell_failures(c)} for c in cells]
     named = [{**row, "cell_name": c["cell"]} for row, c in zip(flat, cells)]
@@ -241,7 +239,7 @@ def write_study_report(root: Path, cfg) -> Path:
     bookkeeping = ("n_images", "n_train_patients", "steps", *EXPOSURE_COLUMNS, *FAILURE_COLUMNS, "ef_failure_reason")
     summary = stats.summarize_cells([{k: v for k, v in row.items() if k not in bookkeeping} for row in flat])
     for row in summary:
-        row["distance_unit"] = unit  # the unit of the HD / MAD columns
+        row[DISTANCE_COLUMN] = unit  # the unit of the HD / MAD columns
     stats.write_table_csv(summary, root / "results.csv")
     table = stats.table_markdown(summary, distance_unit=unit)
     atomic_write_text(root / "results.md", table)
@@ -277,6 +275,7 @@ def write_study_report(root: Path, cfg) -> Path:
         "real samples of the cell without synthetic data plus the synthetic ones, more steps; `replace`: the same "
         "steps, synthetic samples in real ones' places; cells.csv: real_samples_seen, synthetic_samples_seen, steps). "
         f"Each cell is evaluated with its `{cfg.cell_model}` model.",
+        distances_sentence(unit),
         "",
         *primary_lines(primary),
         "## Results (mean ± SD over seeds)",

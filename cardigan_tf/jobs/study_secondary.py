@@ -30,6 +30,7 @@ from cardigan_tf.jobs.study_primary import arm_of, arm_text, cells_by_key, contr
 from cardigan_tf.labels import QUALITIES, STRUCTURE_TITLES, STRUCTURES
 from cardigan_tf.stats_failures import failure_sign_test
 from cardigan_tf.stats_hierarchical import hierarchical_paired_comparison
+from cardigan_tf.units import DISTANCE_COLUMN, MM
 
 NAN = float("nan")
 #: the clinical indices compared: per-patient value column -> (title, unit)
@@ -170,7 +171,7 @@ def sensitivity_rows(cells: list[dict[str, Any]], endpoint) -> list[dict[str, An
     measured image with them) against failures scored at the study's worst measured value of
     that metric (``worst_value``)."""
     by_key = cells_by_key(cells)
-    units = sorted({c.get("distance_unit", "mm") for c in cells})
+    units = sorted({c.get(DISTANCE_COLUMN, MM) for c in cells})
     if len(units) != 1:
         return []
     rows = []
@@ -193,7 +194,7 @@ def sensitivity_rows(cells: list[dict[str, Any]], endpoint) -> list[dict[str, An
                 n_fail = [sum(1 for r in per_image(c) if not math.isfinite(r.get(key, NAN)))
                           for _, b, o in pairs for c in (b, o)]
                 rows.append({"train_fraction": tf, "synthetic_fraction": sf, "exposure": arm, "structure": s,
-                             "metric": m, "unit": units[0], "worst_value": worst,
+                             "metric": m, DISTANCE_COLUMN: units[0], "worst_value": worst,
                              "failures_none": sum(n_fail[0::2]), "failures_synthetic": sum(n_fail[1::2]),
                              "estimate_failures_dropped": dropped.get("estimate", NAN),
                              "estimate_failures_worst": scored["estimate"], "ci_low_worst": scored["ci_low"],
@@ -256,7 +257,7 @@ def secondary_lines(failures: list[dict], sensitivity: list[dict], clinical: lis
         for r in sensitivity:
             lines.append(f"| {r['train_fraction']:g} | {arm_text(r['synthetic_fraction'], r['exposure'])} | "
                          f"{STRUCTURE_TITLES[r['structure']]} | {r['metric'].upper()} | {_n(r['worst_value'], sign=False)} "
-                         f"{r['unit']} | {r['failures_none']} / {r['failures_synthetic']} | "
+                         f"{r[DISTANCE_COLUMN]} | {r['failures_none']} / {r['failures_synthetic']} | "
                          f"{_n(r['estimate_failures_dropped'])} | {_n(r['estimate_failures_worst'])} "
                          f"[{_n(r['ci_low_worst'])}, {_n(r['ci_high_worst'])}] | {_pv(r['pvalue_worst'])} |")
     else:

@@ -16,6 +16,7 @@ from cardigan_tf import stats
 from cardigan_tf.jobs.study_primary import arm_text, cells_by_key, contrasts
 from cardigan_tf.labels import STRUCTURE_TITLES, STRUCTURES
 from cardigan_tf.metrics.segmentation import METRICS
+from cardigan_tf.units import DISTANCE_COLUMN, MM, joined
 
 METRIC_NAMES = {"dice": "Dice", "hd": "HD", "mad": "MAD"}
 SECONDARY = "Secondary, exploratory (not corrected for the primary family; intervals only for interpretation)"
@@ -58,7 +59,7 @@ def wilcoxon_rows(cells: list[dict[str, Any]], n_boot: int = 10000, alpha: float
                  if t == tf and f == sf and a == arm and (tf, 0.0, "", seed) in by_key]
         if not pairs:
             continue
-        units = sorted({c.get("distance_unit", "mm") for _, base, other in pairs for c in (base, other)})
+        units = sorted({c.get(DISTANCE_COLUMN, MM) for _, base, other in pairs for c in (base, other)})
         for m in METRICS:
             for s in STRUCTURES:
                 key = f"{s}_{m}"
@@ -77,7 +78,7 @@ def wilcoxon_rows(cells: list[dict[str, Any]], n_boot: int = 10000, alpha: float
                 note = f"distance units differ between cells ({', '.join(units)}): not compared" if mixed else res["note"]
                 rows.append({
                     "train_fraction": tf, "synthetic_fraction": sf, "exposure": arm, "structure": s, "metric": m,
-                    "unit": "" if m == "dice" else "/".join(units),
+                    DISTANCE_COLUMN: joined(units),
                     "n_patients": res["n"], "n_seeds": len(diffs["seeds"]), "n_image_pairs": diffs["n_images"],
                     "mean_diff": res["mean_diff"], "ci_low": res["ci_low"], "ci_high": res["ci_high"],
                     "median_diff": res["median_diff"],
@@ -106,8 +107,8 @@ def _diff(v: float, m: str) -> str:
 
 
 def _effect(t: dict[str, Any]) -> str:
-    """"+0.0123 [95% CI -0.0040, +0.0280] mm"."""
-    unit = f" {t['unit']}" if t.get("unit") else ""
+    """"+0.0123 [95% CI -0.0040, +0.0280]" (Dice), "-1.20 [95% CI -2.00, -0.40] px" (HD, MAD)."""
+    unit = f" {t[DISTANCE_COLUMN]}" if t["metric"] != "dice" and t.get(DISTANCE_COLUMN) else ""
     return (f"{_diff(t['mean_diff'], t['metric'])} [95% CI {_diff(t['ci_low'], t['metric'])}, "
             f"{_diff(t['ci_high'], t['metric'])}]{unit}")
 

@@ -7,7 +7,8 @@ command is ``python -m cardigan_tf.tune``).
   exactly as ``train seg`` does (same loss, optimiser, schedule, seeded data stream) and
   returns the objective, the mean validation Dice that the model's Keras metric computes on the
   REAL, unmixed, unaugmented validation split, plus per-structure Dice, HD and MAD on that split
-  (working size, working-grid spacing; HD/MAD keys carry their unit, ``_mm`` or ``_px``).
+  (working size, working-grid spacing; the trial's ``distance_unit`` names the unit of HD/MAD,
+  ``mm``, or ``px`` when the data records no spacing: :mod:`cardigan_tf.units`).
 - The search space comes from :mod:`cardigan_tf.configs.tune` (declared there only);
   :func:`cardigan_tf.jobs.tuning_model.declare_space` turns it into KerasTuner hyperparameters;
   the HyperModel lives in :mod:`cardigan_tf.jobs.tuning_model`.

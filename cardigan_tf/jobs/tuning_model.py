@@ -23,8 +23,9 @@ import tensorflow as tf
 
 from cardigan_tf.config import to_dict
 from cardigan_tf.configs.tune import TuneConfig, apply_values
-from cardigan_tf.data.h5layout import iter_samples
+from cardigan_tf.data.dataset_info import iter_dataset
 from cardigan_tf.data.pipeline import Selection, Training, make_dataset
+from cardigan_tf.data.sample import samples_unit
 from cardigan_tf.data.source import prepared_size
 from cardigan_tf.files import write_json
 from cardigan_tf.inference import Preprocessing, masks_from_probabilities, model_input, predict_probabilities
@@ -34,6 +35,7 @@ from cardigan_tf.labels import STRUCTURES
 from cardigan_tf.metrics.segmentation import METRICS, evaluate_masks
 from cardigan_tf.models.unet import build_unet, inference_model
 from cardigan_tf.resize import resize_mask_np
+from cardigan_tf.units import DISTANCE_COLUMN, PX, UNKNOWN_SPACING
 
 
 # ----------------------------------------------------------------------------- search space
@@ -166,7 +168,7 @@ class UNetHyperModel(kt.HyperModel):
             "trial_id": (self.trial or {}).get("trial_id"), "tuner_id": (self.trial or {}).get("tuner_id"),
             "objective": self.cfg.objective, "score": keep.best, "best_epoch": keep.best_epoch,
             "epochs": epochs, "initial_epoch": int(initial_epoch), "steps_per_epoch": self.steps,
-            "distance_unit": unit, "metrics": structures, "hyperparameters": dict(hp.values),
+            DISTANCE_COLUMN: unit, "metrics": structures, "hyperparameters": dict(hp.values),
             "history": {k: [float(x) for x in v] for k, v in history.history.items()},
             "seconds": round(time.time() - start, 2), "seg_config": to_dict(seg),
         }
@@ -180,24 +182,26 @@ class UNetHyperModel(kt.HyperModel):
             return self._valid
 
         size = int(seg.model.size)
-        if self.data_path.is_dir():  # TFRecord folder: no spacing per frame to read cheaply
+        samples = [s for _, s in iter_dataset(self.data_path, ["valid"], seg.data.views, seg.data.phases)
+                   if s.mask is not None]
+        if not samples:
             self._valid = (None, None, None, None)
             return self._valid
-        samples = [s for _, s in iter_samples(self.data_path, ["valid"], seg.data.views, seg.data.phases)
-                   if s.mask is not None]
         pre = Preprocessing(working_size=size, prepared_size=prepared_size(self.data_path))
         x = model_input([s.image for s in samples], pre)
         gts = [resize_mask_np(s.mask, (size, size)) for s in samples]
-        # the working grid covers the original field of view: mm per working pixel
-        spacings = [(s.spacing[0] * s.original_shape[0] / size, s.spacing[1] * s.original_shape[1] / size)
-                    for s in samples]
-        unit = "mm" if all(s.meta.get("spacing_known", True) for s in samples) else "px"
+        unit = samples_unit(samples)  # px when any image lacks a spacing: pixels of the original grid for all
+        # the working grid covers the original field of view: mm (or original pixels) per working pixel
+        spacings = [(sp[0] * s.original_shape[0] / size, sp[1] * s.original_shape[1] / size)
+                    for s in samples for sp in [UNKNOWN_SPACING if unit == PX else s.spacing]]
         self._valid = (x, gts, spacings, unit)
         return self._valid
 
     def structure_metrics(self, model, seg) -> tuple[dict[str, float], str | None]:
         """Mean Dice, HD and MAD per structure on the validation split (working size):
-        ``val_<structure>_dice``, ``val_<structure>_hd_<unit>``, ``val_<structure>_mad_<unit>``."""
+        ``val_<structure>_dice``, ``val_<structure>_hd``, ``val_<structure>_mad``, and the unit of
+        the distances (``mm``, or ``px`` of the original grid when the data records no spacing;
+        None when the split has no labelled image)."""
         x, gts, spacings, unit = self._validation_samples(seg)
         if x is None or not len(x):
             return {}, None
@@ -213,8 +217,7 @@ class UNetHyperModel(kt.HyperModel):
         for s in STRUCTURES:
             for m in METRICS:
                 vals = np.asarray(per[f"{s}_{m}"], np.float64)
-                name = f"val_{s}_{m}" if m == "dice" else f"val_{s}_{m}_{unit}"
-                out[name] = float(np.nanmean(vals)) if np.isfinite(vals).any() else float("nan")
+                out[f"val_{s}_{m}"] = float(np.nanmean(vals)) if np.isfinite(vals).any() else float("nan")
         return out, unit
 
     def _log_trial(self, record: dict, callbacks) -> None:

@@ -21,6 +21,7 @@ from cardigan_tf.config import to_dict
 from cardigan_tf.configs.tune import PARAMETERS, TuneConfig, apply_values, space_table
 from cardigan_tf.files import atomic_path, atomic_write_text, write_json
 from cardigan_tf.runs import RunError, open_run
+from cardigan_tf.units import DISTANCE_COLUMN
 
 PROJECT = "search"  # KerasTuner project folder inside the tuning folder
 TRIAL_RECORD = "cardigan_trial.json"  # our per-trial record beside KerasTuner's trial.json
@@ -43,7 +44,7 @@ def _last_value(metric: dict) -> float | None:
 def collect_trials(tune_dir: str | Path) -> list[dict[str, Any]]:
     """Every trial of the search in ``tune_dir`` (read from KerasTuner's trial files and our
     per-trial records), in trial id order: ``trial_id, tuner_id, status, score, values,
-    metrics, seconds, epochs``."""
+    metrics, seconds, epochs, distance_unit`` (of the HD / MAD metrics; None without them)."""
     project = Path(tune_dir) / PROJECT
     rows = []
     for f in sorted(project.glob("trial_*/trial.json")):
@@ -56,7 +57,7 @@ def collect_trials(tune_dir: str | Path) -> list[dict[str, Any]]:
             "trial_id": t.get("trial_id"), "tuner_id": rec.get("tuner_id"), "status": t.get("status"),
             "score": t.get("score"), "values": values, "metrics": metrics,
             "epochs": values.get("tuner/epochs", rec.get("epochs")), "seconds": rec.get("seconds"),
-            "distance_unit": rec.get("distance_unit"),
+            DISTANCE_COLUMN: rec.get(DISTANCE_COLUMN),
         })
     rows.sort(key=lambda r: (len(str(r["trial_id"])), str(r["trial_id"])))
     return rows
@@ -86,9 +87,9 @@ def _table(rows: list[dict], cfg: TuneConfig) -> tuple[list[str], list[list[Any]
         for k in r["metrics"]:
             if k != cfg.objective and k not in metric_names:
                 metric_names.append(k)
-    header = ["trial", "tuner", "status", cfg.objective, *names, "epochs", "seconds", *metric_names]
+    header = ["trial", "tuner", "status", cfg.objective, *names, "epochs", "seconds", DISTANCE_COLUMN, *metric_names]
     body = [[r["trial_id"], r["tuner_id"] or "", r["status"], r["score"], *[r["values"].get(n) for n in names],
-             r["epochs"], r["seconds"], *[r["metrics"].get(m) for m in metric_names]] for r in rows]
+             r["epochs"], r["seconds"], r[DISTANCE_COLUMN], *[r["metrics"].get(m) for m in metric_names]] for r in rows]
     return header, body
 
 
@@ -138,14 +139,16 @@ def write_report(tune_dir: str | Path, cfg: TuneConfig | None = None) -> dict[st
         "trial_id": best["trial_id"], "tuner_id": best["tuner_id"], "objective": cfg.objective,
         "direction": cfg.direction, "score": best["score"], "hyperparameters": values,
         "tuner_values": {k: v for k, v in best["values"].items() if k not in values},
-        "metrics": best["metrics"], "seg_config": to_dict(apply_values(cfg.seg, values)),
+        "metrics": best["metrics"], DISTANCE_COLUMN: best[DISTANCE_COLUMN],
+        "seg_config": to_dict(apply_values(cfg.seg, values)),
     }
     write_json(tune_dir / "best_hyperparameters.json", record)
     done = [r for r in rows if r["status"] == "COMPLETED"]
     summary = {"objective": cfg.objective, "direction": cfg.direction, "tuner": cfg.tuner,
                "n_trials": len(rows), "n_completed": len(done),
                "tuner_ids": sorted({r["tuner_id"] for r in rows if r["tuner_id"]}),
-               "best_trial": best["trial_id"], "best_score": best["score"], "best_hyperparameters": values}
+               "best_trial": best["trial_id"], "best_score": best["score"], "best_hyperparameters": values,
+               DISTANCE_COLUMN: best[DISTANCE_COLUMN]}
     old = tune_dir / "metrics.json"
     if old.is_file():  # keep the retrained run's figures across re-reports
         prev = json.loads(old.read_text())
@@ -165,8 +168,8 @@ def write_report(tune_dir: str | Path, cfg: TuneConfig | None = None) -> dict[st
         "## Best hyperparameters", "", "| name | value |", "|---|---|",
         *[f"| {k} | {_fmt(v, 6)} |" for k, v in values.items()], "",
         "## Trials", "", *md, "",
-        "Per-structure Dice, HD and MAD: validation split at the working size, distances in the unit named by "
-        "the column (mm per working pixel when the data records its spacing).", "",
+        "Per-structure Dice, HD and MAD: validation split at the working size, distances in the trial's "
+        f"`{DISTANCE_COLUMN}` (mm when the data records its pixel spacing, else px of the original grid).", "",
     ]
     atomic_write_text(tune_dir / "report.md", "\n".join(report))
     return record

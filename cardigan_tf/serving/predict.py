@@ -161,7 +161,8 @@ def _clinical_rows(frames: dict[str, dict[tuple[str, str], dict]]) -> list[dict]
         elif failed:
             row["reason"] = f"prediction failed for {', '.join(failed)}"
         elif no_spacing:
-            row["reason"] = f"no pixel spacing for {', '.join(no_spacing)} (PNG/NPY inputs carry none)"
+            row["reason"] = (f"no pixel spacing for {', '.join(no_spacing)} (PNG/NPY inputs and MetaImages "
+                             "without ElementSpacing carry none): volumes and EF not measured")
         else:
             try:
                 res = patient_indices({k: got[k]["mask"] == LV for k in keys}, {k: got[k]["spacing"] for k in keys})

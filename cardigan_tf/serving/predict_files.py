@@ -117,8 +117,9 @@ def collect_inputs(paths) -> list[InputFile]:
 
 @dataclass
 class Image:
-    """A read input: float32 (H, W) in [0, 1], spacing (row, col) mm or None, and what a
-    MetaImage/NIfTI writer needs to reproduce the geometry."""
+    """A read input: float32 (H, W) in [0, 1], spacing (row, col) mm or None (PNG, NPY, a
+    MetaImage without ElementSpacing), and what a MetaImage/NIfTI writer needs to reproduce the
+    geometry."""
 
     pixels: np.ndarray
     spacing: tuple[float, float] | None = None
@@ -138,7 +139,8 @@ def read_input(item: InputFile) -> Image:
     path = item.path
     if item.ext in (".mhd", ".mha", ".nii", ".nii.gz"):
         arr, spacing, _ = read_frames(path, single=True)
-        return Image(to_unit(arr, path), tuple(float(s) for s in spacing), _sitk_geometry(path))
+        return Image(to_unit(arr, path), None if spacing is None else tuple(float(s) for s in spacing),
+                     _sitk_geometry(path))
     if item.ext == ".png":
         try:
             with PILImage.open(path) as im:

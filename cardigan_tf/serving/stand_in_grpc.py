@@ -21,8 +21,8 @@ from tensorflow_serving.apis import (
     prediction_service_pb2_grpc,
 )
 
-from cardigan_tf.serving.client_grpc import channel_options
 from cardigan_tf.serving.batching import ServerOptions
+from cardigan_tf.serving.client_grpc import channel_options
 from cardigan_tf.serving.stand_in import ServingStatus, TestServerBase
 
 __all__ = ["GrpcTestServer"]

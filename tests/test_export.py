@@ -4,7 +4,6 @@ tiny seg run (``seg_run``) and style-z GAN run (``gan_z_run``), exported once (`
 import contextlib
 import io
 import json
-import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -19,6 +18,7 @@ from cardigan_tf import resize
 from cardigan_tf.export import main
 from cardigan_tf.files import sha256_file
 from cardigan_tf.predict import main as predict
+from cardigan_tf.serving import batching as bt
 from cardigan_tf.serving import export as ex
 from cardigan_tf.serving import export_check as chk
 from cardigan_tf.serving import signatures as sg
@@ -57,13 +57,18 @@ def test_layout_metadata_and_models_config(exported, seg_run):
     meta = json.loads((seg / "metadata.json").read_text())
     assert meta["kind"] == "seg" and meta["source"]["run"] == str(seg_run.resolve())
     assert [lab["id"] for lab in meta["labels"]] == [0, 1, 2, 3] and meta["working_size"] == SEG_SIZE
-    assert set(meta["signatures"]) == {"serving_default", "serving_uint8"}
+    assert set(meta["signatures"]) == {"serving_default", "serving_uint8", "serving_fixed"} and meta["batching"] is None
+    batched = json.loads((exported / "seg_batched" / "1" / "metadata.json").read_text())
+    assert set(batched["signatures"]) == {"serving_fixed"} and batched["source"] == meta["source"]
+    assert (exported / "seg_batched" / "1" / bt.BATCHING_PARAMS_FILE).is_file()
+    assert not (seg / bt.BATCHING_PARAMS_FILE).exists() and not (gan / bt.BATCHING_PARAMS_FILE).exists()
     assert {o["name"] for o in meta["signatures"]["serving_default"]["outputs"]} == {"probabilities", "mask"}
     assert meta["saved_model_sha256"] == sha256_file(seg / "saved_model.pb") and meta["versions"]["tensorflow"]
     gmeta = json.loads((gan / "metadata.json").read_text())
     assert set(gmeta["signatures"]) == {"serving_default", "serving_seeded"}
     cfg = ex.parse_models_config(exported / "models.config")
-    assert {(c.name, c.base_path) for c in cfg.model_config_list.config} == {("seg", "/models/seg"), ("gan", "/models/gan")}
+    assert {(c.name, c.base_path) for c in cfg.model_config_list.config} == {
+        ("seg", "/models/seg"), ("seg_batched", "/models/seg_batched"), ("gan", "/models/gan")}
     shown = subprocess.run(["saved_model_cli", "show", "--dir", str(seg), "--all"], capture_output=True, text=True)
     assert "serving_uint8" in shown.stdout and "probabilities" in shown.stdout
 
@@ -150,11 +155,12 @@ def test_gan_bad_input_raises_invalid_argument(exported):
 
 
 def test_warmup_records_parse_and_run(exported):
-    for name in ("seg", "gan"):
+    for name, expected in (("seg", 5), ("seg_batched", 2), ("gan", 3)):
         folder = exported / name / "1"
         records = ex.read_warmup(folder / "assets.extra" / ex.WARMUP_FILE)
-        assert len(records) == 3
+        assert len(records) == expected
         sigs = _load(folder).signatures
+        assert {sig for sig, _ in records} == set(sigs)  # every signature warmed up, none unknown
         for sig, inputs in records:
             sigs[sig](**{k: tf.constant(v) for k, v in inputs.items()})
 
@@ -189,10 +195,15 @@ def test_fresh_process_imports_nothing_of_the_project(exported, checked):
     (it fails otherwise); its outputs equal this process's for every request."""
     rc, _, calls = checked
     assert rc == 0
-    assert sorted(folder for folder, _, _ in calls) == [exported / "gan" / "1", exported / "seg" / "1"]
+    assert sorted(folder for folder, _, _ in calls) == [exported / "gan" / "1", exported / "seg" / "1",
+                                                        exported / "seg_batched" / "1"]
     for folder, requests, outputs in calls:
         sigs = _load(folder).signatures
-        assert {key.split("@")[0] for key in requests} >= {"serving_default"}
+        sigs_sent = {key.split("@")[0] for key in requests}
+        if folder.parent.name == "seg_batched":
+            assert sigs_sent == {"serving_fixed"}  # the batched twin has that signature alone
+        else:
+            assert sigs_sent >= {"serving_default"} | ({"serving_fixed"} if folder.parent.name == "seg" else set())
         for key, inputs in requests.items():
             ref = sigs[key.split("@")[0]](**{k: tf.constant(v) for k, v in inputs.items()})
             for name, value in ref.items():
@@ -227,37 +238,27 @@ def test_cli_new_version_and_overwrite(exported, gan_z_run, tmp_path):
     assert ex.version_dirs(base / "gan2") == [1, 2]
     assert not [p for p in (base / "gan2").iterdir() if p.name.startswith(".")]
     names = {c.name for c in ex.parse_models_config(base / "models.config").model_config_list.config}
-    assert names == {"seg", "gan", "gan2"}
+    assert names == {"seg", "seg_batched", "gan", "gan2"}
 
 
 def test_deployment_kit_files():
     kit = Path(__file__).resolve().parent.parent / "export"
     cfg = ex.parse_models_config(kit / "models.config.example")
-    assert [c.name for c in cfg.model_config_list.config] == ["seg", "gan"]
-    try:
-        from google.protobuf import text_format
-        from tensorflow_serving.servables.tensorflow import session_bundle_config_pb2 as sb
-
-        text_format.Parse((kit / "batching_parameters.txt").read_text(), sb.BatchingParameters())
-    except ImportError:  # the pip tensorflow-serving-api lacks this proto: check the fields by hand
-        known = {"max_batch_size", "batch_timeout_micros", "max_enqueued_batches", "num_batch_threads",
-                 "thread_pool_name", "allowed_batch_sizes", "pad_variable_length_inputs",
-                 "enable_large_batch_splitting", "max_execution_batch_size"}
-        for line in (kit / "batching_parameters.txt").read_text().splitlines():
-            m = re.fullmatch(r"(\w+) \{ value: \d+ \}|(\w+): (true|false)", line.strip())
-            assert m and (m.group(1) or m.group(2)) in known, line
+    assert [c.name for c in cfg.model_config_list.config] == ["seg", "seg_batched", "gan"]
+    assert bt.parse_params((kit / "batching_parameters.txt").read_text()) == {"num_batch_threads": 4}
     compose = yaml.safe_load((kit / "docker-compose.yml").read_text())
     svc = compose["services"]["tfserving"]
-    assert svc["image"].startswith("tensorflow/serving") and {"8500:8500", "8501:8501"} <= set(svc["ports"])
+    assert svc["image"].startswith("tensorflow/serving:") and {"8500:8500", "8501:8501"} <= set(svc["ports"])
     flags = " ".join(svc["command"])
-    for flag in ("--model_config_file=/models/models.config", "--enable_batching=true", "--batching_parameters_file="):
+    for flag in ("--model_config_file=/models/models.config", "--enable_batching=true",
+                 "--enable_per_model_batching_parameters=true", "--batching_parameters_file="):
         assert flag in flags
 
 
 def test_real_export_served_to_the_project_clients_and_predict(exported, seg_run, tmp_path):
     """The real exports (not a stand-in) behind the in-process gRPC and REST servers: the
     project's clients get what the SavedModel gives, and predict gives the same masks from the
-    export, the run folder and both servers."""
+    export, the run folder, both servers and the batched twin (its fixed-size signature)."""
     rng = np.random.default_rng(11)
     img = rng.random((1, 57, 41)).astype(np.float32)
     direct = _load(exported / "seg" / "1").signatures["serving_default"](image=tf.constant(img))
@@ -278,7 +279,8 @@ def test_real_export_served_to_the_project_clients_and_predict(exported, seg_run
         src.SetSpacing((0.6, 0.3))
         sitk.WriteImage(src, str(tmp_path / "frame.mhd"))
         masks = []
-        for i, model in enumerate([exported / "seg", seg_run, f"grpc://{g.target}/seg", f"{r.url}/seg"]):
+        for i, model in enumerate([exported / "seg", seg_run, f"grpc://{g.target}/seg", f"{r.url}/seg",
+                                   f"grpc://{g.target}/seg_batched"]):  # the last through serving_fixed
             out_dir = tmp_path / f"out{i}"
             assert predict(["--model", str(model), str(tmp_path / "frame.mhd"), "--out", str(out_dir),
                             "--no-progress"]) == 0

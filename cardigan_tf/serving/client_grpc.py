@@ -6,6 +6,8 @@
 - :meth:`GrpcClient.metadata`: ``PredictionService/GetModelMetadata`` (the signature_def map,
   as a dict through ``json_format``, the same shape as the REST metadata answer).
 - :meth:`GrpcClient.status`: ``ModelService/GetModelStatus``.
+- :meth:`GrpcClient.segment`: frames of any sizes in one request to the fixed-size signature
+  ``serving_fixed`` (:func:`cardigan_tf.serving.contract.segment_frames`).
 
 Retries: UNAVAILABLE (connection refused, server starting or overloaded) and
 DEADLINE_EXCEEDED (``timeout`` seconds per call) are retried ``retries`` times (``retries + 1``
@@ -32,7 +34,8 @@ from tensorflow_serving.apis import (
     prediction_service_pb2_grpc,
 )
 
-from cardigan_tf.serving.client_rest import signature_io
+from cardigan_tf.serving.client_rest import signature_io, signature_shapes
+from cardigan_tf.serving.contract import FIXED_SIGNATURE, segment_frames
 from cardigan_tf.serving.errors import ServingRequestError, ServingUnavailableError
 
 __all__ = ["GrpcClient", "MAX_MESSAGE_BYTES", "RETRY_CODES"]
@@ -163,6 +166,20 @@ class GrpcClient:
             return signature_io(self.metadata(), signature_name)
         except (KeyError, ValueError) as exc:
             raise ServingRequestError(f"{self.where} (GetModelMetadata)", str(exc).strip("'\"")) from None
+
+    def signature_shapes(self, signature_name: str = "serving_default") -> dict[str, dict[str, list[int] | None]]:
+        """Input and output shapes of a signature (-1 where unknown; None for an unknown rank)."""
+        try:
+            return signature_shapes(self.metadata(), signature_name)
+        except (KeyError, ValueError) as exc:
+            raise ServingRequestError(f"{self.where} (GetModelMetadata)", str(exc).strip("'\"")) from None
+
+    def segment(self, frames, signature_name: str = FIXED_SIGNATURE) -> dict[str, list]:
+        """Frames of any sizes (2-D uint8, or float in [0, 1]) through a fixed-size signature in
+        one request -> ``{output: [one array per frame]}`` at each frame's size (see
+        :func:`cardigan_tf.serving.contract.segment_frames`)."""
+        shapes = self.signature_shapes(signature_name)
+        return segment_frames(lambda x: self.predict({"image": x}, signature_name), shapes, frames, signature_name)
 
     def status(self) -> dict:
         """GetModelStatus, as the REST status answer: ``{"model_version_status": [...]}``."""

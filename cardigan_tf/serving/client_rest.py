@@ -19,6 +19,11 @@ JSON carries no dtype: the client reads the signature's output dtypes from the m
 cached) and returns NumPy arrays of those dtypes. float32 values survive the round trip
 exactly (each float32 is written as the shortest decimal of its float64 value).
 
+:meth:`RestClient.segment` sends frames of any sizes in one request to the fixed-size
+signature ``serving_fixed`` (the one a batching server batches), resizing them first and the
+probabilities back after with :mod:`cardigan_tf.resize` (:func:`cardigan_tf.serving.contract.
+segment_frames`; TensorFlow is loaded then, not at import).
+
 Retries: connection refused / reset, timeouts and 502/503/504 answers are retried ``retries``
 times (so ``retries + 1`` attempts at most) after ``backoff * 2**k`` seconds; every other
 HTTP error is raised at once. Failures are :class:`~cardigan_tf.serving.errors.ServingError`
@@ -38,9 +43,11 @@ from typing import Any
 
 import numpy as np
 
+from cardigan_tf.serving.contract import FIXED_SIGNATURE, segment_frames
 from cardigan_tf.serving.errors import ServingRequestError, ServingUnavailableError
 
-__all__ = ["RestClient", "DTYPES", "encode_value", "decode_value", "signature_io"]
+__all__ = ["RestClient", "DTYPES", "encode_value", "decode_value", "signature_io", "signature_shapes",
+           "signature_names"]
 
 #: TensorFlow DataType names (as in SignatureDef JSON) -> NumPy dtypes.
 DTYPES = {
@@ -66,18 +73,45 @@ def decode_value(value, dtype=None) -> np.ndarray:
     return a.astype(dtype) if dtype is not None else a
 
 
+def _signature_defs(metadata: dict) -> dict:
+    try:
+        return metadata["metadata"]["signature_def"]["signature_def"]
+    except (KeyError, TypeError):
+        raise ValueError("metadata: no metadata.signature_def.signature_def map") from None
+
+
+def signature_names(metadata: dict) -> list[str]:
+    """The signature names of a REST metadata answer."""
+    return sorted(_signature_defs(metadata))
+
+
+def _signature(metadata: dict, signature_name: str) -> dict:
+    defs = _signature_defs(metadata)
+    if signature_name not in defs:
+        raise KeyError(f"signature {signature_name!r} not found (the model has {sorted(defs)})")
+    return defs[signature_name]
+
+
 def signature_io(metadata: dict, signature_name: str) -> dict[str, dict[str, Any]]:
     """``{"inputs": {name: dtype}, "outputs": {name: dtype}}`` of one signature of a REST
     metadata answer (dtype: NumPy type, or None when unknown)."""
-    try:
-        defs = metadata["metadata"]["signature_def"]["signature_def"]
-    except (KeyError, TypeError):
-        raise ValueError("metadata: no metadata.signature_def.signature_def map") from None
-    if signature_name not in defs:
-        raise KeyError(f"signature {signature_name!r} not found (the model has {sorted(defs)})")
-    sig = defs[signature_name]
+    sig = _signature(metadata, signature_name)
     return {part: {name: DTYPES.get(info.get("dtype")) for name, info in sig.get(part, {}).items()}
             for part in ("inputs", "outputs")}
+
+
+def signature_shapes(metadata: dict, signature_name: str) -> dict[str, dict[str, list[int] | None]]:
+    """``{"inputs": {name: shape}, "outputs": {name: shape}}`` of one signature (shape: a list
+    of ints, -1 where unknown; None for an unknown rank)."""
+    sig = _signature(metadata, signature_name)
+
+    def shape(info):
+        ts = info.get("tensor_shape", {})
+        if ts.get("unknown_rank"):
+            return None
+        return [int(d.get("size", -1)) for d in ts.get("dim", [])]
+
+    return {part: {name: shape(info) for name, info in sig.get(part, {}).items()} for part in ("inputs", "outputs")}
 
 
 class RestClient:
@@ -171,6 +205,21 @@ class RestClient:
             return signature_io(self.metadata(), signature_name)
         except (KeyError, ValueError) as exc:
             raise ServingRequestError(self.model_url + "/metadata", str(exc).strip("'\"")) from None
+
+    def signature_shapes(self, signature_name: str = "serving_default") -> dict[str, dict[str, list[int] | None]]:
+        """Input and output shapes of a signature, from :meth:`metadata`."""
+        try:
+            return signature_shapes(self.metadata(), signature_name)
+        except (KeyError, ValueError) as exc:
+            raise ServingRequestError(self.model_url + "/metadata", str(exc).strip("'\"")) from None
+
+    def segment(self, frames, signature_name: str = FIXED_SIGNATURE, fmt: str = "columns") -> dict[str, list]:
+        """Frames of any sizes (2-D uint8, or float in [0, 1]) through a fixed-size signature in
+        one request -> ``{output: [one array per frame]}``, ``probabilities`` (H, W, 4) and
+        ``mask`` (H, W) at each frame's size (:func:`cardigan_tf.serving.contract.segment_frames`)."""
+        shapes = self.signature_shapes(signature_name)
+        return segment_frames(lambda x: self.predict({"image": x}, signature_name, fmt=fmt), shapes, frames,
+                              signature_name)
 
     def predict(self, inputs, signature_name: str = "serving_default", fmt: str = "columns") -> dict[str, np.ndarray]:
         """Run a signature. ``inputs``: ``{name: array}`` (all with the same batch size), or one

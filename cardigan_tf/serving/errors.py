@@ -1,4 +1,5 @@
-"""Errors of the serving clients and backends (no TensorFlow, no network code here)."""
+"""Errors of the serving clients and backends, and the status errors of the stand-in servers (no
+TensorFlow, no network code here)."""
 
 from __future__ import annotations
 
@@ -29,3 +30,13 @@ class ServingUnavailableError(ServingError):
 class ServingRequestError(ServingError):
     """The server answered with an error that retrying cannot fix (400 / INVALID_ARGUMENT,
     404 / NOT_FOUND, ...)."""
+
+
+class ServingStatus(Exception):
+    """An error with a TF-Serving status code name (``INVALID_ARGUMENT``, ``NOT_FOUND``, ...), as the
+    stand-in servers (:mod:`cardigan_tf.serving.testing`) answer it."""
+
+    def __init__(self, code: str, message: str):
+        self.code = code
+        self.message = message
+        super().__init__(f"{code}: {message}")

@@ -9,8 +9,13 @@ Layout (``BASE`` = ``--out``, default ``export/models``)::
     BASE/NAME/VERSION/assets.extra/tf_serving_warmup_requests   PredictionLog TFRecords
     BASE/NAME/VERSION/metadata.json         source run, labels, sizes, interpolation, signatures, ...
     BASE/NAME/VERSION/model.onnx            with --onnx (seg: serving_default, rank-3 input)
+    BASE/NAME_batched/VERSION/              seg: the same model with serving_fixed only, and
+                                            batching_params.pbtxt (the servable the server batches)
 
-A version folder is written beside its target under a temporary name and renamed when complete
+A segmentation run gives two servables (:mod:`cardigan_tf.serving.batching` says why):
+``NAME`` with the any-size signatures (and ``serving_fixed``), never batched, and
+``NAME_batched`` with the fixed-size ``serving_fixed`` alone and TF-Serving's per-model
+batching file. A version folder is written beside its target under a temporary name and renamed when complete
 (TF-Serving ignores non-integer folder names); an existing version is replaced only with
 ``overwrite=True``.
 
@@ -45,7 +50,15 @@ from cardigan_tf.files import OverwriteError, atomic_path, atomic_write_text, sh
 from cardigan_tf.labels import LABEL_DESCRIPTIONS, LABEL_NAMES, NUM_CLASSES
 from cardigan_tf.run_provenance import code_revision, library_versions
 from cardigan_tf.runs import RunError, open_run
-from cardigan_tf.serving.signatures import MAX_SIDE, RANGE_TOLERANCE, GanServing, SegServing
+from cardigan_tf.serving.batching import BATCHED_SUFFIX, BATCHING_PARAMETERS, BATCHING_PARAMS_FILE, params_text
+from cardigan_tf.serving.contract import (
+    ANY_SIZE_SIGNATURES,
+    FIXED_SIGNATURE,
+    MAX_SIDE,
+    RANGE_TOLERANCE,
+    fixed_input,
+)
+from cardigan_tf.serving.signatures import GanServing, SegServing
 
 log = logging.getLogger(__name__)
 
@@ -183,7 +196,8 @@ def signature_info(saved_dir: Path) -> dict[str, Any]:
 # ----------------------------------------------------------------------------- export
 def export_run(run_dir, out="export/models", name: str | None = None, version: int | None = None,
                onnx: bool = False, overwrite: bool = False, absolute_paths: bool = False) -> Path:
-    """Export a seg or GAN run to ``out/NAME/VERSION`` and rewrite ``out/models.config``."""
+    """Export a seg or GAN run to ``out/NAME/VERSION`` (seg: also ``out/NAME_batched/VERSION``)
+    and rewrite ``out/models.config``. Returns ``out/NAME/VERSION``."""
     if version is not None and version < 1:
         raise ExportError(f"--version: expected an integer >= 1, got {version}")
     if name is not None and not re.fullmatch(r"[A-Za-z0-9_.-]+", name or ""):
@@ -193,16 +207,21 @@ def export_run(run_dir, out="export/models", name: str | None = None, version: i
         raise ExportError(f"{run.path}: a {run.kind} run cannot be exported (expected a seg or gan run)")
     base = Path(out)
     name = name or DEFAULT_NAMES[run.kind]
-    version = version or next_version(base / name)
-    target = base / name / str(version)
-    if target.exists() and not overwrite:
-        raise OverwriteError(f"{target}: version {version} of model {name!r} already exists; "
-                             "pass --overwrite to replace it (or omit --version for the next free one)")
+    names = [name, name + BATCHED_SUFFIX] if run.kind == "seg" else [name]
+    version = version or max(next_version(base / n) for n in names)
+    for n in names:
+        if (base / n / str(version)).exists() and not overwrite:
+            raise OverwriteError(f"{base / n / str(version)}: version {version} of model {n!r} already exists; "
+                                 "pass --overwrite to replace it (or omit --version for the next free one)")
     kind, model, run, model_path, extra = load_source(run_dir)
-    with atomic_path(target, overwrite=True) as tmp:
-        write_version(tmp, kind, model, extra, name, source={"run": str(Path(run.path).resolve()),
-                      "kind": kind, "model": str(Path(model_path).resolve()), "config": _config_dict(run)},
-                      onnx=onnx)
+    source = {"run": str(Path(run.path).resolve()), "kind": kind, "model": str(Path(model_path).resolve()),
+              "config": _config_dict(run)}
+    if kind == "seg":
+        target = write_seg_versions(base, name, version, model, extra, source, onnx=onnx)[0]
+    else:
+        target = base / name / str(version)
+        with atomic_path(target, overwrite=True) as tmp:
+            write_version(tmp, kind, model, extra, name, source=source, onnx=onnx)
     atomic_write_text(base / "models.config", models_config_text(base, absolute_paths))
     return target
 
@@ -211,18 +230,52 @@ def _config_dict(run) -> dict:
     return to_dict(run.config)
 
 
-def write_version(folder: Path, kind: str, model, extra: dict, name: str, source: dict, onnx: bool = False) -> dict:
-    """Write one complete version folder (SavedModel, warm-up, metadata, optional ONNX)."""
+def write_seg_versions(base: Path, name: str, version: int, model, extra: dict, source: dict, onnx: bool = False,
+                       batched: bool = True) -> list[Path]:
+    """``BASE/NAME/VERSION`` and (``batched``) ``BASE/NAME_batched/VERSION`` of a segmentation
+    model, replacing existing ones; both appear only when both are complete."""
+    targets = [Path(base) / name / str(version)]
+    if batched:
+        targets.append(Path(base) / (name + BATCHED_SUFFIX) / str(version))
+    with atomic_path(targets[0], overwrite=True) as tmp:
+        write_version(tmp, "seg", model, extra, name, source=source, onnx=onnx)
+        if batched:
+            with atomic_path(targets[1], overwrite=True) as tmp_batched:
+                write_version(tmp_batched, "seg", model, extra, name + BATCHED_SUFFIX, source=source, batched=True)
+    return targets
+
+
+def fixed_samples(samples: list[dict], size: int) -> list[dict[str, np.ndarray]]:
+    """``serving_fixed`` requests of the sample images: each brought to the chain's first size
+    as a client does (:func:`cardigan_tf.serving.contract.fixed_input`)."""
+    return [{"image": fixed_input(s["image"], size)[0]} for s in samples]
+
+
+def write_version(folder: Path, kind: str, model, extra: dict, name: str, source: dict, onnx: bool = False,
+                  batched: bool = False) -> dict:
+    """Write one complete version folder (SavedModel, warm-up, metadata, optional ONNX).
+
+    ``batched`` (seg): the servable the server batches: ``serving_fixed`` alone, and
+    ``batching_params.pbtxt`` (:data:`~cardigan_tf.serving.batching.BATCHING_PARAMETERS`)."""
     module = build_module(kind, model, extra)
-    tf.saved_model.save(module, str(folder), signatures=module.signatures())
+    names = [FIXED_SIGNATURE] if batched else [*ANY_SIZE_SIGNATURES, FIXED_SIGNATURE] if kind == "seg" else None
+    tf.saved_model.save(module, str(folder), signatures=module.signatures() if names is None
+                        else module.signatures(names))
     working = int(extra["pre"].working_size) if kind == "seg" else int(model.inputs[0].shape[1])
     samples = sample_inputs(kind, working)
-    requests = [("serving_default", samples[0]), ("serving_default", samples[1])]
     if kind == "seg":
-        requests.append(("serving_uint8", {"image": np.round(samples[2]["image"] * 255).astype(np.uint8)}))
-    elif getattr(module, "z_dim", None):
-        requests.append(("serving_seeded", {**samples[2], "seed": np.arange(len(samples[2]["mask"]), dtype=np.int64)}))
+        fixed = fixed_samples(samples, extra["pre"].sizes[0])
+        requests = [] if batched else [("serving_default", samples[0]), ("serving_default", samples[1]),
+                                       ("serving_uint8", {"image": np.round(samples[2]["image"] * 255).astype(np.uint8)})]
+        requests += [(FIXED_SIGNATURE, fixed[0]), (FIXED_SIGNATURE, fixed[1])]
+    else:
+        requests = [("serving_default", samples[0]), ("serving_default", samples[1])]
+        if getattr(module, "z_dim", None):
+            requests.append(("serving_seeded", {**samples[2], "seed": np.arange(len(samples[2]["mask"]),
+                                                                                   dtype=np.int64)}))
     write_warmup(folder / "assets.extra" / WARMUP_FILE, name, requests)
+    if batched:
+        (folder / BATCHING_PARAMS_FILE).write_text(params_text(BATCHING_PARAMETERS))
     sigs = signature_info(folder)
     meta: dict[str, Any] = {
         "format": "cardigan_tf export 1",
@@ -236,7 +289,9 @@ def write_version(folder: Path, kind: str, model, extra: dict, name: str, source
         "interpolation": {"image": resize.IMAGE_INTERPOLATION, "mask": resize.MASK_INTERPOLATION,
                           "probabilities": resize.PROBABILITY_INTERPOLATION},
         "signatures": sigs,
-        "input_rules": _input_rules(kind, getattr(module, "z_dim", None)),
+        "input_rules": _input_rules(kind, getattr(module, "z_dim", None),
+                                    extra["pre"].sizes if kind == "seg" else None, batched),
+        "batching": {"file": BATCHING_PARAMS_FILE, "parameters": BATCHING_PARAMETERS} if batched else None,
         "versions": library_versions(),
         "code": code_revision(),
         "exported": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
@@ -249,11 +304,15 @@ def write_version(folder: Path, kind: str, model, extra: dict, name: str, source
     return meta
 
 
-def _input_rules(kind: str, z_dim) -> dict:
+def _input_rules(kind: str, z_dim, sizes=None, batched: bool = False) -> dict:
     if kind == "seg":
-        return {"serving_default": f"image float32 in [0, 1] (tolerance {RANGE_TOLERANCE}), (B, H, W) or (B, H, W, 1)",
-                "serving_uint8": "image uint8 in [0, 255], (B, H, W) or (B, H, W, 1)",
-                "max_side": MAX_SIDE}
+        fixed = (f"image float32 in [0, 1], (B, {sizes[0]}, {sizes[0]}, 1): each frame resized to the chain's first "
+                 f"size by cardigan_tf.resize; outputs at the working size {sizes[-1]}, resized back to the frame by "
+                 "the client (cardigan_tf.serving.contract.segment_frames)")
+        rules = {"serving_default": f"image float32 in [0, 1] (tolerance {RANGE_TOLERANCE}), (B, H, W) or (B, H, W, 1)",
+                 "serving_uint8": "image uint8 in [0, 255], (B, H, W) or (B, H, W, 1)",
+                 FIXED_SIGNATURE: fixed, "max_side": MAX_SIDE}
+        return {FIXED_SIGNATURE: fixed} if batched else rules
     rules = {"serving_default": f"mask uint8 (B, H, W), labels 0..{NUM_CLASSES - 1}" + (
         "; z = stateless_normal([z_dim], seed=[0, 0]) for every row (== serving_seeded with seed 0)" if z_dim else ""),
         "max_side": MAX_SIDE, "z_dim": z_dim}

@@ -6,7 +6,10 @@ signatures are those recorded, its warm-up records run; the SavedModel loads and
 same in a fresh Python process that imports nothing of the project; with the source run still
 there, its answers equal the Keras model's through :mod:`cardigan_tf.inference` (probabilities
 within 1e-4, masks away from near-ties, GAN images within one grey level); an ONNX model
-matches TensorFlow.
+matches TensorFlow. Batching: a version folder holding ``batching_params.pbtxt`` (the
+servable TF-Serving batches under the shipped flags) must have only signatures whose inputs are
+fixed past the batch axis and no padding; a segmentation version without it has the any-size
+signatures.
 """
 
 from __future__ import annotations
@@ -24,12 +27,15 @@ import tensorflow as tf
 
 from cardigan_tf import inference, resize
 from cardigan_tf.files import sha256_file
+from cardigan_tf.serving.batching import BATCHING_PARAMS_FILE, BatchingError, parse_params, unbatchable_inputs
+from cardigan_tf.serving.contract import ANY_SIZE_SIGNATURES, FIXED_SIGNATURE
 from cardigan_tf.serving.export import (
     ONNX_FILE,
     PROB_TOLERANCE,
     TIE_MARGIN,
     WARMUP_FILE,
     ExportError,
+    fixed_samples,
     load_source,
     model_folders,
     onnx_parity,
@@ -41,7 +47,8 @@ from cardigan_tf.serving.export import (
 )
 from cardigan_tf.serving.signatures import default_z, seeded_z
 
-__all__ = ["check_export", "fresh_process_outputs", "reference_outputs", "compare_outputs", "compare_with_source"]
+__all__ = ["check_export", "check_batching", "fresh_process_outputs", "reference_outputs", "compare_outputs",
+           "compare_with_source"]
 
 FRESH_SCRIPT = r"""
 import json, sys
@@ -126,7 +133,10 @@ def check_export(path, compare_source: bool = True) -> list[str]:
         sigs = signature_info(folder)
         if sigs != meta.get("signatures"):
             raise ExportError(f"{folder}: signatures {sorted(sigs)} differ from metadata.json")
-        expected = {"seg": {"serving_default", "serving_uint8"}, "gan": {"serving_default"}}[meta["kind"]]
+        batched = check_batching(folder, sigs, meta)
+        expected = {"seg": {*ANY_SIZE_SIGNATURES, FIXED_SIGNATURE}, "gan": {"serving_default"}}[meta["kind"]]
+        if batched:
+            expected = {FIXED_SIGNATURE}
         if not expected <= set(sigs):
             raise ExportError(f"{folder}: missing signatures {sorted(expected - set(sigs))}")
         loaded = tf.saved_model.load(str(folder))
@@ -136,10 +146,13 @@ def check_export(path, compare_source: bool = True) -> list[str]:
                 raise ExportError(f"{folder}: warm-up record for unknown signature {sig!r}")
             loaded.signatures[sig](**{k: tf.constant(v) for k, v in inputs.items()})
         samples = sample_inputs(meta["kind"], meta["working_size"], seed=1)
-        requests = {f"serving_default@{i}": s for i, s in enumerate(samples)}
+        requests = {} if batched else {f"serving_default@{i}": s for i, s in enumerate(samples)}
         if meta["kind"] == "seg":
-            requests.update({f"serving_uint8@{i}": {"image": np.round(s["image"] * 255).astype(np.uint8)}
-                             for i, s in enumerate(samples)})
+            if not batched:
+                requests.update({f"serving_uint8@{i}": {"image": np.round(s["image"] * 255).astype(np.uint8)}
+                                 for i, s in enumerate(samples)})
+            requests.update({f"{FIXED_SIGNATURE}@{i}": s
+                             for i, s in enumerate(fixed_samples(samples, meta["resize_chain"][0]))})
         fresh = fresh_process_outputs(folder, requests)
         for key, inputs in requests.items():
             sig = key.split("@")[0]
@@ -148,7 +161,8 @@ def check_export(path, compare_source: bool = True) -> list[str]:
                 if not np.allclose(v.numpy(), fresh[f"{key}/{out_name}"], atol=1e-6):
                     raise ExportError(f"{folder}: fresh-process output {key}/{out_name} differs")
         lines.append(f"ok {folder}: layout, sha256, {len(sigs)} signature(s), {len(warm)} warm-up record(s), "
-                     "fresh-process load")
+                     "fresh-process load" + (f", batched ({BATCHING_PARAMS_FILE}: fixed-size inputs only)"
+                                             if batched else ", not batched"))
         if compare_source:
             src = Path(meta["source"]["run"])
             if not src.is_dir():
@@ -165,14 +179,39 @@ def check_export(path, compare_source: bool = True) -> list[str]:
     return lines
 
 
+def check_batching(folder: Path, sigs: dict, meta: dict) -> bool:
+    """Whether the version is a batched servable (holds the per-model batching file); ExportError
+    when batching it could refuse concurrent requests or the metadata disagrees."""
+    f = folder / BATCHING_PARAMS_FILE
+    if not f.is_file():
+        if meta.get("batching"):
+            raise ExportError(f"{f}: missing (metadata.json records a batched servable)")
+        return False
+    try:
+        params = parse_params(f.read_text(), str(f))
+    except BatchingError as exc:
+        raise ExportError(str(exc)) from None
+    if params.get("pad_variable_length_inputs"):
+        raise ExportError(f"{f}: pad_variable_length_inputs must be false (padding an image changes what the "
+                          "graph's resize sees)")
+    bad = unbatchable_inputs(sigs)
+    if bad:
+        raise ExportError(f"{f}: a batched servable must have inputs of fixed shape past the batch axis (TF-Serving "
+                          f"refuses to batch requests whose other dimensions differ); these are not: {', '.join(bad)}")
+    return True
+
+
 def reference_outputs(kind: str, model, extra: dict, inputs: dict[str, np.ndarray],
-                      z_dim: int | None = None) -> dict[str, np.ndarray]:
-    """What the Keras model gives through :mod:`cardigan_tf.inference` for one request."""
+                      z_dim: int | None = None, at_input_size: bool = True) -> dict[str, np.ndarray]:
+    """What the Keras model gives through :mod:`cardigan_tf.inference` for one request
+    (seg: at the input's size, or at the working size with ``at_input_size=False``, as
+    ``serving_fixed`` answers)."""
     if kind == "seg":
         images = inputs["image"]
         x = inference.model_input(images, extra["pre"])
         probs = inference.predict_probabilities(model, x)
-        probs = resize.resize_probabilities(probs, images.shape[1:3]).numpy()
+        if at_input_size:
+            probs = resize.resize_probabilities(probs, images.shape[1:3]).numpy()
         return {"probabilities": probs, "mask": np.argmax(probs, -1).astype(np.uint8)}
 
     masks = inputs["mask"]
@@ -215,7 +254,7 @@ def compare_with_source(src: Path, meta: dict, requests: dict, outputs: dict) ->
         sig = key.split("@")[0]
         if kind == "seg" and sig == "serving_uint8":
             inputs = {"image": inputs["image"]}  # uint8: inference divides by 255 as the signature does
-        ref = reference_outputs(kind, model, extra, inputs, z_dim)
+        ref = reference_outputs(kind, model, extra, inputs, z_dim, at_input_size=sig != FIXED_SIGNATURE)
         got = {k.split("/", 1)[1]: v for k, v in outputs.items() if k.startswith(key + "/")}
         worst = max(worst, compare_outputs(kind, ref, got, f"{meta.get('name')} {key}"))
     return worst

@@ -17,7 +17,10 @@
   spacing). A bad file is reported and skipped; the output folder appears only when complete.
 
 Images are sent to the model as float32 in [0, 1] (8-bit data divided by 255) through the
-``serving_default`` signature; the masks come back at the input's size.
+``serving_default`` signature; the masks come back at the input's size. A served model without
+``serving_default`` but with the fixed-size ``serving_fixed`` (``NAME_batched``, the servable
+the server batches) is used through the clients' ``segment`` (the frame resized here by
+:mod:`cardigan_tf.resize`, the probabilities resized back here).
 """
 
 from __future__ import annotations
@@ -42,7 +45,8 @@ from cardigan_tf.labels import LV, PHASES, VIEWS
 from cardigan_tf.metrics.clinical import patient_indices
 from cardigan_tf.metrics.segmentation import postprocess as clean
 from cardigan_tf.serving.client_grpc import GrpcClient
-from cardigan_tf.serving.client_rest import RestClient
+from cardigan_tf.serving.client_rest import RestClient, signature_names
+from cardigan_tf.serving.contract import FIXED_SIGNATURE
 from cardigan_tf.serving.errors import ServingError
 from cardigan_tf.serving.local import RunBackend, SavedModelBackend, export_metadata, resolve_export
 from cardigan_tf.serving.predict_files import FORMATS, InputFile, collect_inputs, read_input, write_mask
@@ -84,7 +88,7 @@ def open_backend(spec: str, timeout: float = 10.0, retries: int = 3, fmt: str = 
             backend = _Remote(GrpcClient(netloc, name, version, timeout=timeout, retries=retries), None, spec)
         else:
             raise ValueError(f"--model {spec}: unknown scheme {scheme!r} (expected http://, https:// or grpc://)")
-        _check_segmentation(backend.signature("serving_default")["inputs"], spec)
+        _check_segmentation(backend.signature(backend.signature_name)["inputs"], spec)
         return backend
     path = Path(spec)
     if not path.exists():
@@ -109,15 +113,24 @@ def _check_segmentation(inputs: dict, spec: str) -> None:
 
 
 class _Remote:
-    """A client with the backends' ``predict(inputs, signature_name)`` call."""
+    """A client with the backends' ``predict(inputs)`` call: through ``serving_default`` when the
+    model has it, else through the fixed-size ``serving_fixed`` and the client's ``segment``."""
 
     def __init__(self, client, fmt: str | None, where: str):
         self.client, self.fmt, self.where = client, fmt, where
+        names = signature_names(client.metadata())
+        fixed = "serving_default" not in names and FIXED_SIGNATURE in names
+        self.signature_name = FIXED_SIGNATURE if fixed else "serving_default"
 
     def signature(self, signature_name: str = "serving_default"):
         return self.client.signature(signature_name)
 
-    def predict(self, inputs, signature_name: str = "serving_default"):
+    def predict(self, inputs, signature_name: str | None = None):
+        signature_name = signature_name or self.signature_name
+        if signature_name == FIXED_SIGNATURE:
+            kw = {} if self.fmt is None else {"fmt": self.fmt}
+            out = self.client.segment(list(np.asarray(inputs["image"])), signature_name, **kw)
+            return {k: np.stack(v) for k, v in out.items()}
         if self.fmt is None:  # gRPC: fetch the mask only (the probabilities are 16 bytes a pixel)
             return self.client.predict(inputs, signature_name, output_filter=["mask"])
         return self.client.predict(inputs, signature_name, fmt=self.fmt)

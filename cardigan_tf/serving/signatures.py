@@ -9,7 +9,12 @@ uint8 in [0, 255]); rank 3 (B, H, W) or 4 (B, H, W, 1), any H and W. The image g
 run's resize chain (prepared size, then working size; :func:`cardigan_tf.resize.resize_image`),
 the U-Net runs at the working size, the probabilities are resized bilinearly back to the
 input's H and W, then argmax'd: outputs ``probabilities`` float32 (B, H, W, 4) and ``mask``
-uint8 (B, H, W).
+uint8 (B, H, W). ``serving_fixed`` (:data:`~cardigan_tf.serving.contract.FIXED_SIGNATURE`, the
+one a server may batch) takes ``image`` float32 (B, S, S, 1) at the chain's first size S and
+answers at the working size s (``probabilities`` (B, s, s, 4), ``mask`` (B, s, s)); the client
+does the first resize and the last one (:func:`cardigan_tf.serving.contract.segment_frames`).
+Every output is computed from the working-size probabilities in one place
+(``_Module._outputs``), for both kinds of signature.
 
 GAN: ``serving_default`` (``mask`` uint8 (B, H, W), labels 0..3) and, for a style generator
 (``z`` input), ``serving_seeded`` (``mask`` + ``seed`` int64 (B,)): z ~ N(0, 1) drawn
@@ -36,9 +41,7 @@ import tensorflow as tf
 
 from cardigan_tf import resize
 from cardigan_tf.labels import NUM_CLASSES
-
-MAX_SIDE = 4096
-RANGE_TOLERANCE = 1e-3
+from cardigan_tf.serving.contract import ANY_SIZE_SIGNATURES, FIXED_SIGNATURE, MAX_SIDE, RANGE_TOLERANCE
 
 MESSAGES = {
     "rank": "must have rank 3 (B, H, W) or 4 (B, H, W, 1)",
@@ -185,15 +188,17 @@ class SegServing:
 
     @staticmethod
     def build(model, sizes: Sequence[int], resize_impl: str = "tf", checks: bool = True, rank: int | None = None):
-        """A ``tf.Module`` with ``serving_default`` and ``serving_uint8`` (``.signatures()`` -> dict).
+        """A ``tf.Module`` with ``serving_default``, ``serving_uint8`` and ``serving_fixed``
+        (``.signatures(names)`` -> dict).
 
         ``sizes``: the resize chain (``inference.Preprocessing.sizes``); ``resize_impl``: "tf"
         (:mod:`cardigan_tf.resize`) or "matrix" (ONNX); ``rank``: None (any) or 3 for the
-        input spec (ONNX needs a known rank)."""
+        input spec of the any-size signatures (ONNX needs a known rank)."""
         sizes = tuple(int(s) for s in sizes)
         if resize_impl not in ("tf", "matrix"):
             raise ValueError(f"resize_impl: expected 'tf' or 'matrix', got {resize_impl!r}")
         shape = None if rank is None else [None] * rank
+        first, working = sizes[0], sizes[-1]
 
         class _Module(tf.Module):
             def __init__(self):
@@ -201,18 +206,23 @@ class SegServing:
                 self.model = model
                 self.sizes = sizes
 
-            def _segment(self, x):  # x: (B, H, W) float32 in [0, 1]
-                shape_in = tf.shape(x)
-                h, w = shape_in[1], shape_in[2]
+            def _probabilities(self, x):  # x: (B, H, W) float32 in [0, 1] -> (B, s, s, K) at the working size
                 y = tf.clip_by_value(x, 0.0, 1.0)[..., None]
                 for size in self.sizes:
                     y = matrix_resize(y, size) if resize_impl == "matrix" else resize.resize_image(y, size)
-                probs = tf.cast(_first(self.model(y, training=False)), tf.float32)
-                if resize_impl == "matrix":
-                    probs = matrix_resize_bilinear(probs, (h, w))
-                else:
-                    probs = resize_probabilities_to(probs, (h, w))
+                return tf.cast(_first(self.model(y, training=False)), tf.float32)
+
+            def _outputs(self, probs, size=None):
+                """Every output, from the working-size probabilities: resized to ``size`` (h, w)
+                first when given (bilinear), then the mask as their argmax."""
+                if size is not None:
+                    probs = matrix_resize_bilinear(probs, size) if resize_impl == "matrix" else \
+                        resize_probabilities_to(probs, size)
                 return {"probabilities": probs, "mask": tf.cast(tf.argmax(probs, axis=-1), tf.uint8)}
+
+            def _segment(self, x):  # any size: outputs at the input's H x W
+                shape_in = tf.shape(x)
+                return self._outputs(self._probabilities(x), (shape_in[1], shape_in[2]))
 
             @tf.function(input_signature=[tf.TensorSpec(shape, tf.float32, name="image")])
             def serving_default(self, image):
@@ -224,8 +234,19 @@ class SegServing:
                 x = checked_batch(image, "image") if checks else image
                 return self._segment(tf.cast(x, tf.float32) / 255.0)
 
-            def signatures(self):
-                return {"serving_default": self.serving_default, "serving_uint8": self.serving_uint8}
+            @tf.function(input_signature=[tf.TensorSpec([None, first, first, 1], tf.float32, name="image")])
+            def serving_fixed(self, image):
+                x = checked_batch(image, "image", check_range=True) if checks else image[..., 0]
+                probs = tf.ensure_shape(self._probabilities(x), [None, working, working, None])
+                return self._outputs(probs)
+
+            def signatures(self, names: Sequence[str] = (*ANY_SIZE_SIGNATURES, FIXED_SIGNATURE)):
+                functions = {"serving_default": self.serving_default, "serving_uint8": self.serving_uint8,
+                             FIXED_SIGNATURE: self.serving_fixed}
+                unknown = sorted(set(names) - set(functions))
+                if unknown:
+                    raise ValueError(f"signatures: unknown {unknown} (expected some of {sorted(functions)})")
+                return {n: functions[n] for n in names}
 
         return _Module()
 

@@ -21,6 +21,7 @@ from tensorflow_serving.apis import (
     prediction_service_pb2_grpc,
 )
 
+from cardigan_tf.serving.batching import ServerOptions
 from cardigan_tf.serving.client_grpc import channel_options
 from cardigan_tf.serving.stand_in import ServingStatus, TestServerBase
 
@@ -30,11 +31,14 @@ __all__ = ["GrpcTestServer"]
 class GrpcTestServer(TestServerBase):
     """In-process TF-Serving gRPC server (PredictionService + ModelService) on 127.0.0.1.
 
-    ``with GrpcTestServer(base) as s: GrpcClient(s.target, "seg")``.
+    ``with GrpcTestServer(base) as s: GrpcClient(s.target, "seg")``. ``workers``: requests handled
+    at once (a batched request waits in its worker for the batch to close); ``server``,
+    ``batch_window_s``: the batching flags (:class:`~cardigan_tf.serving.stand_in.ModelStore`).
     """
 
-    def __init__(self, base: str | Path, port: int = 0, fail_first: int = 0, workers: int = 4):
-        super().__init__(base, port, fail_first)
+    def __init__(self, base: str | Path, port: int = 0, fail_first: int = 0, workers: int = 16,
+                 server: ServerOptions | None = None, batch_window_s: float | None = None):
+        super().__init__(base, port, fail_first, server, batch_window_s)
         self._workers = workers
         self._server = None
 
@@ -91,7 +95,8 @@ class _PredictionServicer:
                 raise ServingStatus("UNAVAILABLE", "test server: not ready yet (fail_first)")
             inputs = {k: tf.make_ndarray(v) for k, v in request.inputs.items()}
             sig = request.model_spec.signature_name or "serving_default"
-            key, out = self.owner.store.predict(request.model_spec.name, _spec_version(request.model_spec), sig, inputs)
+            key, out = self.owner.store.predict(request.model_spec.name, _spec_version(request.model_spec), sig, inputs,
+                                                tuple(request.output_filter))
         except ServingStatus as err:
             _abort(context, err)
             return None

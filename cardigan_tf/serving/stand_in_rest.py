@@ -18,6 +18,7 @@ import numpy as np
 from google.protobuf import json_format
 from tensorflow_serving.apis import get_model_metadata_pb2
 
+from cardigan_tf.serving.batching import ServerOptions
 from cardigan_tf.serving.stand_in import ServingStatus, TestServerBase
 
 __all__ = ["RestTestServer", "HTTP_STATUS"]
@@ -34,11 +35,13 @@ _PATH = re.compile(r"^/v1/models/(?P<name>[^/:]+)(?:/versions/(?P<version>\d+))?
 class RestTestServer(TestServerBase):
     """TF-Serving REST API (``/v1/models/...``) in a thread on 127.0.0.1.
 
-    ``with RestTestServer(base) as s: RestClient(s.url, "seg")``.
+    ``with RestTestServer(base) as s: RestClient(s.url, "seg")`` (one thread per request);
+    ``server``, ``batch_window_s``: the batching flags (:class:`~cardigan_tf.serving.stand_in.ModelStore`).
     """
 
-    def __init__(self, base: str | Path, port: int = 0, fail_first: int = 0):
-        super().__init__(base, port, fail_first)
+    def __init__(self, base: str | Path, port: int = 0, fail_first: int = 0, server: ServerOptions | None = None,
+                 batch_window_s: float | None = None):
+        super().__init__(base, port, fail_first, server, batch_window_s)
         self._httpd = None
         self._thread = None
 

@@ -13,7 +13,7 @@ from cardigan_tf.config import ConfigError, from_dict, to_dict
 from cardigan_tf.configs import migrate
 from cardigan_tf.configs.study import PrimaryEndpoint, StudyConfig, build_study_config
 from cardigan_tf.jobs.study_primary import primary_lines, primary_rows
-from cardigan_tf.jobs.study_report import attach_per_image, write_study_report
+from cardigan_tf.jobs.study_report import attach_per_image, regime_lines, write_study_report
 from cardigan_tf.jobs.study_secondary import (
     attach_clinical,
     cell_failures,
@@ -240,6 +240,11 @@ def test_secondary_endpoints_count_failures_score_them_and_test_ef(tmp_path):
     assert clinical[0.5, "esv_error"]["estimate"] == 0.0
     text = "\n".join(secondary_lines(failures, sens, list(clinical.values()), "per_phase"))
     assert "EF not measurable" in text and "failures = worst" in text and "`per_phase`" in text
+    regimes = "\n".join(regime_lines([{"train_fraction": 0.5, "synthetic_fraction": 0.0, "lv_endo_dice_mean": 0.91,
+                                        "n_seeds": 3},
+                                       {"train_fraction": 1.0, "synthetic_fraction": 0.0, "lv_endo_dice_mean": 0.97,
+                                        "n_seeds": 3}]))
+    assert "0.910" in regimes and "below ceiling" in regimes and "near ceiling" in regimes
     by_quality = "\n".join(quality_breakdown_lines(cells))
     assert "| Good |" in by_quality and by_quality.count("\n| 0.5 |") == 1 + len(SYNTH_FRACTIONS)
     counts = cell_failures(cells[0])

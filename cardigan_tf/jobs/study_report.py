@@ -281,7 +281,11 @@ def write_study_report(root: Path, cfg) -> Path:
     previews = sorted((root / "synthetic").glob("*.png"))
     if previews:
         shutil.copyfile(previews[-1], root / "samples.png")
-    data = cfg.data or f"built-in phantom ({cfg.n_phantom} patients, seed {cfg.data_seed})"
+    ph = cfg.phantom
+    data = cfg.data or (f"built-in phantom ({cfg.n_phantom} patients, seed {cfg.data_seed}; image quality Good / "
+                        f"Medium / Poor drawn at {' / '.join(f'{f:g}' for f in ph.quality_mix)}; acquisition style "
+                        f"{ph.style}" + (f", test patients in style {ph.test_style}" if ph.test_style not in (None, ph.style)
+                                         else "") + ")")
     lines = [
         f"# Study `{root.name}`",
         "",

@@ -188,7 +188,7 @@ def test_unet_keras_model_round_trip_is_kept_by_load_model_file(tmp_path):
 
 
 def test_a_run_moved_with_its_data_finds_it_and_resumes_with_the_new_path(tmp_path):
-    from cardigan_tf.runs import record_data, recorded_dataset
+    from cardigan_tf.run_data import record_data, recorded_dataset
 
     old = tmp_path / "study-a"
     (old / "data").mkdir(parents=True)

@@ -10,6 +10,11 @@ Layout (``BASE`` = ``--out``, default ``export/models``)::
     BASE/NAME/VERSION/metadata.json         source run, labels, sizes, interpolation, signatures, ...
     BASE/NAME/VERSION/model.onnx            with --onnx (seg: serving_default, rank-3 input)
 
+A cv run, or a list of seg / cv runs, is exported as ONE segmentation model: the ensemble
+(``runs.load_ensemble``: every member and test-time view in one graph, mean probabilities)
+behind the same signatures, resize chain and checks; ``metadata.json`` names its members and
+views (``ensemble``) and ``source.runs`` / ``source.tta`` rebuild it for ``--check``.
+
 A version folder is written beside its target under a temporary name and renamed when complete
 (TF-Serving ignores non-integer folder names); an existing version is replaced only with
 ``overwrite=True``.
@@ -44,12 +49,12 @@ from cardigan_tf.config import to_dict
 from cardigan_tf.files import OverwriteError, atomic_path, atomic_write_text, sha256_file, write_json
 from cardigan_tf.labels import LABEL_DESCRIPTIONS, LABEL_NAMES, NUM_CLASSES
 from cardigan_tf.run_provenance import code_revision, library_versions
-from cardigan_tf.runs import RunError, open_run
+from cardigan_tf.runs import RunError, load_ensemble, open_run
 from cardigan_tf.serving.signatures import MAX_SIDE, RANGE_TOLERANCE, GanServing, SegServing
 
 log = logging.getLogger(__name__)
 
-DEFAULT_NAMES = {"seg": "seg", "gan": "gan"}
+DEFAULT_NAMES = {"seg": "seg", "cv": "seg", "gan": "gan"}
 WARMUP_FILE = "tf_serving_warmup_requests"
 ONNX_FILE = "model.onnx"
 ONNX_OPSET = 17
@@ -62,12 +67,22 @@ class ExportError(RunError):
 
 
 # ----------------------------------------------------------------------------- sources
-def load_source(run_dir):
+def load_source(run_dir, tta: list[str] | None = None):
     """(kind, keras model, Run, model path, extra) of a seg or GAN run (GAN: the EMA generator;
-    seg: ``extra["pre"]``, the run's resize chain)."""
-    run = open_run(run_dir)
+    seg: ``extra["pre"]``, the run's resize chain), or of an ensemble (kind "seg"): a cv run, a
+    list of seg / cv runs, or a seg run with test-time views ``tta`` (``runs.load_ensemble``;
+    ``extra["ensemble"]``: its member model files, runs and views)."""
+    sources = list(run_dir) if isinstance(run_dir, (list, tuple)) else [run_dir]
+    run = open_run(sources[0])
     if run.kind not in DEFAULT_NAMES:
-        raise ExportError(f"{run.path}: a {run.kind} run cannot be exported (expected a seg or gan run)")
+        raise ExportError(f"{run.path}: a {run.kind} run cannot be exported (expected a seg, cv or gan run)")
+    if run.kind == "cv" or len(sources) > 1 or tta is not None:
+        if run.kind == "gan":
+            raise ExportError(f"{run.path}: a GAN is exported on its own (an ensemble takes seg or cv runs)")
+        trained = load_ensemble(sources, tta=tta)
+        ensemble = {"runs": [str(Path(p).resolve()) for p in sources], "tta": trained.tta,
+                    "members": [str(Path(p).resolve()) for p in trained.members]}
+        return "seg", trained.model, run, trained.path, {"pre": trained.preprocessing, "ensemble": ensemble}
     trained = run.load()
     extra = {"pre": trained.preprocessing} if run.kind == "seg" else {}
     return run.kind, trained.model, run, trained.path, extra
@@ -182,13 +197,16 @@ def signature_info(saved_dir: Path) -> dict[str, Any]:
 
 # ----------------------------------------------------------------------------- export
 def export_run(run_dir, out="export/models", name: str | None = None, version: int | None = None,
-               onnx: bool = False, overwrite: bool = False, absolute_paths: bool = False) -> Path:
-    """Export a seg or GAN run to ``out/NAME/VERSION`` and rewrite ``out/models.config``."""
+               onnx: bool = False, overwrite: bool = False, absolute_paths: bool = False,
+               tta: list[str] | None = None) -> Path:
+    """Export a seg, cv or GAN run (or a list of seg / cv runs: one ensemble; ``tta``: its
+    test-time views, see :func:`load_source`) to ``out/NAME/VERSION`` and rewrite
+    ``out/models.config``."""
     if version is not None and version < 1:
         raise ExportError(f"--version: expected an integer >= 1, got {version}")
     if name is not None and not re.fullmatch(r"[A-Za-z0-9_.-]+", name or ""):
         raise ExportError(f"--name: expected letters, digits, '_', '-' or '.', got {name!r}")
-    run = open_run(run_dir)  # validate before writing anything
+    run = open_run(run_dir[0] if isinstance(run_dir, (list, tuple)) else run_dir)  # validate before writing anything
     if run.kind not in DEFAULT_NAMES:
         raise ExportError(f"{run.path}: a {run.kind} run cannot be exported (expected a seg or gan run)")
     base = Path(out)
@@ -198,11 +216,13 @@ def export_run(run_dir, out="export/models", name: str | None = None, version: i
     if target.exists() and not overwrite:
         raise OverwriteError(f"{target}: version {version} of model {name!r} already exists; "
                              "pass --overwrite to replace it (or omit --version for the next free one)")
-    kind, model, run, model_path, extra = load_source(run_dir)
+    kind, model, run, model_path, extra = load_source(run_dir, tta)
+    source = {"run": str(Path(run.path).resolve()), "kind": kind, "model": str(Path(model_path).resolve()),
+              "config": _config_dict(run)}
+    if "ensemble" in extra:
+        source.update(runs=extra["ensemble"]["runs"], tta=extra["ensemble"]["tta"])
     with atomic_path(target, overwrite=True) as tmp:
-        write_version(tmp, kind, model, extra, name, source={"run": str(Path(run.path).resolve()),
-                      "kind": kind, "model": str(Path(model_path).resolve()), "config": _config_dict(run)},
-                      onnx=onnx)
+        write_version(tmp, kind, model, extra, name, source=source, onnx=onnx)
     atomic_write_text(base / "models.config", models_config_text(base, absolute_paths))
     return target
 
@@ -240,6 +260,7 @@ def write_version(folder: Path, kind: str, model, extra: dict, name: str, source
         "versions": library_versions(),
         "code": code_revision(),
         "exported": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "ensemble": extra.get("ensemble"),
         "saved_model_sha256": sha256_file(folder / "saved_model.pb"),
         "onnx": None,
     }

@@ -71,7 +71,7 @@ def _apply_view(x, spec: str):
 
 
 @keras.saving.register_keras_serializable(package="cardigan_tf")
-class TestTimeViews(layers.Layer):
+class AugmentedViews(layers.Layer):
     """(B, H, W, C) images -> (V x B, H, W, C): the identity, then each view of ``views``,
     view-major (rows j*B .. j*B + B - 1 hold view j)."""
 
@@ -94,7 +94,7 @@ class TestTimeViews(layers.Layer):
 
 @keras.saving.register_keras_serializable(package="cardigan_tf")
 class UndoViews(layers.Layer):
-    """(V x B, H, W, K) probabilities of :class:`TestTimeViews`' rows -> (B, V, H, W, K), each
+    """(V x B, H, W, K) probabilities of :class:`AugmentedViews`' rows -> (B, V, H, W, K), each
     geometric view undone (``hflip``: flipped back)."""
 
     def __init__(self, views: Sequence[str] = (), **kwargs):
@@ -150,7 +150,7 @@ def build_ensemble(members: Sequence[keras.Model], views: Sequence[str] = (), na
         raise ValueError(f"ensemble members: expected one input and output shape, got {sorted(shapes)}")
     views = [str(v) for v in views]
     inp = keras.Input(tuple(members[0].inputs[0].shape[1:]), name="image")
-    x = TestTimeViews(views, name="views")(inp)
+    x = AugmentedViews(views, name="views")(inp)
     undo = UndoViews(views, name="undo_views")
     per_member = []
     for i, member in enumerate(members):

@@ -21,7 +21,8 @@ from cardigan_tf.files import sha256_file
 from cardigan_tf.jobs.cv import assign_folds, train_cv
 from cardigan_tf.models.ensemble import AugmentedViews, UndoViews, build_ensemble, parse_view
 from cardigan_tf.models.unet import UNetConfig, build_unet
-from cardigan_tf.runs import load_ensemble, open_run
+from cardigan_tf.run_plan import plan_run
+from cardigan_tf.runs import create_run, load_ensemble, open_run
 from cardigan_tf.serving.export import export_run, load_source
 from cardigan_tf.serving.export_check import compare_with_source
 from cardigan_tf.serving.local import RunBackend, SavedModelBackend
@@ -114,6 +115,16 @@ def test_cv_config_checks():
         check_tta(["gamma:0.5"], [AugmentConfig()])
     with pytest.raises(ConfigError, match="expected one of hflip"):
         check_tta(["rotate:5"], [AugmentConfig()])
+
+
+def test_a_cv_resume_refuses_other_folds_and_accepts_more_epochs(tmp_path):
+    cfg = load_config(CvConfig, None, ["folds=3"])
+    path = create_run("cv", cfg, run_dir=tmp_path / "cv")
+    assert open_run(path).kind == "cv" and not open_run(path).finished
+    with pytest.raises(ConfigError, match="folds: saved 3, given 4"):
+        plan_run("cv", load_config(CvConfig, None, ["folds=4"]), resume=path)
+    plan = plan_run("cv", load_config(CvConfig, None, ["folds=3", "train.epochs=30"]), resume=path)
+    assert plan.status == "resume" and "train.epochs" in plan.changed
 
 
 def test_cli_refuses_views_the_models_were_not_trained_for(tmp_path, capsys):

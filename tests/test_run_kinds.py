@@ -25,8 +25,8 @@ def _finish(path, kind):
 
 
 def test_every_kind_declares_its_config_and_its_finished_files():
-    assert set(KINDS) == {"gan", "seg", "study", "tune"}
-    configs = {"gan": "GanConfig", "seg": "SegConfig", "study": "StudyConfig", "tune": "TuneConfig"}
+    assert set(KINDS) == {"gan", "seg", "cv", "study", "tune"}
+    configs = {"gan": "GanConfig", "seg": "SegConfig", "cv": "CvConfig", "study": "StudyConfig", "tune": "TuneConfig"}
     for name, kind in KINDS.items():
         assert kind.config_class().__name__ == configs[name]
         assert kind.finished, name

@@ -6,7 +6,8 @@
 K U-Nets of the preset (random weights: the cost does not depend on them) wrapped by
 :func:`cardigan_tf.models.ensemble.build_ensemble` (one graph, each member called once on the
 views of the batch), against one of them alone and against K separate calls. Each figure is the
-median over ``--steps`` ``predict_on_batch`` calls after ``--warmup`` untimed ones (the model's
+median over ``--steps`` ``predict_on_batch`` calls after ``--warmup`` untimed ones, the three
+calls taken in turn in every step (the model's
 own cost, at the working size; the resize chain, shared by construction, is not in it). The
 goal: the ensemble costs at most K x single + 20 % (``bound``); with ``--tta`` views the bound is
 K x views x single + 20 %.
@@ -17,12 +18,13 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import statistics
+import time
 from pathlib import Path
 
 import keras
 import numpy as np
 
-from cardigan_tf.bench import median_time
 from cardigan_tf.config import apply_overrides, from_dict, to_dict
 from cardigan_tf.configs.seg import preset_config
 from cardigan_tf.files import atomic_write_text
@@ -56,6 +58,21 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def interleaved_medians(calls: dict, steps: int, warmup: int) -> dict[str, float]:
+    """Median wall seconds of each call, the calls taken in turn within every step (a load that
+    drifts during the run weighs on all of them alike)."""
+    for fn in calls.values():
+        for _ in range(warmup):
+            fn()
+    times: dict[str, list[float]] = {k: [] for k in calls}
+    for _ in range(steps):
+        for name, fn in calls.items():
+            t = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
 def bench_ensemble(preset: str = "tiny", members: int = 5, tta=(), batches=(1, 8), steps: int = 10,
                    warmup: int = 3, overrides: list[str] | None = None) -> list[dict]:
     """One row per batch size: single, ensemble and K-separate-calls ms/image, ratio, bound."""
@@ -70,9 +87,11 @@ def bench_ensemble(preset: str = "tiny", members: int = 5, tta=(), batches=(1, 8
     rows = []
     for b in batches:
         x = rng.random((b, cfg.size, cfg.size, 1), dtype=np.float32)
-        single = median_time(lambda: unets[0].predict_on_batch(x), steps, warmup) * 1000.0 / b
-        separate = median_time(lambda: [u.predict_on_batch(x) for u in unets], steps, warmup) * 1000.0 / b
-        both = median_time(lambda: ensemble.predict_on_batch(x), steps, warmup) * 1000.0 / b
+        calls = {"single": lambda: unets[0].predict_on_batch(x),
+                 "separate": lambda: [u.predict_on_batch(x) for u in unets],
+                 "ensemble": lambda: ensemble.predict_on_batch(x)}
+        ms = {k: v * 1000.0 / b for k, v in interleaved_medians(calls, steps, warmup).items()}
+        single, separate, both = ms["single"], ms["separate"], ms["ensemble"]
         bound = members * views * single * (1.0 + OVERHEAD)
         rows.append({"batch": int(b), "single_ms": single, "separate_ms": separate, "ensemble_ms": both,
                      "ratio": both / single, "bound_ms": bound, "within": both <= bound})

@@ -105,6 +105,8 @@ class UndoViews(layers.Layer):
 
     def call(self, p):
         n = len(self.views) + 1
+        if n == 1:
+            return ops.expand_dims(p, 1)  # no view: a reshape, no copy
         b = ops.shape(p)[0] // n
         parts = []
         for j, view in enumerate(["identity", *self.views]):
@@ -125,13 +127,20 @@ class UndoViews(layers.Layer):
 
 @keras.saving.register_keras_serializable(package="cardigan_tf")
 class MemberMean(layers.Layer):
-    """(B, M, H, W, K) -> (B, H, W, K): the mean over the member axis, float32."""
+    """A list of (B, V, H, W, K) tensors (one per member) -> (B, H, W, K): the mean over the
+    members and the views, float32. It reads the members' own outputs, not their concatenation,
+    so a graph that needs only the mean (a serving signature) never builds the stack."""
 
-    def call(self, p):
-        return ops.mean(ops.cast(p, "float32"), axis=1)
+    def call(self, parts):
+        parts = parts if isinstance(parts, (list, tuple)) else [parts]
+        total = parts[0]
+        for p in parts[1:]:
+            total = total + p
+        return ops.mean(ops.cast(total, "float32"), axis=1) / len(parts)
 
     def compute_output_shape(self, input_shape):
-        return (input_shape[0], *input_shape[2:])
+        shape = input_shape[0] if isinstance(input_shape, list) else input_shape
+        return (shape[0], *shape[2:])
 
 
 def build_ensemble(members: Sequence[keras.Model], views: Sequence[str] = (), name: str = "ensemble") -> keras.Model:
@@ -144,7 +153,7 @@ def build_ensemble(members: Sequence[keras.Model], views: Sequence[str] = (), na
     if not members:
         raise ValueError("an ensemble needs at least one member model")
     shapes = {(tuple(m.inputs[0].shape[1:]), tuple(m.outputs[0].shape[1:])) for m in members}
-    if len(members) and any(len(m.outputs) != 1 for m in members):
+    if any(len(m.outputs) != 1 for m in members):
         raise ValueError("ensemble members: expected single-output models (inference_model of each U-Net)")
     if len(shapes) != 1:
         raise ValueError(f"ensemble members: expected one input and output shape, got {sorted(shapes)}")
@@ -157,7 +166,5 @@ def build_ensemble(members: Sequence[keras.Model], views: Sequence[str] = (), na
         wrapped = keras.Model(member.inputs[0], member.outputs[0], name=f"member_{i}")  # unique names in one graph
         per_member.append(undo(wrapped(x)))
     stacked = per_member[0] if len(per_member) == 1 else layers.Concatenate(axis=1, name="members")(per_member)
-    mean = MemberMean(name="mean", dtype="float32")(stacked)
-    model = keras.Model(inp, [mean, stacked], name=name)
-    model.n_members, model.views = len(members), ["identity", *views]
-    return model
+    mean = MemberMean(name="mean", dtype="float32")(per_member)
+    return keras.Model(inp, [mean, stacked], name=name)

@@ -117,6 +117,23 @@ def resumed_config(kind: str, resume: str, config_file: str | None, overrides: l
     return load_config(type(saved), config_file, overrides, base=saved)
 
 
+def model_runs(run_dir: str | None, runs: list[str]) -> list[str]:
+    """The run folders a model command was given: ``RUN_DIR`` or repeated ``--run`` (an ensemble)."""
+    if run_dir and runs:
+        raise UsageError("give either RUN_DIR or --run RUN_DIR (repeatable), not both")
+    if not run_dir and not runs:
+        raise UsageError("RUN_DIR is required (or --run RUN_DIR, repeatable for an ensemble)")
+    return [run_dir] if run_dir else list(runs)
+
+
+def tta_views(text: str | None) -> list[str] | None:
+    """``--tta`` (comma-separated test-time views; ``none``: no view) -> a list, or None when not given."""
+    if text is None:
+        return None
+    views = [v.strip() for v in text.split(",") if v.strip()]
+    return [] if views == ["none"] else views
+
+
 # ----------------------------------------------------------------------------- output
 class _FilteredStream:
     """A thread copying a pipe to ``target`` (a file descriptor), line by line, without the

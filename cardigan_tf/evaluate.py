@@ -1,7 +1,8 @@
 """``python -m cardigan_tf.evaluate RUN_DIR [--data PATH] [--split test] [--postprocess] [--spacing ROW,COL]``
 
 CAMUS-style metrics report of a segmentation run in ``RUN_DIR/eval-<split>/`` (console script
-``cardigan-evaluate``). The work is :func:`cardigan_tf.jobs.evaluation.evaluate_run`.
+``cardigan-evaluate``). RUN_DIR may be a cv run (its fold ensemble); ``--run A --run B --out DIR``
+evaluates the ensemble of several runs, ``--tta`` sets its test-time views. The work is :func:`cardigan_tf.jobs.evaluation.evaluate_run`.
 """
 
 from __future__ import annotations
@@ -16,7 +17,11 @@ from cardigan_tf import cli
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m cardigan_tf.evaluate",
                                 description="CAMUS-style metrics report of a segmentation run.")
-    p.add_argument("run_dir", help="a seg run folder (runs/seg-...)")
+    p.add_argument("run_dir", nargs="?", help="a seg run folder (runs/seg-...) or a cv run (its fold ensemble)")
+    p.add_argument("--run", dest="runs", action="append", default=[], metavar="RUN_DIR",
+                   help="instead of RUN_DIR: one run of an ensemble (repeat: --run A --run B; needs --out)")
+    p.add_argument("--tta", metavar="VIEWS", help="test-time views of the model, comma-separated (hflip, gamma:G, "
+                                                  "contrast:C; 'none': none; default: a cv run's recorded ones)")
     p.add_argument("--data", help="dataset to evaluate on (default: the run's own data)")
     p.add_argument("--split", default="test", help="split to evaluate (default: test)")
     p.add_argument("--postprocess", action="store_true", help="largest component per label + hole filling")
@@ -34,9 +39,11 @@ def build_parser() -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> Path:
     from cardigan_tf.jobs.evaluation import evaluate_run  # lazy: loads TensorFlow, which --help does not need
 
-    evaluate_run(args.run_dir, args.data, args.split, args.postprocess, args.out, args.overwrite, args.batch_size,
-                 spacing=args.spacing, simpson=args.simpson)
-    out = Path(args.out) if args.out else Path(args.run_dir) / f"eval-{args.split}"
+    runs = cli.model_runs(args.run_dir, args.runs)
+    evaluate_run(runs if len(runs) > 1 else runs[0], args.data, args.split, args.postprocess, args.out,
+                 args.overwrite, args.batch_size, spacing=args.spacing, simpson=args.simpson,
+                 tta=cli.tta_views(args.tta))
+    out = Path(args.out) if args.out else Path(runs[0]) / f"eval-{args.split}"
     return out / "report.md"
 
 

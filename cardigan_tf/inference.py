@@ -6,9 +6,11 @@ exactly as it was trained (:mod:`cardigan_tf.resize`):
 - :class:`Preprocessing` names the resize chain of a run: data prepared at ``prepared_size``
   (the seed-layout file's image size) and trained at ``working_size``. An image at any other
   size goes through both steps, as the training images did.
-- U-Net: :func:`model_input` -> (N, s, s, 1) float32 in [0, 1]; :func:`predict_probabilities`;
+- U-Net (or an ensemble of them, :mod:`cardigan_tf.models.ensemble`): :func:`model_input` ->
+  (N, s, s, 1) float32 in [0, 1]; :func:`predict_probabilities` (an ensemble's mean);
+  :func:`member_probabilities` (each member and test-time view, for uncertainty);
   :func:`masks_from_probabilities` resizes probabilities (bilinear) to each target shape, then
-  takes the argmax; :func:`segment` does all three.
+  takes the argmax; :func:`segment` chains model input, probabilities and masks.
 - GAN: :func:`onehot_masks` (nearest resize + one-hot) and :func:`synthesize` (images in [0, 1]).
 
 Inputs may be a list of 2-D arrays of different shapes, or an (N, H, W[, 1]) array; uint8
@@ -89,6 +91,22 @@ def predict_probabilities(model, x: np.ndarray, batch_size: int = 16) -> np.ndar
             y = y[0]
         out.append(np.asarray(y, np.float32))
     return np.concatenate(out)
+
+
+def member_probabilities(model, x: np.ndarray, batch_size: int = 16) -> np.ndarray:
+    """(M, N, s, s, K) softmax of every member and test-time view of an ensemble
+    (:func:`cardigan_tf.models.ensemble.build_ensemble`, its second output), or (1, N, s, s, K)
+    for a single U-Net; their mean over M is :func:`predict_probabilities`."""
+    out = []
+    for a in range(0, len(x), batch_size):
+        y = model(x[a:a + batch_size], training=False)
+        if isinstance(y, (list, tuple)) and len(y) > 1 and len(y[1].shape) == 5:
+            out.append(np.moveaxis(np.asarray(y[1], np.float32), 1, 0))
+        else:
+            out.append(np.asarray(y[0] if isinstance(y, (list, tuple)) else y, np.float32)[None])
+    if not out:
+        return np.zeros((1, 0, *x.shape[1:3], NUM_CLASSES), np.float32)
+    return np.concatenate(out, axis=1)
 
 
 def masks_from_probabilities(probs: np.ndarray, shapes: Sequence[tuple[int, int]]) -> list[np.ndarray]:

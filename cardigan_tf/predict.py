@@ -18,7 +18,8 @@ from cardigan_tf.serving.errors import ServingError
 EPILOG = """\
 MODEL is one of
   EXPORT_DIR            an exported segmentation model, BASE/NAME (latest version) or BASE/NAME/VERSION
-  RUN_DIR               a seg run folder (runs/seg-...): its best.keras through the run's resize chain
+  RUN_DIR               a seg run folder (runs/seg-...): its best.keras through the run's resize chain;
+                        a cv run (runs/cv-...): its fold ensemble; --model A --model B: one ensemble
   http://HOST:PORT/NAME a TF-Serving REST endpoint (optionally .../NAME/versions/N)
   grpc://HOST:PORT/NAME a TF-Serving gRPC endpoint (optionally .../NAME/versions/N)
 Segmentation only: a GAN export (input 'mask', output 'image') is not a predict target; use
@@ -41,8 +42,11 @@ def build_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                 description="Segment echocardiography images (LV cavity, myocardium, left atrium) "
                                             "with an exported model, a seg run, or a TF-Serving endpoint.")
-    p.add_argument("--model", required=True, metavar="MODEL",
-                   help="EXPORT_DIR, RUN_DIR, http://host:port/NAME or grpc://host:port/NAME (see below)")
+    p.add_argument("--model", required=True, action="append", metavar="MODEL",
+                   help="EXPORT_DIR, RUN_DIR, http://host:port/NAME or grpc://host:port/NAME (see below); "
+                        "repeat with run folders for their ensemble")
+    p.add_argument("--tta", metavar="VIEWS", help="test-time views of a run folder's model, comma-separated (hflip, "
+                                                  "gamma:G, contrast:C; 'none': none; default: a cv run's own)")
     p.add_argument("inputs", nargs="+", metavar="INPUTS", help="image files and/or CAMUS patient folders")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder (must not exist, unless --overwrite)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
@@ -69,7 +73,8 @@ def run(args: argparse.Namespace) -> str:
     check_output(args.out, args.inputs, args.overwrite)  # before loading anything
     collect_inputs(args.inputs)
     try:
-        backend = open_backend(args.model, timeout=args.timeout, retries=args.retries, fmt=args.rest_format)
+        backend = open_backend(args.model, timeout=args.timeout, retries=args.retries, fmt=args.rest_format,
+                               tta=cli.tta_views(args.tta))
     except (ServingError, ValueError) as exc:  # not a segmentation model, server unreachable
         if isinstance(exc, cli.expected_errors()):
             raise

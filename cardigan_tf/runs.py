@@ -22,7 +22,8 @@ its model files, when it has finished, which config keys a resume may change. Ev
 through :func:`cardigan_tf.run_plan.plan_run` (new folder, resume, or nothing left to do; a
 resume refuses a changed value and names the saved and the given one), and every reader loads
 a trained model through :meth:`Run.load` (the model with its resize chain). What made a run
-(versions, code revision, command line) is :mod:`cardigan_tf.run_provenance`.
+(versions, code revision, command line) is :mod:`cardigan_tf.run_provenance`; the dataset a
+run reads (``data.json``) is :mod:`cardigan_tf.run_data`.
 
 Example::
 
@@ -35,7 +36,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import re
 from pathlib import Path
 from typing import Any
@@ -43,7 +43,8 @@ from typing import Any
 import yaml
 
 from cardigan_tf.config import ConfigError, from_dict, load_yaml, to_dict
-from cardigan_tf.files import atomic_write_text, sha256_file, write_json
+from cardigan_tf.files import atomic_write_text, write_json
+from cardigan_tf.run_data import recorded_dataset, resolve_into
 from cardigan_tf.run_provenance import provenance, utc_stamp
 
 # The commands import this module (RunError, open_run) before they parse their arguments, so
@@ -68,7 +69,8 @@ class RunKind:
     :meth:`Run.load` loads; ``finished``: files that all exist once the run has finished (each
     job writes them last); ``resumable``: dotted config keys a resume may change (anything else
     must equal the saved value); ``markers``: files that identify a folder written before
-    ``config.yaml`` recorded its kind."""
+    ``config.yaml`` recorded its kind; ``members``: the subfolder of seg runs whose ensemble is
+    the kind's model (cv: ``folds``)."""
 
     name: str
     finished: tuple[str, ...]
@@ -76,6 +78,7 @@ class RunKind:
     default_model: str | None = None
     resumable: tuple[str, ...] = ()
     markers: tuple[str, ...] = ()
+    members: str | None = None
 
     def is_finished(self, path: str | Path) -> bool:
         return all((Path(path) / name).is_file() for name in self.finished)
@@ -98,6 +101,8 @@ KINDS: dict[str, RunKind] = {k.name: k for k in (
             models={"best": ("best.keras", "final.keras"), "final": ("final.keras",)}, default_model="best",
             resumable=("train.epochs", "train.strategy"),
             markers=("best.keras", "final.keras", "checkpoints/state.json")),
+    RunKind("cv", finished=("metrics.json", "summary.csv", "summary.md"), members="folds",
+            resumable=("train.epochs", "train.strategy"), markers=("folds.json",)),
     RunKind("tune", finished=("metrics.json", "report.md"), resumable=("max_trials",)),
 )}
 
@@ -145,61 +150,6 @@ def new_run_dir(root: str | Path, kind: str, name: str = "run") -> Path:
     return run
 
 
-# ----------------------------------------------------------------------------- data record
-def data_fingerprint(path: str | Path) -> dict[str, Any]:
-    """SHA-256 of a prepared dataset: the .h5 file, or every file of a TFRecord folder."""
-    path = Path(path)
-    if path.is_file():
-        return {"path": str(path.resolve()), "bytes": path.stat().st_size, "sha256": sha256_file(path)}
-    files = sorted(p for p in path.rglob("*") if p.is_file())
-    return {"path": str(path.resolve()), "files": {str(p.relative_to(path)): sha256_file(p) for p in files}}
-
-
-def record_data(run_dir: str | Path, data_path: str | Path, requested: Any = None) -> dict:
-    """Write ``run_dir/data.json``: the resolved dataset (its absolute path, and its path
-    relative to the run folder, so that a run moved together with its data still finds it),
-    what was asked for, its fingerprint."""
-    resolved = Path(data_path).resolve()
-    record = {"path": str(resolved), "relative": os.path.relpath(resolved, Path(run_dir).resolve()),
-              "requested": None if requested is None else str(requested), "fingerprint": data_fingerprint(data_path)}
-    write_json(Path(run_dir) / "data.json", record)
-    return record
-
-
-def recorded_dataset(run_dir: str | Path) -> Path | None:
-    """The dataset recorded in ``run_dir/data.json`` when the record and the file exist: at its
-    absolute path, else at its path relative to the run folder (a study or tuning folder
-    renamed or moved with the data inside it)."""
-    record = Path(run_dir) / "data.json"
-    if not record.is_file():
-        return None
-    data = json.loads(record.read_text())
-    candidates = [Path(data["path"])]
-    if data.get("relative"):
-        candidates.append(Path(run_dir) / data["relative"])
-    return next((path.resolve() for path in candidates if path.exists()), None)
-
-
-def _resolve_into(run_dir: str | Path, data: Any, size: int, seed: int, n_phantom: int, phantom: Any = None) -> Path:
-    """``data`` (phantom, .h5, TFRecord folder or CAMUS folder; split with ``seed``) resolved
-    into ``run_dir/data``; ``phantom``: the built-in phantom's PhantomConfig (None: default)."""
-    from cardigan_tf.data.source import resolve_data  # lazy: TensorFlow (see the imports)
-
-    return Path(resolve_data(data, Path(run_dir) / "data", size=int(size), seed=int(seed), n_phantom=int(n_phantom),
-                             phantom=phantom))
-
-
-def run_dataset(run_dir: str | Path, data: Any, size: int, seed: int, n_phantom: int, phantom: Any = None) -> Path:
-    """The prepared dataset of a run being trained: the one recorded in ``run_dir/data.json``
-    when it still exists, else ``data`` resolved into ``run_dir/data`` and recorded with its
-    fingerprint."""
-    path = recorded_dataset(run_dir)
-    if path is None:
-        path = _resolve_into(run_dir, data, size, seed, n_phantom, phantom)
-        record_data(run_dir, path, data)
-    return path
-
-
 # ----------------------------------------------------------------------------- create / open
 def save_run_config(run_dir: str | Path, kind: str, cfg: Any) -> None:
     """Write ``config.yaml`` with the run's kind first, atomically."""
@@ -234,12 +184,16 @@ def _legacy_kind(path: Path) -> str | None:
 @dataclasses.dataclass
 class Trained:
     """A trained model ready for inference: the Keras model (a seg model with its main output
-    only), the file it came from, and the resize chain from the prepared data to the model's
-    working size (seg runs; None for a generator, which works at its own size)."""
+    only; an ensemble: mean and member probabilities, ``models.ensemble``), the file (ensemble:
+    the first run folder) it came from, and the resize chain from the prepared data to the
+    model's working size (seg; None for a generator, which works at its own size); an
+    ensemble's member model files and test-time views."""
 
     model: Any
     path: Path
     preprocessing: Any = None
+    members: list[Path] = dataclasses.field(default_factory=list)
+    tta: list[str] = dataclasses.field(default_factory=list)
 
 
 @dataclasses.dataclass
@@ -277,7 +231,7 @@ class Run:
             data = self.config.data.data
         cfg = self.config
         size = cfg.model.size if self.kind == "gan" else cfg.data.size
-        return _resolve_into(self.path, data, size, cfg.data.seed, cfg.data.n_phantom, cfg.data.phantom)
+        return resolve_into(self.path, data, size, cfg.data.seed, cfg.data.n_phantom, cfg.data.phantom)
 
     @property
     def provenance(self) -> dict:
@@ -321,9 +275,22 @@ class Run:
             raise RunError(f"{self.path}: a {self.kind} run has no resize chain (expected a seg run)")
         return Preprocessing(working_size=int(self.config.model.size), prepared_size=prepared_size(self.dataset(data)))
 
-    def load(self, which: str | None = None, data: Any = None, with_preprocessing: bool = True) -> Trained:
-        """The trained model of this run, ready for inference (see :class:`Trained`). A model
-        file that does not load (truncated, damaged) raises RunError naming it."""
+    def member_runs(self) -> list[Path]:
+        """The seg runs whose ensemble is this run's model (cv: ``folds/fold-0``, ...)."""
+        folder = self.path / (self.spec.members or "")
+        found = sorted((p for p in folder.glob("fold-*") if p.is_dir()), key=lambda p: int(p.name.split("-")[1]))
+        if not self.spec.members or not found:
+            raise RunError(f"{self.path}: a {self.kind} run has no member runs" + (
+                f" (expected {folder}/fold-0 ...)" if self.spec.members else ""))
+        return found
+
+    def load(self, which: str | None = None, data: Any = None, with_preprocessing: bool = True,
+             tta: list[str] | None = None) -> Trained:
+        """The trained model of this run, ready for inference (see :class:`Trained`); a cv run:
+        the ensemble of its folds (:func:`load_ensemble`). A model file that does not load
+        (truncated, damaged) raises RunError naming it."""
+        if self.spec.members:
+            return load_ensemble([self.path], which, data, tta)
         path = self.model_path(which)
         model = load_model_file(path)
         if self.kind == "seg":
@@ -332,6 +299,29 @@ class Run:
             pre = self.preprocessing(data) if with_preprocessing else None
             return Trained(model=inference_model(model), path=path, preprocessing=pre)
         return Trained(model=model, path=path)
+
+
+def load_ensemble(paths, which: str | None = None, data: Any = None, tta: list[str] | None = None) -> Trained:
+    """ONE model averaging the seg runs of ``paths`` (seg runs, and cv runs' folds), with one
+    resize chain (of ``data``, default the first run's dataset) and the test-time views ``tta``
+    (default: a cv run's recorded ``tta``, none for seg runs); see ``cardigan_tf.ensemble``."""
+    from cardigan_tf.ensemble import combine  # lazy: TensorFlow (see the imports)
+
+    opened = [open_run(p) for p in paths]
+    if not opened:
+        raise RunError("an ensemble needs at least one seg or cv run")
+    members = []
+    for run in opened:
+        if run.kind not in ("seg", "cv"):
+            raise RunError(f"{run.path}: a {run.kind} run is no segmentation model (expected a seg or cv run)")
+        members += [open_run(p, "seg") for p in run.member_runs()] if run.spec.members else [run]
+    if tta is None:
+        tta = sorted({v for run in opened for v in getattr(run.config, "tta", [])})
+    data = opened[0].dataset(data)
+    trained = [run.load(which, data=data) for run in members]
+    model, pre, views = combine([t.model for t in trained], [t.preprocessing for t in trained],
+                                [t.path for t in trained], [run.config.data.augment for run in members], tta)
+    return Trained(model=model, path=opened[0].path, preprocessing=pre, members=[t.path for t in trained], tta=views)
 
 
 def load_model_file(path: str | Path):

@@ -2,7 +2,8 @@
 
 - no sub-command, or ``main``: the main job, a complete small study on the built-in phantom (or
   on ``--data``), ending with the path of its report;
-- ``gan``: train the SPADE GAN; ``seg``: train the U-Net; ``study``: the synthetic-data study.
+- ``gan``: train the SPADE GAN; ``seg``: train the U-Net (``--folds K``: a cross-validation run
+  of K U-Nets, :mod:`cardigan_tf.jobs.cv`); ``study``: the synthetic-data study.
 
 Thin: parse, build the config (cardigan_tf.configs), call the job (cardigan_tf.jobs). Every
 job takes ``--run-dir DIR`` / ``--resume DIR`` / ``--runs-dir`` and turns its own flags into
@@ -14,6 +15,7 @@ strategy (:func:`prepare_argv`) before TensorFlow runs any op.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 
 from cardigan_tf import cli, runtime
@@ -22,6 +24,7 @@ from cardigan_tf import cli, runtime
 GAN_FLAGS = {"data": "data.data", "epochs": "train.epochs", "steps": "train.steps", "strategy": "train.strategy"}
 SEG_FLAGS = {"data": "data.data", "synthetic": "data.synthetic", "synthetic_fraction": "data.synthetic_fraction",
              "epochs": "train.epochs", "strategy": "train.strategy", "name": "name"}
+CV_FLAGS = {**SEG_FLAGS, "folds": "folds", "fold_source": "fold_source"}
 STUDY_FLAGS = {"data": "data", "name": "name"}
 
 
@@ -121,7 +124,40 @@ def _seg_arguments(p: argparse.ArgumentParser) -> None:
     cli.add_config_arguments(p, "SegConfig")
     p.add_argument("--name", help="run name (default: the preset)")
     p.add_argument("--strategy", choices=runtime.STRATEGIES, help="tf.distribute strategy")
+    p.add_argument("--folds", type=int, metavar="K",
+                   help="cross-validation: K U-Nets on patient-level folds of the non-test patients, one cv run "
+                        "(evaluate, predict and export load the fold ensemble)")
+    p.add_argument("--fold-source", choices=("auto", "official", "seeded"),
+                   help="with --folds: the prepared file's official fold lists, seeded folds, or auto (official "
+                        "when they make K folds; default)")
+    p.add_argument("--tta", metavar="VIEWS", help="with --folds: the ensemble's test-time views, comma-separated "
+                                                  "(hflip, gamma:G, contrast:C; default none)")
     cli.add_run_arguments(p, "U-Net run (multi-worker: the same path on every worker; only the chief writes there)")
+
+
+def _is_cv(args: argparse.Namespace) -> bool:
+    """Whether ``train seg`` trains a cross-validation run: --folds given, or --resume / --run-dir
+    naming a cv run."""
+    from cardigan_tf.runs import is_run, open_run  # lazy: see the module docstring
+
+    folder = args.resume or args.run_dir
+    if args.folds is not None or (folder and is_run(folder) and open_run(folder).kind == "cv"):
+        return True
+    if args.fold_source or args.tta is not None:
+        raise cli.UsageError("--fold-source and --tta are options of a cross-validation run: give --folds K")
+    return False
+
+
+def cv_config_from_args(args: argparse.Namespace):
+    """As :func:`seg_config_from_args`, for a cv run (a CvConfig)."""
+    from cardigan_tf.configs.cv import build_cv_config  # lazy: see the module docstring
+
+    overrides = cli.flag_overrides(args, CV_FLAGS)
+    if args.tta is not None:
+        overrides.append("tta=" + json.dumps(cli.tta_views(args.tta)))
+    if args.resume and args.preset is None:
+        return cli.resumed_config("cv", args.resume, args.config, overrides)
+    return build_cv_config(args.preset or "tiny", args.config, overrides)
 
 
 def seg_config_from_args(args: argparse.Namespace):
@@ -136,6 +172,10 @@ def seg_config_from_args(args: argparse.Namespace):
 
 
 def _run_seg(args: argparse.Namespace):
+    if _is_cv(args):
+        from cardigan_tf.jobs.cv import train_cv  # lazy: see the module docstring
+
+        return train_cv(cv_config_from_args(args), resume=args.resume, runs_dir=args.runs_dir, run_dir=args.run_dir)
     from cardigan_tf.jobs.seg import train_seg  # lazy: see the module docstring
 
     return train_seg(seg_config_from_args(args), resume=args.resume, runs_dir=args.runs_dir, run_dir=args.run_dir)

@@ -1,4 +1,4 @@
-"""``python -m cardigan_tf.bench {pipeline,gan,seg,clinical,export}``: each benchmark runs with its
+"""``python -m cardigan_tf.bench {pipeline,gan,seg,clinical,export,ensemble}``: each benchmark runs with its
 tiniest arguments and prints its figures in its documented format.
 
 These are benchmark scripts: the tests check that every figure is printed (a number, in its
@@ -43,11 +43,11 @@ def _positive(cell):
     return value
 
 
-def test_lists_the_five_benchmarks(capsys):
+def test_lists_the_six_benchmarks(capsys):
     with pytest.raises(SystemExit):
         bench.main(["--help"])
     out = capsys.readouterr().out
-    for name in ("pipeline", "gan", "seg", "clinical", "export"):
+    for name in ("pipeline", "gan", "seg", "clinical", "export", "ensemble"):
         assert name in out
 
 
@@ -114,6 +114,18 @@ def test_seg_prints_its_table_and_writes_it(capsys, tmp_path):
     for cell in row[3:]:
         _positive(cell)
     assert md.read_text().strip() in out
+
+
+def test_ensemble_prints_single_and_ensemble_per_batch(capsys):
+    out = _run(["ensemble", "--members", "2", "--tta", "gamma:0.9", "--batches", "1", "2", "--steps", "1", "--warmup",
+                "1", "--set", "model.base_filters=4", "--set", "model.max_filters=8"], capsys)
+    assert out.startswith("Ensemble benchmark: preset tiny, 2 members, views identity, gamma:0.9 (")
+    header, rows = _table(out, "| batch | single ms/img |")
+    assert header[3] == "ensemble (2 x 2 view(s)) ms/img" and [r[0] for r in rows] == ["1", "2"]
+    for row in rows:
+        single, ensemble, bound = (_positive(row[i]) for i in (1, 3, 5))
+        assert math.isclose(bound, 2 * 2 * single * 1.2, rel_tol=0.01) and row[6] in ("yes", "NO")
+        assert math.isclose(_positive(row[4]), ensemble / single, rel_tol=0.02)
 
 
 def test_clinical_prints_one_row_per_case(capsys, tmp_path):

@@ -16,7 +16,8 @@ from cardigan_tf.configs.seg import SegConfig, SegDataConfig
 from cardigan_tf.metrics.clinical import patient_indices
 from cardigan_tf.models.unet import UNetConfig
 from cardigan_tf.predict import build_parser, main
-from cardigan_tf.runs import create_run, open_run, record_data
+from cardigan_tf.run_data import record_data
+from cardigan_tf.runs import create_run, open_run
 from cardigan_tf.serving.testing import GrpcTestServer, RestTestServer, make_test_export, tiny_test_unet
 
 from tests._heart_masks import draw_heart

@@ -25,8 +25,8 @@ def _finish(path, kind):
 
 
 def test_every_kind_declares_its_config_and_its_finished_files():
-    assert set(KINDS) == {"gan", "seg", "study", "tune"}
-    configs = {"gan": "GanConfig", "seg": "SegConfig", "study": "StudyConfig", "tune": "TuneConfig"}
+    assert set(KINDS) == {"gan", "seg", "cv", "study", "tune"}
+    configs = {"gan": "GanConfig", "seg": "SegConfig", "cv": "CvConfig", "study": "StudyConfig", "tune": "TuneConfig"}
     for name, kind in KINDS.items():
         assert kind.config_class().__name__ == configs[name]
         assert kind.finished, name
@@ -188,7 +188,7 @@ def test_unet_keras_model_round_trip_is_kept_by_load_model_file(tmp_path):
 
 
 def test_a_run_moved_with_its_data_finds_it_and_resumes_with_the_new_path(tmp_path):
-    from cardigan_tf.runs import record_data, recorded_dataset
+    from cardigan_tf.run_data import record_data, recorded_dataset
 
     old = tmp_path / "study-a"
     (old / "data").mkdir(parents=True)

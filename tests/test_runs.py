@@ -11,7 +11,8 @@ from cardigan_tf.configs.gan import preset_config as gan_preset
 from cardigan_tf.configs.seg import preset_config as seg_preset
 from cardigan_tf.data import h5layout
 from cardigan_tf.evaluate import main as evaluate
-from cardigan_tf.runs import RunError, create_run, open_run, record_data
+from cardigan_tf.run_data import record_data
+from cardigan_tf.runs import RunError, create_run, open_run
 from cardigan_tf.train import main as train
 
 from harness import assert_config_round_trip

@@ -1,4 +1,4 @@
-"""``python -m cardigan_tf.bench {pipeline,gan,seg,clinical,export} [options]``: benchmarks that print figures.
+"""``python -m cardigan_tf.bench {pipeline,gan,seg,clinical,export,ensemble} [options]``: benchmarks that print figures.
 
 Each benchmark is a sub-command module of this command (``add_arguments(parser)`` and
 ``run(args)``), imported only when present.
@@ -18,6 +18,7 @@ BENCHES = {
     "seg": "cardigan_tf.bench.seg",
     "clinical": "cardigan_tf.bench.clinical",
     "export": "cardigan_tf.bench.export",
+    "ensemble": "cardigan_tf.bench.ensemble",
 }
 
 

@@ -4,6 +4,8 @@
   ``tiny``, ``cardigan``, ``spade``; :func:`~cardigan_tf.configs.gan.network_configs` maps the
   one ``GanModelConfig`` onto the generator, discriminator and encoder configs.
 - :mod:`cardigan_tf.configs.seg`: ``SegConfig`` and the U-Net presets ``tiny``, ``camus``.
+- :mod:`cardigan_tf.configs.cv`: ``CvConfig`` (a ``SegConfig`` plus folds, fold source and
+  test-time views) and ``check_tta``.
 - :mod:`cardigan_tf.configs.study`: ``StudyConfig`` and the main job's budgets.
 
 Component configs (``UNetConfig``, ``GeneratorConfig``, ``AugmentConfig``, ...) stay with the
@@ -22,13 +24,14 @@ from cardigan_tf.config import ConfigError
 _CLASSES = {
     "gan": ("cardigan_tf.configs.gan", "GanConfig"),
     "seg": ("cardigan_tf.configs.seg", "SegConfig"),
+    "cv": ("cardigan_tf.configs.cv", "CvConfig"),
     "study": ("cardigan_tf.configs.study", "StudyConfig"),
     "tune": ("cardigan_tf.configs.tune", "TuneConfig"),
 }
 
 
 def config_class(kind: str) -> type:
-    """The config dataclass of a run kind (``gan``, ``seg``, ``study``, ``tune``)."""
+    """The config dataclass of a run kind (``gan``, ``seg``, ``cv``, ``study``, ``tune``)."""
     if kind not in _CLASSES:
         raise ConfigError(f"run kind: expected one of {list(_CLASSES)}, got {kind!r}")
     module, name = _CLASSES[kind]

@@ -75,7 +75,13 @@ class SegTrainConfig:
 class SegDataConfig:
     """Data of a U-Net run. ``seed``, ``n_phantom`` and ``phantom`` (quality mix, acquisition
     styles of the built-in phantom) define the data and its seeded split under the same keys as
-    the GAN's ``data`` section."""
+    the GAN's ``data`` section.
+
+    ``train_patients``: None, every patient of the ``train`` split, or a list of them.
+    ``valid_patients``: None, the ``valid`` split; or a list (a cross-validation fold): the run
+    validates on those patients and trains on ``train_patients`` (then required, disjoint from
+    them), both drawn from the ``train`` and ``valid`` splits pooled (:attr:`pool`). The
+    ``test`` split is never read in training."""
 
     data: str | None = None
     synthetic: str | None = None
@@ -86,6 +92,7 @@ class SegDataConfig:
     phases: list[str] = field(default_factory=lambda: list(PHASES))
     train_patients: list[str] | None = None
     exposure: str = "replace"  # see EXPOSURES
+    valid_patients: list[str] | None = None
     n_phantom: int = 60
     phantom: PhantomConfig = field(default_factory=PhantomConfig)
     seed: int = 0  # phantom generation / seeded split of the data
@@ -97,8 +104,23 @@ class SegDataConfig:
             raise ConfigError("data.synthetic_fraction > 0 needs data.synthetic (a seed-layout .h5)")
         if self.exposure not in EXPOSURES:
             raise ConfigError(f"data.exposure: expected one of {EXPOSURES}, got {self.exposure!r}")
+        if self.valid_patients is not None:
+            if not self.valid_patients or not self.train_patients:
+                raise ConfigError("data.valid_patients (a cross-validation fold) needs non-empty lists of "
+                                  f"data.valid_patients and data.train_patients, got {self.valid_patients!r} "
+                                  f"and {self.train_patients!r}")
+            both = sorted(set(self.valid_patients) & set(self.train_patients))
+            if both:
+                raise ConfigError(f"data.valid_patients and data.train_patients: expected disjoint lists, "
+                                  f"both hold {both[:5]}")
         self.augment.validate()
         self.phantom.validate()
+
+    @property
+    def pool(self) -> tuple[str, ...]:
+        """The splits the training and validation patients come from: ``("train", "valid")``
+        for a cross-validation fold (``valid_patients`` given), else ``("train",)``."""
+        return ("train", "valid") if self.valid_patients is not None else ("train",)
 
 
 @dataclass

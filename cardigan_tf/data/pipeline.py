@@ -151,15 +151,16 @@ def make_dataset(
     strategy: Any = None,
 ) -> tf.data.Dataset:
     """Batches ``(image float32 (B, size, size, 1) in [0, 1], mask)`` of the ``select``-ed
-    frames of ``split``; mask int32 (B, size, size) or, with ``one_hot``, float32
+    frames of ``split`` (a name, or several pooled: a cross-validation fold); mask int32 (B, size, size) or, with ``one_hot``, float32
     (B, size, size, NUM_CLASSES).
 
     training: None: one pass in order, the last batch kept, never mixed nor augmented
         (validation, test); a :class:`Training`: its stream (see there).
     batch_size: the global batch size (a multiple of the strategy's replicas).
     """
-    if split not in h5layout.SPLITS:
-        raise ValueError(f"split: unknown split {split!r}; expected one of {h5layout.SPLITS}")
+    splits = [split] if isinstance(split, str) else list(split)
+    if not splits or any(s not in h5layout.SPLITS for s in splits):
+        raise ValueError(f"split: unknown split {split!r}; expected one or several of {h5layout.SPLITS}")
     if not isinstance(size, (int, np.integer)) or size < 8:
         raise ValueError(f"size: expected an integer >= 8, got {size!r}")
     if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
@@ -173,11 +174,11 @@ def make_dataset(
         raise TypeError(f"select: expected a Selection or None, got {select!r}")
     select = Selection() if select is None else select
     if is_tfrecord_dir(source):
-        ds = _streamed_batches(source, split, size, batch_size, select, training)
+        ds = _streamed_batches(source, splits, size, batch_size, select, training)
         by_file = ((training is None or not training.mixed or is_tfrecord_dir(training.synthetic))
-                   and _enough_files(source, split, strategy))
+                   and len(splits) == 1 and _enough_files(source, splits[0], strategy))
     else:
-        ds = _memory_batches(source, split, size, batch_size, select, training)
+        ds = _memory_batches(source, splits, size, batch_size, select, training)
         by_file = False
     if training is not None and training.augment is not None:
         ds = augment_batches(ds, training.augment, training.seed, training.skip_batches, training.warp_impl)
@@ -233,7 +234,7 @@ def resize_arrays(image: np.ndarray, mask: np.ndarray, size: int, chunk: int = 2
     return resize_pairs_np(image, mask, size, chunk)
 
 
-def load_frames(source: Source, split: str, size: int, select: Selection | None = None,
+def load_frames(source: Source, split: str | Iterable[str], size: int, select: Selection | None = None,
                 where: str | None = None) -> tuple[np.ndarray, np.ndarray]:
     """The selected frames of an in-memory source at the working size: images float32
     (N, size, size, 1) in [0, 1], masks uint8 (N, size, size). ``where`` names the source in
@@ -243,14 +244,17 @@ def load_frames(source: Source, split: str, size: int, select: Selection | None 
     return resize_arrays(*_check_arrays(load_source(source, split, select), where), size)
 
 
-def stream_frames(directory, split: str, size: int, select: Selection | None = None,
+def stream_frames(directory, split: str | Iterable[str], size: int, select: Selection | None = None,
                   shuffle_files_seed: int | None = None) -> tf.data.Dataset:
-    """The selected frames of a TFRecord split, resized per frame: (image float32
-    (size, size, 1), mask uint8 (size, size)); its shards in a seeded random order when
-    ``shuffle_files_seed`` is given, else in order."""
+    """The selected frames of a TFRecord split (or of several, one after the other), resized
+    per frame: (image float32 (size, size, 1), mask uint8 (size, size)); its shards in a seeded
+    random order when ``shuffle_files_seed`` is given, else in order."""
     select = Selection() if select is None else select
-    ds = tfrecord.read_tfrecords(directory, split, shuffle_files=shuffle_files_seed is not None,
-                                 seed=shuffle_files_seed or 0)
+    ds = None
+    for name in [split] if isinstance(split, str) else list(split):
+        part = tfrecord.read_tfrecords(directory, name, shuffle_files=shuffle_files_seed is not None,
+                                       seed=shuffle_files_seed or 0)
+        ds = part if ds is None else ds.concatenate(part)
     for key, wanted in select.items():
         if wanted is not None:
             allowed = tf.constant([str(w) for w in wanted])
@@ -383,12 +387,12 @@ def _enough_files(directory, split, strategy) -> bool:
 
 
 # ----------------------------------------------------------------------------- info
-def count_samples(source: Source, split: str = "train", **filters) -> int:
+def count_samples(source: Source, split: str | Iterable[str] = "train", **filters) -> int:
     """Frames of ``split`` an evaluation ``make_dataset`` pass yields (before batching);
     ``filters``: the fields of :class:`Selection`."""
     select = Selection(**filters)
     if is_tfrecord_dir(source):
-        if select.is_all():
+        if select.is_all() and isinstance(split, str):
             return int(tfrecord.read_index(source)["splits"][split]["examples"])
         return int(sum(1 for _ in stream_frames(source, split, 8, select)))
     return len(load_source(source, split, select)["image"])

@@ -13,7 +13,10 @@ release) are the official held-out test patients: they form the ``test`` split, 
 ``training/`` is split into ``train`` and ``valid`` only (the ``--fold K`` lists' training and
 validation patients, the fold's own testing patients joining ``train``; without ``--fold`` a
 seeded 8:1 split, ``splits.train_valid_split``). Patients without ground truth (2019
-``testing/`` of the public release) go to the ``unlabelled`` group. The file is written under a
+``testing/`` of the public release) go to the ``unlabelled`` group. The 2019 fold lists' held-out
+(``subGroup{k}_testing``) patients are recorded in the root attribute ``official_folds`` (fold
+number -> patients; carried over from an HDF5 input that has it), for cross-validation runs
+(``splits.official_kfolds``). The file is written under a
 temporary name and renamed at the end; the command prints the patients per split.
 A source that records no pixel spacing (CREATIS' HDF5) is written with ``spacing_known`` False
 and no spacing (:mod:`cardigan_tf.data.h5layout`): every later step reports its distances in px.
@@ -33,7 +36,7 @@ from tqdm import tqdm
 
 from cardigan_tf.data import tfrecord
 from cardigan_tf.data.camus import CamusDataset, read_camus
-from cardigan_tf.data.h5layout import H5Writer
+from cardigan_tf.data.h5layout import H5Writer, read_root_attrs
 from cardigan_tf.data.sample import DataError, spacing_known
 from cardigan_tf.data.splits import seeded_split, train_valid_split
 from cardigan_tf.files import refuse_overwrite
@@ -153,6 +156,15 @@ def _warn_lists(ds: CamusDataset, info: dict[str, Any]) -> None:
             warnings.warn(msg, stacklevel=4)
 
 
+def official_folds(ds: CamusDataset) -> dict[str, list[str]]:
+    """Fold number -> the patients that fold's list holds out (2019 ``subGroup{k}_testing``), or
+    the ``official_folds`` an HDF5 input records; {} when there are none."""
+    if ds.layout == "h5":
+        recorded = read_root_attrs(ds.root).get("official_folds")
+        return recorded if isinstance(recorded, dict) else {}
+    return {str(k): list(ds.official[k].get("test", [])) for k in ds.folds()}
+
+
 def _write_patient(w: H5Writer, split: str, samples, size: int, layout: str) -> None:
     for view in VIEWS:
         vs = sorted((s for s in samples if s.view == view), key=lambda s: PHASES.index(s.phase))
@@ -195,6 +207,9 @@ def prepare(source: str | Path, out: str | Path, size: int = 256, fold: int | No
              "split_method": info["split_method"], "fold": "" if fold is None else int(fold), "seed": int(seed),
              "interpolation_im": "area", "interpolation_gt": "nearest",
              "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    folds = official_folds(ds)
+    if folds:
+        attrs["official_folds"] = folds
     counts: dict[str, int] = {}
     with H5Writer(out, attrs=attrs, overwrite=overwrite) as w:
         bar = tqdm(total=len(ds.entries), desc="prepare", unit="patient", disable=not progress, file=sys.stderr)

@@ -77,3 +77,45 @@ def split_summary(counts: dict[str, list[str]], method: str) -> str:
         lines.append(f"{split}: {len(pats)} patients ({shown})")
     lines.append(f"split method: {method}")
     return "\n".join(lines)
+
+
+def kfold_split(patients: Iterable[str], k: int, seed: int = 0) -> list[list[str]]:
+    """``k`` disjoint folds covering ``patients``: the sorted ids shuffled with ``seed`` and
+    dealt in turn, so fold sizes differ by at most one. Deterministic for a seed and a set."""
+    pats = sorted(set(patients))
+    if int(k) < 2:
+        raise ValueError(f"folds: expected at least 2, got {k}")
+    if len(pats) < k:
+        raise ValueError(f"{k} folds need at least {k} patients, got {len(pats)}")
+    order = np.random.default_rng(seed).permutation(len(pats))
+    return [sorted(pats[i] for i in order[j::k]) for j in range(int(k))]
+
+
+def official_kfolds(lists: dict, patients: Iterable[str], k: int) -> list[list[str]]:
+    """``k`` folds of ``patients`` from official fold lists (fold number -> the patients that
+    fold holds out, e.g. CAMUS 2019's ``subGroup{n}_testing.txt``), in fold-number order: with
+    ``k`` lists, fold j is the j-th list; with a multiple of ``k`` lists, the lists j, j + k,
+    j + 2k, ... together. Each fold keeps only ``patients`` (the test patients are not in it).
+
+    ValueError, saying why, when the lists do not give ``k`` folds of ``patients``: a count
+    that is no multiple of ``k``, a patient in two lists, a patient in no list, an empty fold."""
+    pats = set(patients)
+    numbers = sorted(lists, key=lambda n: int(n))
+    if not numbers or len(numbers) % int(k):
+        raise ValueError(f"{len(numbers)} official fold lists cannot make {k} folds (a multiple of {k} is needed)")
+    owner: dict[str, str] = {}
+    for n in numbers:
+        for p in lists[n]:
+            if p in owner and owner[p] != n:
+                raise ValueError(f"patient {p} is in the official lists of folds {owner[p]} and {n}")
+            owner[p] = n
+    unlisted = sorted(pats - set(owner))
+    if unlisted:
+        raise ValueError(f"{len(unlisted)} patients are in no official fold list: {unlisted[:5]}")
+    folds = [sorted({p for i, n in enumerate(numbers) if i % k == j for p in lists[n]} & pats) for j in range(int(k))]
+    empty = [j for j, f in enumerate(folds) if not f]
+    if empty:
+        groups = {j: [numbers[i] for i in range(len(numbers)) if i % k == j] for j in empty}
+        raise ValueError(f"fold(s) {empty} would be empty: their official lists {groups} hold only patients "
+                         "outside the pool (the test split)")
+    return folds

@@ -56,7 +56,7 @@ from cardigan_tf.labels import PHASES, QUALITIES, STRUCTURE_TITLES, STRUCTURES
 from cardigan_tf.metrics import segmentation as seg
 from cardigan_tf.metrics.clinical import SIMPSON_CONVENTIONS, agreement, patients_indices
 from cardigan_tf.resize import resize_mask_np
-from cardigan_tf.runs import open_run
+from cardigan_tf.runs import RunError, load_ensemble, open_run
 from cardigan_tf.units import DISTANCE_COLUMN, SPACING_KNOWN, UNKNOWN_SPACING, distance_unit, volume_unit
 
 log = logging.getLogger(__name__)
@@ -64,7 +64,7 @@ log = logging.getLogger(__name__)
 N_WORST = 6
 
 
-def _reference(sample):
+def reference_grid(sample):
     """(gt, spacing, source) of the grid where the metrics are computed."""
     ref = sample.meta.get("mask_ref")
     if ref is not None:
@@ -154,6 +154,10 @@ def _markdown(run_dir: Path, split: str, summary: dict) -> str:
     lines = [f"# Evaluation of `{run_dir.name}` on split `{split}`", "",
              f"{summary['n_images']} images, {summary['n_patients']} patients; data `{summary['data']}`; "
              f"ground truth at {summary['gt_resolution']} resolution; post-processing: {summary['postprocess']}.", ""]
+    if summary.get("ensemble"):
+        views = ", ".join(summary["ensemble"]["tta"]) or "none"
+        lines += [f"Model: the ensemble of {len(summary['ensemble']['members'])} U-Nets (mean softmax); "
+                  f"test-time views besides the identity: {views}.", ""]
     lines += [f"**Warning:** {w}." for w in summary.get("warnings", [])]
     lines += ["", "## Segmentation (mean ± SD)", "",
               f"| structure | phase | Dice | HD ({u}) | MAD ({u}) |", "|---|---|---|---|---|"]
@@ -232,9 +236,13 @@ def _spacing_override(spacing) -> tuple[float, float] | None:
 
 def evaluate_run(run_dir, data=None, split: str = "test", postprocess: bool = False, out=None,
                  overwrite: bool = False, batch_size: int = 16, spacing=None, simpson: str = "per_phase",
-                 which: str | None = None) -> dict:
+                 which: str | None = None, tta: list[str] | None = None) -> dict:
     """Evaluate ``run_dir``'s model ``which`` (the kind's default: best) on ``split``; write the
     report folder; return the summary.
+
+    ``run_dir``: a seg run, a cv run (its fold ensemble) or a list of them (one ensemble, its
+    report in ``out``, which is then required); ``tta``: the ensemble's test-time views (default:
+    a cv run's recorded ones; ``[]``: none), see ``cardigan_tf.runs.load_ensemble``.
 
     ``spacing``: (row, col) mm of the original images, for data that does not record it (the
     CREATIS HDF5). Without a known spacing, HD and MAD are in pixels of the original grid
@@ -248,12 +256,18 @@ def evaluate_run(run_dir, data=None, split: str = "test", postprocess: bool = Fa
     given_spacing = _spacing_override(spacing)
     stages = _Stages()
     t = time.perf_counter()
-    run = open_run(run_dir, "seg")
+    sources = list(run_dir) if isinstance(run_dir, (list, tuple)) else [run_dir]
+    run = open_run(sources[0])
+    if run.kind not in ("seg", "cv"):
+        raise RunError(f"{run.path}: expected a seg or cv run folder, found a {run.kind} run")
+    if len(sources) > 1 and out is None:
+        raise ConfigError("--out: an ensemble of several runs has no run folder of its own; give the report folder")
     run_dir, cfg = run.path, run.config
     out_dir = Path(out) if out is not None else run_dir / f"eval-{split}"
     refuse_overwrite(out_dir, overwrite, "evaluation folder")
     data_path = run.dataset(data)
-    trained = run.load(which, data=data_path)
+    single = len(sources) == 1 and tta is None
+    trained = run.load(which, data=data_path) if single else load_ensemble(sources, which, data=data_path, tta=tta)
     model, model_path, pre = trained.model, trained.path, trained.preprocessing
     samples = [s for _, s in iter_dataset(data_path, [split], cfg.data.views, cfg.data.phases, with_ref=True)
                if s.mask is not None]
@@ -278,7 +292,7 @@ def evaluate_run(run_dir, data=None, split: str = "test", postprocess: bool = Fa
         x = model_input([s.image for s in chunk], pre)
         probs = predict_probabilities(model, x, batch_size)
         t = stages.add("predict", t)
-        refs = [_reference(s) for s in chunk]
+        refs = [reference_grid(s) for s in chunk]
         preds = masks_from_probabilities(probs, [r[0].shape for r in refs])
         smalls = [p.argmax(-1).astype(np.uint8) for p in probs]
         t = stages.add("resize", t)
@@ -313,6 +327,7 @@ def evaluate_run(run_dir, data=None, split: str = "test", postprocess: bool = Fa
     summary = {
         "run": str(run_dir), "model": model_path.name, "split": split, "data": str(data_path),
         "postprocess": bool(postprocess), "preprocessing": pre.to_dict(),
+        "ensemble": {"members": [str(p) for p in trained.members], "tta": trained.tta} if trained.members else None,
         "gt_resolution": "/".join(sorted({"ref": "original", "working": "working"}[x] for x in sources)),
         SPACING_KNOWN: known, "spacing_given": given_spacing, DISTANCE_COLUMN: unit, "units": units,
         "warnings": warnings_,

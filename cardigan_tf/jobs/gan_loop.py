@@ -29,7 +29,7 @@ from cardigan_tf.models.discriminator import build_discriminator
 from cardigan_tf.models.encoder import build_encoder
 from cardigan_tf.models.gan import ConstantThenLinearDecay, SpadeGAN
 from cardigan_tf.models.generator import build_generator
-from cardigan_tf.runs import run_dataset
+from cardigan_tf.run_data import run_dataset
 
 
 class NonFiniteLossError(RuntimeError):

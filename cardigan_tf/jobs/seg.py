@@ -42,13 +42,13 @@ from cardigan_tf.losses.segmentation import DiceCELoss
 from cardigan_tf.metrics.keras_metrics import structure_dice_metrics
 from cardigan_tf.models.unet import build_unet
 from cardigan_tf.run_plan import plan_run
-from cardigan_tf.runs import run_dataset
+from cardigan_tf.run_data import run_dataset
 
 
 def count_train_frames(data_path, cfg: SegConfig) -> int:
     """Training frames of ``cfg`` in ``data_path`` (.h5 or TFRecord folder)."""
     d = cfg.data
-    return count_samples(str(data_path), "train", views=d.views, phases=d.phases, patients=d.train_patients)
+    return count_samples(str(data_path), d.pool, views=d.views, phases=d.phases, patients=d.train_patients)
 
 
 def resolve_run_data(cfg: SegConfig, run_dir: Path) -> Path:
@@ -149,9 +149,10 @@ def _train(cfg: SegConfig, run_dir: Path, callbacks: list | None) -> Path:
     common = dict(size=d.size, batch_size=t.batch_size, strategy=strategy)
     training = Training(seed=t.seed, augment=d.augment, synthetic=d.synthetic if share else None,
                         synthetic_fraction=share, skip_batches=initial_epoch * steps)
-    train_ds = make_dataset(str(data_path), "train", training=training,
+    train_ds = make_dataset(str(data_path), d.pool, training=training,
                             select=Selection(views=d.views, phases=d.phases, patients=d.train_patients), **common)
-    val_ds = make_dataset(str(data_path), "valid", select=Selection(views=d.views, phases=d.phases), **common)
+    val_ds = make_dataset(str(data_path), d.pool if d.valid_patients is not None else "valid",
+                          select=Selection(views=d.views, phases=d.phases, patients=d.valid_patients), **common)
 
     with strategy.scope():
         model = build_unet(cfg.model)

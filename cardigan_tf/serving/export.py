@@ -12,6 +12,11 @@ Layout (``BASE`` = ``--out``, default ``export/models``)::
     BASE/NAME_batched/VERSION/              seg: the same model with serving_fixed only, and
                                             batching_params.pbtxt (the servable the server batches)
 
+A cv run, or a list of seg / cv runs, is exported as ONE segmentation model: the ensemble
+(``runs.load_ensemble``: every member and test-time view in one graph, mean probabilities)
+behind the same signatures, resize chain and checks; ``metadata.json`` names its members and
+views (``ensemble``) and ``source.runs`` / ``source.tta`` rebuild it for ``--check``.
+
 A segmentation run gives two servables (:mod:`cardigan_tf.serving.batching` says why):
 ``NAME`` with the any-size signatures (and ``serving_fixed``), never batched, and
 ``NAME_batched`` with the fixed-size ``serving_fixed`` alone and TF-Serving's per-model
@@ -49,7 +54,7 @@ from cardigan_tf.config import to_dict
 from cardigan_tf.files import OverwriteError, atomic_path, atomic_write_text, sha256_file, write_json
 from cardigan_tf.labels import LABEL_DESCRIPTIONS, LABEL_NAMES, NUM_CLASSES
 from cardigan_tf.run_provenance import code_revision, library_versions
-from cardigan_tf.runs import RunError, open_run
+from cardigan_tf.runs import RunError, load_ensemble, open_run
 from cardigan_tf.serving.batching import BATCHED_SUFFIX, BATCHING_PARAMETERS, BATCHING_PARAMS_FILE, params_text
 from cardigan_tf.serving.contract import (
     ANY_SIZE_SIGNATURES,
@@ -62,7 +67,7 @@ from cardigan_tf.serving.signatures import GanServing, SegServing
 
 log = logging.getLogger(__name__)
 
-DEFAULT_NAMES = {"seg": "seg", "gan": "gan"}
+DEFAULT_NAMES = {"seg": "seg", "cv": "seg", "gan": "gan"}
 WARMUP_FILE = "tf_serving_warmup_requests"
 ONNX_FILE = "model.onnx"
 ONNX_OPSET = 17
@@ -75,12 +80,22 @@ class ExportError(RunError):
 
 
 # ----------------------------------------------------------------------------- sources
-def load_source(run_dir):
+def load_source(run_dir, tta: list[str] | None = None):
     """(kind, keras model, Run, model path, extra) of a seg or GAN run (GAN: the EMA generator;
-    seg: ``extra["pre"]``, the run's resize chain)."""
-    run = open_run(run_dir)
+    seg: ``extra["pre"]``, the run's resize chain), or of an ensemble (kind "seg"): a cv run, a
+    list of seg / cv runs, or a seg run with test-time views ``tta`` (``runs.load_ensemble``;
+    ``extra["ensemble"]``: its member model files, runs and views)."""
+    sources = list(run_dir) if isinstance(run_dir, (list, tuple)) else [run_dir]
+    run = open_run(sources[0])
     if run.kind not in DEFAULT_NAMES:
-        raise ExportError(f"{run.path}: a {run.kind} run cannot be exported (expected a seg or gan run)")
+        raise ExportError(f"{run.path}: a {run.kind} run cannot be exported (expected a seg, cv or gan run)")
+    if run.kind == "cv" or len(sources) > 1 or tta is not None:
+        if run.kind == "gan":
+            raise ExportError(f"{run.path}: a GAN is exported on its own (an ensemble takes seg or cv runs)")
+        trained = load_ensemble(sources, tta=tta)
+        ensemble = {"runs": [str(Path(p).resolve()) for p in sources], "tta": trained.tta,
+                    "members": [str(Path(p).resolve()) for p in trained.members]}
+        return "seg", trained.model, run, trained.path, {"pre": trained.preprocessing, "ensemble": ensemble}
     trained = run.load()
     extra = {"pre": trained.preprocessing} if run.kind == "seg" else {}
     return run.kind, trained.model, run, trained.path, extra
@@ -195,27 +210,31 @@ def signature_info(saved_dir: Path) -> dict[str, Any]:
 
 # ----------------------------------------------------------------------------- export
 def export_run(run_dir, out="export/models", name: str | None = None, version: int | None = None,
-               onnx: bool = False, overwrite: bool = False, absolute_paths: bool = False) -> Path:
-    """Export a seg or GAN run to ``out/NAME/VERSION`` (seg: also ``out/NAME_batched/VERSION``)
-    and rewrite ``out/models.config``. Returns ``out/NAME/VERSION``."""
+               onnx: bool = False, overwrite: bool = False, absolute_paths: bool = False,
+               tta: list[str] | None = None) -> Path:
+    """Export a seg, cv or GAN run (or a list of seg / cv runs: one ensemble; ``tta``: its
+    test-time views, see :func:`load_source`) to ``out/NAME/VERSION`` (a segmentation model: also
+    ``out/NAME_batched/VERSION``) and rewrite ``out/models.config``. Returns ``out/NAME/VERSION``."""
     if version is not None and version < 1:
         raise ExportError(f"--version: expected an integer >= 1, got {version}")
     if name is not None and not re.fullmatch(r"[A-Za-z0-9_.-]+", name or ""):
         raise ExportError(f"--name: expected letters, digits, '_', '-' or '.', got {name!r}")
-    run = open_run(run_dir)  # validate before writing anything
+    run = open_run(run_dir[0] if isinstance(run_dir, (list, tuple)) else run_dir)  # validate before writing anything
     if run.kind not in DEFAULT_NAMES:
-        raise ExportError(f"{run.path}: a {run.kind} run cannot be exported (expected a seg or gan run)")
+        raise ExportError(f"{run.path}: a {run.kind} run cannot be exported (expected a seg, cv or gan run)")
     base = Path(out)
     name = name or DEFAULT_NAMES[run.kind]
-    names = [name, name + BATCHED_SUFFIX] if run.kind == "seg" else [name]
+    names = [name, name + BATCHED_SUFFIX] if run.kind in ("seg", "cv") else [name]
     version = version or max(next_version(base / n) for n in names)
     for n in names:
         if (base / n / str(version)).exists() and not overwrite:
             raise OverwriteError(f"{base / n / str(version)}: version {version} of model {n!r} already exists; "
                                  "pass --overwrite to replace it (or omit --version for the next free one)")
-    kind, model, run, model_path, extra = load_source(run_dir)
+    kind, model, run, model_path, extra = load_source(run_dir, tta)
     source = {"run": str(Path(run.path).resolve()), "kind": kind, "model": str(Path(model_path).resolve()),
               "config": _config_dict(run)}
+    if "ensemble" in extra:
+        source.update(runs=extra["ensemble"]["runs"], tta=extra["ensemble"]["tta"])
     if kind == "seg":
         target = write_seg_versions(base, name, version, model, extra, source, onnx=onnx)[0]
     else:
@@ -295,6 +314,7 @@ def write_version(folder: Path, kind: str, model, extra: dict, name: str, source
         "versions": library_versions(),
         "code": code_revision(),
         "exported": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "ensemble": extra.get("ensemble"),
         "saved_model_sha256": sha256_file(folder / "saved_model.pb"),
         "onnx": None,
     }

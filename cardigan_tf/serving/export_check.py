@@ -164,12 +164,14 @@ def check_export(path, compare_source: bool = True) -> list[str]:
                      "fresh-process load" + (f", batched ({BATCHING_PARAMS_FILE}: fixed-size inputs only)"
                                              if batched else ", not batched"))
         if compare_source:
-            src = Path(meta["source"]["run"])
-            if not src.is_dir():
-                lines.append(f"skipped {folder}: source run {src} not found, no comparison with Keras")
+            srcs = [Path(p) for p in meta["source"].get("runs") or [meta["source"]["run"]]]
+            missing = [p for p in srcs if not p.is_dir()]
+            if missing:
+                lines.append(f"skipped {folder}: source run {missing[0]} not found, no comparison with Keras")
             else:
-                diff = compare_with_source(src, meta, requests, fresh)
-                lines.append(f"ok {folder}: matches the Keras model of {src} (max diff {diff:.2g})")
+                diff = compare_with_source(srcs if len(srcs) > 1 else srcs[0], meta, requests, fresh)
+                lines.append(f"ok {folder}: matches the Keras model of {', '.join(map(str, srcs))} "
+                             f"(max diff {diff:.2g})")
         if (folder / ONNX_FILE).is_file():
             diff = onnx_parity(folder, samples)
             tol = PROB_TOLERANCE if meta["kind"] == "seg" else 1
@@ -246,8 +248,10 @@ def compare_outputs(kind: str, ref: dict, got: dict, where: str) -> float:
     return diff
 
 
-def compare_with_source(src: Path, meta: dict, requests: dict, outputs: dict) -> float:
-    kind, model, _run, _path, extra = load_source(src)
+def compare_with_source(src, meta: dict, requests: dict, outputs: dict) -> float:
+    """Max difference between ``outputs`` and the Keras model of ``src`` (a run folder, or a
+    list of them: the ensemble, with the views ``meta["source"]["tta"]``)."""
+    kind, model, _run, _path, extra = load_source(src, meta.get("source", {}).get("tta"))
     z_dim = meta.get("input_rules", {}).get("z_dim")
     worst = 0.0
     for key, inputs in requests.items():

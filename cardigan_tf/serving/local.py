@@ -3,7 +3,8 @@
 - :class:`SavedModelBackend`: an exported segmentation SavedModel (``BASE/NAME`` -> its latest
   version, or ``BASE/NAME/VERSION``) loaded with ``tf.saved_model.load``; its signatures are
   called directly.
-- :class:`RunBackend`: a segmentation run folder; the Keras model goes through
+- :class:`RunBackend`: a segmentation run folder (a cv run or a list of runs: their
+  ensemble); the Keras model goes through
   :mod:`cardigan_tf.inference` with the run's :class:`~cardigan_tf.inference.Preprocessing`
   and answers as the export's signatures do (``probabilities`` float32 [B, H, W, 4] resized
   bilinearly to the input size, ``mask`` uint8 its argmax).
@@ -29,7 +30,7 @@ from tensorflow.core.protobuf import error_codes_pb2
 
 from cardigan_tf import resize
 from cardigan_tf.inference import model_input, predict_probabilities
-from cardigan_tf.runs import open_run
+from cardigan_tf.runs import RunError, load_ensemble, open_run
 from cardigan_tf.serving.errors import ServingRequestError
 
 __all__ = ["SavedModelBackend", "RunBackend", "resolve_export", "export_metadata", "tf_error_message"]
@@ -135,20 +136,27 @@ class SavedModelBackend:
 
 
 class RunBackend:
-    """A segmentation run folder answering like the export's signatures.
+    """A segmentation run folder (or an ensemble of them) answering like the export's signatures.
 
     Args:
-        run_dir: a seg run folder (``runs/seg-...``).
+        run_dir: a seg run folder (``runs/seg-...``), a cv run (its fold ensemble), or a list
+            of seg / cv runs (one ensemble, ``cardigan_tf.runs.load_ensemble``).
         which: "best" (``best.keras``, else ``final.keras``) or "final".
         data: dataset whose prepared size defines the resize chain (default: the run's own).
         batch_size: images per model call.
+        tta: the ensemble's test-time views (default: a cv run's recorded ones).
     """
 
     SIGNATURES = {"serving_default": np.float32, "serving_uint8": np.uint8}
 
-    def __init__(self, run_dir: str | Path, which: str = "best", data: str | None = None, batch_size: int = 16):
-        self.run = open_run(run_dir, "seg")
-        trained = self.run.load(which, data=data)
+    def __init__(self, run_dir, which: str = "best", data: str | None = None, batch_size: int = 16,
+                 tta: list[str] | None = None):
+        sources = list(run_dir) if isinstance(run_dir, (list, tuple)) else [run_dir]
+        self.run = open_run(sources[0])
+        if self.run.kind not in ("seg", "cv"):
+            raise RunError(f"{self.run.path}: expected a seg or cv run folder, found a {self.run.kind} run")
+        single = len(sources) == 1 and tta is None
+        trained = self.run.load(which, data=data) if single else load_ensemble(sources, which, data, tta)
         self.model, self.model_path, self.pre = trained.model, trained.path, trained.preprocessing
         self.batch_size = int(batch_size)
         self.where = str(self.model_path)

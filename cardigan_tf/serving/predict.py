@@ -1,7 +1,7 @@
 """Segment image files with a local or served model (library of ``python -m cardigan_tf.predict``).
 
 - :func:`open_backend`: ``EXPORT_DIR`` (``BASE/NAME`` or ``BASE/NAME/VERSION``), ``RUN_DIR`` (a
-  seg run folder), ``http://host:port/NAME[/versions/N]`` (REST) or
+  seg run folder, a cv run; several: one ensemble), ``http://host:port/NAME[/versions/N]`` (REST) or
   ``grpc://host:port/NAME[/versions/N]`` -> an object with ``predict({"image": x})``
   (:mod:`cardigan_tf.serving.local`, :mod:`~cardigan_tf.serving.client_rest`,
   :mod:`~cardigan_tf.serving.client_grpc`). Segmentation models only: a GAN export is refused.
@@ -73,12 +73,22 @@ def _remote_spec(spec: str) -> tuple[str, str, str, int | None]:
     return parsed.scheme, parsed.netloc, parts[0], version
 
 
-def open_backend(spec: str, timeout: float = 10.0, retries: int = 3, fmt: str = "columns"):
-    """A segmentation backend for ``spec`` (see the module doc), checked to be one.
+def open_backend(spec, timeout: float = 10.0, retries: int = 3, fmt: str = "columns", tta: list[str] | None = None):
+    """A segmentation backend for ``spec`` (see the module doc), checked to be one. ``spec``
+    may be a list of run folders (their ensemble); ``tta``: test-time views of a run folder's
+    model (an export or a server holds its own).
 
     Raises ValueError (not a model / not a segmentation model), FileNotFoundError,
     :class:`~cardigan_tf.runs.RunError` or :class:`~cardigan_tf.serving.errors.ServingError`
     (a server unreachable or without the model)."""
+    specs = [str(x) for x in spec] if isinstance(spec, (list, tuple)) else [str(spec)]
+    if len(specs) > 1 or tta is not None:
+        not_runs = [x for x in specs if not (Path(x) / "config.yaml").is_file()]
+        if not_runs:
+            raise ValueError(f"--model {not_runs[0]}: an ensemble (several --model) or --tta takes run folders only "
+                             "(an export or a server answers with the model it holds)")
+        return RunBackend(specs, tta=tta)
+    spec = specs[0]
     if re.match(r"^[a-z]+://", spec):
         scheme, netloc, name, version = _remote_spec(spec)
         if scheme in ("http", "https"):

@@ -31,7 +31,8 @@ def test_smoke_main_job_writes_its_report(tmp_path, capsys):
         assert (study / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with open(study / "cells.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))
-    assert sorted(r["synthetic_fraction"] for r in rows) == ["0.0", "0.5"]
+    assert sorted((r["synthetic_fraction"], r["exposure"]) for r in rows) == [("0.0", ""), ("0.5", "add"),
+                                                                             ("0.5", "replace")]
     assert (study / "gans" / "gan-f1-seed0" / "quality" / "quality.md").is_file()
     assert "## GAN quality" in text
 

@@ -193,6 +193,7 @@ def check_anatomy(mask, spacing=None, rules: QCRules | None = None) -> AnatomyQC
     (None: square pixels); see the module docstring."""
     rules = rules or QCRules()
     m = _label_map(mask)
+    spacing = _spacing(spacing)
     lv, myo, la = m == LV, m == MYO, m == LA
     epi = lv | myo
     present = {"lv": bool(lv.any()), "myo": bool(myo.any()), "la": bool(la.any())}

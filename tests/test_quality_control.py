@@ -41,15 +41,22 @@ def _crafted():
     m = _heart()
     cases = {"valid": (m, [])}
     c = m.copy()
-    c[2:6, 2:6] = LV
-    cases["two LV blobs"] = (c, ["lv_components"])
+    c[2:10, 2:10] = LV
+    cases["two LV blobs"] = (c, ["lv_components", "lv_exposed"])  # the second one lies in background
+    c = m.copy()
+    c[2:4, 2:4] = LV  # 4 stray pixels: about 1 % of the cavity, debris below 5 %
+    cases["an LV speck"] = (c, [])
     c = m.copy()
     c[28, 28] = 0
     cases["a hole in the cavity"] = (c, ["lv_holes", "epi_holes"])
     c = m.copy()
+    band = c[24:30, :27]
+    band[band == MYO] = 0
+    cases["a gap in the lateral wall"] = (c, ["myo_components"])
+    c = m.copy()
     left = c[:, :27]
     left[left == MYO] = 0
-    cases["the lateral wall missing"] = (c, ["myo_components", "lv_exposed"])
+    cases["the lateral wall missing"] = (c, ["lv_exposed"])
     c = m.copy()
     c[m == LA] = 0
     c[np.roll(m == LA, 4, axis=0)] = LA

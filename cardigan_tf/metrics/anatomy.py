@@ -15,9 +15,10 @@ flag               bit    set when
 ``lv_empty``       0      no LV cavity pixel
 ``myo_empty``      1      no myocardium pixel
 ``la_empty``       2      no left-atrium pixel
-``lv_components``  3      the LV cavity is in more than one 8-connected piece
-``myo_components`` 4      the myocardium is in more than one 8-connected piece
-``la_components``  5      the LA is in more than one 8-connected piece
+``lv_components``  3      the LV cavity is in more than one 8-connected piece: more than
+                          ``max_debris_fraction`` of its pixels lie outside its largest piece
+``myo_components`` 4      the same for the myocardium
+``la_components``  5      the same for the LA
 ``lv_holes``       6      the LV cavity encloses pixels of another label
 ``myo_holes``      7      the myocardium encloses any pixel: a hole, or a ring closed around
                           the cavity (in an apical view the cavity opens onto the LA)
@@ -32,7 +33,10 @@ flag               bit    set when
                           degrees from the image's depth axis (the rows)
 =================  =====  ==================================================================
 
-Definitions. Pieces are 8-connected; holes are found with the complementary 4-connectivity: a
+Definitions. Pieces are 8-connected; specks outside a structure's largest piece that hold at
+most ``max_debris_fraction`` (5 %) of its pixels are not a second piece (a small network's
+predictions often carry a few stray pixels; the LV long axis of
+:mod:`cardigan_tf.metrics.long_axis` drops the same debris); holes are found with the complementary 4-connectivity: a
 pixel outside a structure is enclosed when no 4-connected path of pixels outside the structure
 leads from it out of the image. The border of the cavity is its pixels with a 4-neighbour
 outside it, the image's outside counting as background; a border pixel touches background when
@@ -62,6 +66,7 @@ import numpy as np
 from scipy import ndimage
 
 from cardigan_tf.labels import LA, LV, MYO
+from cardigan_tf.metrics.long_axis import MAX_DEBRIS_FRACTION
 
 #: The QC flags in bit order: bit i of ``qc_flags`` is QC_FLAGS[i] (module docstring).
 QC_FLAGS = ("lv_empty", "myo_empty", "la_empty",
@@ -77,17 +82,21 @@ _FOUR = ndimage.generate_binary_structure(2, 1)
 class QCRules:
     """Thresholds of the anatomical checks (module docstring).
 
-    ``max_exposed_fraction``: the largest fraction of the LV cavity's border pixels that may
+    ``max_debris_fraction``: the share of a structure's pixels that may lie outside its largest
+    piece before it counts as fragmented. ``max_exposed_fraction``: the largest fraction of the LV cavity's border pixels that may
     touch background. ``elongation``: (low, high) of the cavity's length / width ratio.
     ``max_axis_angle``: degrees the cavity's long axis may lean from the depth axis.
     """
 
+    max_debris_fraction: float = MAX_DEBRIS_FRACTION
     max_exposed_fraction: float = 0.25
     elongation: tuple[float, float] = (1.2, 4.5)
     max_axis_angle: float = 45.0
 
     def __post_init__(self):
         lo, hi = self.elongation
+        if not 0.0 <= self.max_debris_fraction < 1.0:
+            raise ValueError(f"QCRules.max_debris_fraction: expected a fraction in [0, 1), got {self.max_debris_fraction}")
         if not 0.0 <= self.max_exposed_fraction <= 1.0:
             raise ValueError(f"QCRules.max_exposed_fraction: expected a fraction in [0, 1], "
                              f"got {self.max_exposed_fraction}")
@@ -150,8 +159,11 @@ def _spacing(spacing) -> tuple[float, float]:
     return row, col
 
 
-def _pieces(region: np.ndarray) -> int:
-    return int(ndimage.label(region, structure=_EIGHT)[1])
+def _pieces(region: np.ndarray) -> tuple[int, int]:
+    """(number of 8-connected pieces, pixels outside the largest)."""
+    lab, n = ndimage.label(region, structure=_EIGHT)
+    sizes = np.bincount(lab.ravel())[1:]
+    return int(n), int(sizes.sum() - sizes.max()) if n else 0
 
 
 def _enclosed(region: np.ndarray) -> np.ndarray:
@@ -202,8 +214,10 @@ def check_anatomy(mask, spacing=None, rules: QCRules | None = None) -> AnatomyQC
     flags = {name: False for name in QC_FLAGS}
     for key, region in regions.items():
         flags[f"{key}_empty"] = not present[key]
-        measures[f"{key}_pieces"] = float(_pieces(region))
-        flags[f"{key}_components"] = measures[f"{key}_pieces"] > 1
+        pieces, debris = _pieces(region)
+        measures[f"{key}_pieces"] = float(pieces)
+        measures[f"{key}_debris_fraction"] = debris / max(int(region.sum()), 1)
+        flags[f"{key}_components"] = debris > rules.max_debris_fraction * int(region.sum())
     holes = {"lv": _enclosed(lv), "myo": _enclosed(myo), "la": _enclosed(la), "epi": _enclosed(epi)}
     for key, hole in holes.items():
         measures[f"{key}_hole_pixels"] = float(hole.sum())

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 
+import tensorflow as tf
 from keras import ops
 
 from cardigan_tf.labels import LA, LV, MYO
@@ -90,12 +91,23 @@ def _piece_ids(region):
     return lab, ids
 
 
-def _count_pieces(region):
-    """int32 [B, K]: the number of 8-connected pieces of each channel of ``region`` (bool
-    [B, H, W, K])."""
+def _pieces(region):
+    """(int32 [B, K] number of 8-connected pieces, int32 [B, K] pixels of the largest piece) of
+    each channel of ``region`` (bool [B, H, W, K]). The sizes are a scatter-add of ones at each
+    pixel's piece id (TensorFlow's ``tensor_scatter_nd_add``, ONNX ``ScatterND`` with the add
+    reduction: keras' scatter overwrites repeated indices in ONNX)."""
     lab, ids = _piece_ids(region)
     own = ops.logical_and(region, ops.equal(lab, ids))
-    return ops.sum(ops.cast(own, "int32"), axis=(1, 2))
+    count = ops.sum(ops.cast(own, "int32"), axis=(1, 2))
+    shape = ops.shape(lab)
+    h, w, k = shape[1], shape[2], shape[3]
+    base = ops.reshape(ops.arange(shape[0], dtype="int32") * (h * w * k), (-1, 1, 1, 1)) \
+        + ops.reshape(ops.arange(k, dtype="int32"), (1, 1, 1, -1))
+    n = shape[0] * h * w * k
+    at = ops.reshape(ops.where(lab > 0, base + (lab - 1) * k, n), (-1, 1))
+    sizes = tf.tensor_scatter_nd_add(ops.zeros((n + 1,), "int32"), at, ops.ones((n,), "int32"))[:n]
+    largest = ops.max(ops.reshape(sizes, shape), axis=(1, 2))
+    return count, largest
 
 
 def _euler_number(region):
@@ -155,8 +167,10 @@ def anatomy_flags_graph(labels, spacing=None, rules: QCRules | None = None):
     regions = ops.stack([lv, myo, la, epi], axis=-1)                  # [B, H, W, 4]
     present = ops.any(regions[..., :3], axis=(1, 2))                  # [B, 3]
     empty = ops.logical_not(present)
-    pieces = _count_pieces(regions)                                   # [B, 4]
-    fragmented = pieces[:, :3] > 1
+    pieces, largest = _pieces(regions)                                # [B, 4] each
+    area = ops.sum(ops.cast(regions, "int32"), axis=(1, 2))
+    debris = ops.cast(area - largest, "float32")[:, :3]
+    fragmented = debris > rules.max_debris_fraction * ops.cast(area[:, :3], "float32")
     holes = pieces - _euler_number(regions) > 0                       # holes = pieces - Euler number
 
     lv4 = lv[..., None]

@@ -1,16 +1,17 @@
 """The anatomical checks of :mod:`cardigan_tf.metrics.anatomy` as a graph on a batch of label maps.
 
-``keras.ops`` only, so the functions trace into a ``tf.function`` (SavedModel) and convert to
-ONNX (a ``Loop``); the serving signatures call :func:`qc_flags_graph` on their predicted label
-maps. Same flags, same bit order (:data:`~cardigan_tf.metrics.anatomy.QC_FLAGS`), same
+``keras.ops`` and one TensorFlow op (``tensor_scatter_nd_add``), all of which trace into a
+``tf.function`` (SavedModel) and convert to ONNX at opset 17 (the while loop becomes a ``Loop``;
+tested with tf2onnx and ONNX Runtime); the serving signatures can call :func:`qc_flags_graph`
+on their predicted label maps. Same flags, same bit order (:data:`~cardigan_tf.metrics.anatomy.QC_FLAGS`), same
 thresholds (:class:`~cardigan_tf.metrics.anatomy.QCRules`) as the NumPy reference, which the
 tests hold it equal to.
 
 How. Pieces by label propagation in a while loop: every pixel of a region starts with its own
 id (its flat index + 1) and, at each step, (1) takes the largest id in its 3x3 neighbourhood
-within the region (masked max-pooling); (2) a pixel that saw a larger id than the one it holds
-passes it to the pixel its id names (a scatter; the ids are pixels of the same piece, so this
-only joins a piece with itself); (3) takes the id held by the pixel its id names (a gather:
+within the region (masked max-pooling); (2) each pixel that saw a larger id than the one it
+holds passes it to the pixel its id names (a scatter from those pixels only; an id always names
+a pixel of the same piece, so this only joins a piece with itself); (3) takes the id held by the pixel its id names (a gather:
 pointer jumping). Steps 2 and 3 carry an id across a whole piece in a few steps, instead of
 one pixel per step (about 4 steps on a heart at 256 x 256, 10 on thresholded noise). At the
 fixed point every piece holds its largest id, and the pieces are counted as the pixels that
@@ -54,41 +55,48 @@ def _neighbour_any(x, connectivity: int, outside: bool = False):
     return _neighbour_max(ops.cast(x, "float32"), connectivity, float(outside)) > 0.5
 
 
+def _named(flat_lab, pixels, flat_base, k):
+    """Flat indices of the pixels named by the ids that ``pixels`` (flat indices) hold: the flat
+    index of (image b, pixel with id i, channel c) is ``base[b, c] + (i - 1) * K``."""
+    return ops.take(flat_base, pixels) + (ops.take(flat_lab, pixels) - 1) * k
+
+
 def _piece_ids(region):
-    """(int32 [B, H, W, K] ids, int32 [1, H, W, 1] own ids): each pixel of ``region`` (bool
-    [B, H, W, K]) holds the largest flat index + 1 of its piece; 0 outside the region."""
+    """(int32 [B, H, W, K] ids, int32 [1, H, W, 1] own ids, int32 [B * H * W * K] ``base`` of
+    :func:`_named`): each pixel of ``region`` (bool [B, H, W, K]) holds the largest flat index
+    + 1 of its piece (within its image); 0 outside the region."""
     shape = ops.shape(region)
     h, w, k = shape[1], shape[2], shape[3]
+    n = shape[0] * h * w * k
     ids = ops.reshape(ops.arange(1, h * w + 1, dtype="int32"), (1, h, w, 1))
     inside = ops.cast(region, "int32")
-    start = ids * inside
-    # the flat index in ``lab`` of (image b, pixel with id i, channel c) is base[b, c] + (i - 1) * K;
-    # pixels outside the region point at one spare slot after the end
-    n = shape[0] * h * w * k
+    flat_inside = ops.reshape(inside, (-1,))
     base = ops.reshape(ops.arange(shape[0], dtype="int32") * (h * w * k), (-1, 1, 1, 1)) \
         + ops.reshape(ops.arange(k, dtype="int32"), (1, 1, 1, -1))
-
-    def target(lab):
-        return ops.reshape(ops.where(lab > 0, base + (lab - 1) * k, n), (-1, 1))
-
-    def jump(lab):
-        flat = ops.concatenate([ops.reshape(lab, (-1,)), ops.zeros((1,), "int32")], axis=0)
-        return ops.reshape(ops.take(flat, target(lab)[:, 0]), shape) * inside
+    flat_base = ops.reshape(ops.broadcast_to(base, shape), (-1,))
+    everywhere = ops.arange(n, dtype="int32")
 
     def hook(lab, grown):
-        """The pixels each pixel points at learn its neighbourhood's largest id."""
-        spare = ops.zeros((n + 1,), "int32")
-        news = ops.where(grown > lab, lab, 0)  # only pixels that saw a larger id tell
-        told = ops.scatter_update(spare, target(news), ops.reshape(grown, (-1,)))[:n]
+        """The pixels that saw a larger id than they hold pass it to the pixel their id names."""
+        flat_lab, flat_grown = ops.reshape(lab, (-1,)), ops.reshape(grown, (-1,))
+        tellers = ops.where(flat_grown > flat_lab)[0]  # inside the region, holding ids >= 1
+        told = ops.scatter_update(ops.zeros((n,), "int32"), _named(flat_lab, tellers, flat_base, k)[:, None],
+                                  ops.take(flat_grown, tellers))
         return ops.maximum(grown, ops.reshape(told, shape))
+
+    def jump(lab):
+        """Each pixel takes the id held by the pixel its id names (outside: itself, then 0)."""
+        flat_lab = ops.reshape(lab, (-1,))
+        named = ops.where(flat_inside > 0, _named(flat_lab, everywhere, flat_base, k), everywhere)
+        return ops.reshape(ops.take(flat_lab, named), shape) * inside
 
     def body(lab, _):
         grown = jump(hook(lab, _neighbour_max(lab, 8) * inside))
         return grown, ops.any(ops.not_equal(grown, lab))
 
-    lab, _ = ops.while_loop(lambda lab, changed: changed, body, (start, ops.convert_to_tensor(True)),
+    lab, _ = ops.while_loop(lambda lab, changed: changed, body, (ids * inside, ops.convert_to_tensor(True)),
                             maximum_iterations=h * w)
-    return lab, ids
+    return lab, ids, flat_base
 
 
 def _pieces(region):
@@ -96,18 +104,13 @@ def _pieces(region):
     each channel of ``region`` (bool [B, H, W, K]). The sizes are a scatter-add of ones at each
     pixel's piece id (TensorFlow's ``tensor_scatter_nd_add``, ONNX ``ScatterND`` with the add
     reduction: keras' scatter overwrites repeated indices in ONNX)."""
-    lab, ids = _piece_ids(region)
-    own = ops.logical_and(region, ops.equal(lab, ids))
-    count = ops.sum(ops.cast(own, "int32"), axis=(1, 2))
-    shape = ops.shape(lab)
-    h, w, k = shape[1], shape[2], shape[3]
-    base = ops.reshape(ops.arange(shape[0], dtype="int32") * (h * w * k), (-1, 1, 1, 1)) \
-        + ops.reshape(ops.arange(k, dtype="int32"), (1, 1, 1, -1))
-    n = shape[0] * h * w * k
-    at = ops.reshape(ops.where(lab > 0, base + (lab - 1) * k, n), (-1, 1))
-    sizes = tf.tensor_scatter_nd_add(ops.zeros((n + 1,), "int32"), at, ops.ones((n,), "int32"))[:n]
-    largest = ops.max(ops.reshape(sizes, shape), axis=(1, 2))
-    return count, largest
+    lab, ids, flat_base = _piece_ids(region)
+    count = ops.sum(ops.cast(ops.logical_and(region, ops.equal(lab, ids)), "int32"), axis=(1, 2))
+    flat_lab = ops.reshape(lab, (-1,))
+    pixels = ops.where(flat_lab > 0)[0]
+    named = _named(flat_lab, pixels, flat_base, ops.shape(lab)[3])
+    sizes = tf.tensor_scatter_nd_add(ops.zeros_like(flat_lab), named[:, None], ops.ones_like(named))
+    return count, ops.max(ops.reshape(sizes, ops.shape(lab)), axis=(1, 2))
 
 
 def _euler_number(region):

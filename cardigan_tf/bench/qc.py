@@ -56,6 +56,11 @@ def noise_maps(n: int, size: int, seed: int = 0) -> np.ndarray:
     return np.digitize(field, np.quantile(field, [0.4, 0.6, 0.8])).astype(np.int32)
 
 
+def _ms(fn, x, steps: int, warmup: int) -> float:
+    """Median ms of ``fn(x)`` with its outputs fetched."""
+    return 1000 * median_time(lambda: tf.nest.map_structure(lambda t: t.numpy(), fn(x)), steps, warmup)
+
+
 def bench(preset: str, sizes, batches, steps: int, warmup: int) -> list[dict]:
     cfg = preset_config(preset).model
     qc = tf.function(qc_flags_graph, input_signature=[tf.TensorSpec([None, None, None], tf.int32)])
@@ -70,15 +75,13 @@ def bench(preset: str, sizes, batches, steps: int, warmup: int) -> list[dict]:
             x = tf.constant(rng.random((b, size, size, 1), dtype=np.float32))
             hearts, noise = tf.constant(heart_maps(b, size)), tf.constant(noise_maps(b, size))
             row = {"size": size, "batch": b,
-                   "unet_ms": 1000 * median_time(lambda: forward(x).numpy(), steps, warmup),
-                   "qc_hearts_ms": 1000 * median_time(lambda: qc(hearts).numpy(), steps, warmup),
-                   "qc_noise_ms": 1000 * median_time(lambda: qc(noise).numpy(), steps, warmup)}
+                   "unet_ms": _ms(forward, x, steps, warmup),
+                   "qc_hearts_ms": _ms(qc, hearts, steps, warmup),
+                   "qc_noise_ms": _ms(qc, noise, steps, warmup)}
             for m in MEMBERS:
                 p = np.eye(NUM_CLASSES, dtype=np.float32)[noise_maps(m * b, size, seed=m)].reshape(
                     m, b, size, size, NUM_CLASSES) * 0.7 + 0.3 / NUM_CLASSES
-                probs = tf.constant(p)
-                row[f"uncertainty_m{m}_ms"] = 1000 * median_time(
-                    lambda: unc(probs)["uncertainty"].numpy(), steps, warmup)
+                row[f"uncertainty_m{m}_ms"] = _ms(unc, tf.constant(p), steps, warmup)
             rows.append(row)
     return rows
 

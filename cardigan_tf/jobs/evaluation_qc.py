@@ -70,17 +70,18 @@ def qc_markdown(summary: dict) -> list[str]:
     """The report's "Uncertainty and quality control" section."""
     unc, qc = summary["uncertainty"], summary["qc"]
     m = unc["members"]
+    members = f"{m} member{'s' if m != 1 else ''}"
+    disagreement = (f"; disagreement (1 - mean pairwise Dice) mean {_num(unc['disagreement_mean'])}"
+                    if "disagreement_mean" in unc else "")
     lines = ["## Uncertainty and quality control", "",
-             f"Uncertainty: {unc['measure']}, {m} member{'s' if m != 1 else ''}; mean {_num(unc['mean'])}"
-             + (f"; disagreement (1 - mean pairwise Dice) mean {_num(unc['disagreement_mean'])}"
-                if "disagreement_mean" in unc else "") + ".", "",
-             f"| score | images | failures (LV endo Dice < {FAILURE_DICE:.2f}) | AUC | "
-             f"Dice, {TOP_FRACTION:.0%} most uncertain | Dice, the rest |", "|---|---|---|---|---|---|"]
+             f"Uncertainty: {unc['measure']}, {members}; mean {_num(unc['mean'])}{disagreement}.", "",
+             (f"| score | images | failures (LV endo Dice < {FAILURE_DICE:.2f}) | AUC | "
+              f"Dice, {TOP_FRACTION:.0%} most uncertain | Dice, the rest |"), "|---|---|---|---|---|---|"]
     for name, r in summary["failure_ranking"].items():
         lines.append(f"| {name} | {r['n']} | {r['n_failures']} | {_num(r['auc'])} | {_num(r['dice_top'])} "
                      f"(n = {r['n_top']}) | {_num(r['dice_rest'])} |")
-    lines += ["", f"Anatomical checks (per_image.csv `qc_flags`, bit i = flag i below): {qc['n_flagged']} of "
-              f"{qc['n_images']} predictions flagged; {qc['ground_truth']['n_flagged']} ground-truth masks.", "",
+    lines += ["", (f"Anatomical checks (per_image.csv `qc_flags`, bit i = flag i below): {qc['n_flagged']} of "
+                   f"{qc['n_images']} predictions flagged; {qc['ground_truth']['n_flagged']} ground-truth masks."), "",
               "| bit | flag | predictions | ground truth |", "|---|---|---|---|"]
     for bit, name in enumerate(qc["flags"]):
         lines.append(f"| {bit} | {name} | {qc['counts'][name]} | {qc['ground_truth']['counts'][name]} |")

@@ -60,7 +60,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 from scipy import ndimage
@@ -83,9 +83,10 @@ class QCRules:
     """Thresholds of the anatomical checks (module docstring).
 
     ``max_debris_fraction``: the share of a structure's pixels that may lie outside its largest
-    piece before it counts as fragmented. ``max_exposed_fraction``: the largest fraction of the LV cavity's border pixels that may
-    touch background. ``elongation``: (low, high) of the cavity's length / width ratio.
-    ``max_axis_angle``: degrees the cavity's long axis may lean from the depth axis.
+    piece before it counts as fragmented. ``max_exposed_fraction``: the largest fraction of the
+    LV cavity's border pixels that may touch background. ``elongation``: (low, high) of the
+    cavity's length / width ratio. ``max_axis_angle``: degrees the cavity's long axis may lean
+    from the depth axis.
     """
 
     max_debris_fraction: float = MAX_DEBRIS_FRACTION
@@ -96,7 +97,8 @@ class QCRules:
     def __post_init__(self):
         lo, hi = self.elongation
         if not 0.0 <= self.max_debris_fraction < 1.0:
-            raise ValueError(f"QCRules.max_debris_fraction: expected a fraction in [0, 1), got {self.max_debris_fraction}")
+            raise ValueError(f"QCRules.max_debris_fraction: expected a fraction in [0, 1), "
+                             f"got {self.max_debris_fraction}")
         if not 0.0 <= self.max_exposed_fraction <= 1.0:
             raise ValueError(f"QCRules.max_exposed_fraction: expected a fraction in [0, 1], "
                              f"got {self.max_exposed_fraction}")

@@ -121,13 +121,14 @@ def failure_ranking(uncertainty, dice, threshold: float = FAILURE_DICE,
     u = np.asarray(uncertainty, dtype=np.float64)
     d = np.asarray(dice, dtype=np.float64)
     if u.shape != d.shape or u.ndim != 1:
-        raise ValueError(f"failure_ranking: expected uncertainty and dice of one shape [N], got {u.shape} and {d.shape}")
+        raise ValueError(f"failure_ranking: expected uncertainty and dice of one shape [N], "
+                         f"got {u.shape} and {d.shape}")
     if not 0.0 < top_fraction < 1.0:
         raise ValueError(f"failure_ranking: top_fraction: expected a fraction in (0, 1), got {top_fraction}")
     keep = np.isfinite(u) & np.isfinite(d)
     u, d = u[keep], d[keep]
     failed = d < threshold
-    out = {"threshold": threshold, "top_fraction": top_fraction, "n": int(len(u)),
+    out = {"threshold": threshold, "top_fraction": top_fraction, "n": len(u),
            "n_excluded": int((~keep).sum()), "n_failures": int(failed.sum()),
            "auc": failure_auc(u, failed), "n_top": 0, "dice_top": float("nan"), "dice_rest": float("nan")}
     if len(u):

@@ -9,6 +9,8 @@ exactly as it was trained (:mod:`cardigan_tf.resize`):
 - U-Net (or an ensemble of them, :mod:`cardigan_tf.models.ensemble`): :func:`model_input` ->
   (N, s, s, 1) float32 in [0, 1]; :func:`predict_probabilities` (an ensemble's mean);
   :func:`member_probabilities` (each member and test-time view, for uncertainty);
+  :func:`combine_members` turns member probabilities [M, N, s, s, C] (M = 1 for one model) into
+  one prediction and its per-image uncertainty;
   :func:`masks_from_probabilities` resizes probabilities (bilinear) to each target shape, then
   takes the argmax; :func:`segment` chains model input, probabilities and masks.
 - GAN: :func:`onehot_masks` (nearest resize + one-hot) and :func:`synthesize` (images in [0, 1]).
@@ -26,6 +28,7 @@ import numpy as np
 
 from cardigan_tf import resize
 from cardigan_tf.labels import NUM_CLASSES
+from cardigan_tf.metrics.uncertainty import check_member_probs, member_uncertainty
 
 
 @dataclasses.dataclass(frozen=True)
@@ -107,6 +110,21 @@ def member_probabilities(model, x: np.ndarray, batch_size: int = 16) -> np.ndarr
     if not out:
         return np.zeros((1, 0, *x.shape[1:3], NUM_CLASSES), np.float32)
     return np.concatenate(out, axis=1)
+
+
+def combine_members(member_probs) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Member probabilities float [M, N, s, s, C] (M >= 1 members: fold models and/or test-time
+    views mapped back onto the image; M = 1 for a single model's softmax) -> (the mean
+    probabilities float32 [N, s, s, C], {"uncertainty": float32 [N]} plus "disagreement"
+    float32 [N] when M > 1), as :mod:`cardigan_tf.metrics.uncertainty` defines them.
+
+    The one place where members become one prediction: evaluation and prediction call it with
+    whatever members they have."""
+    p = check_member_probs(member_probs)
+    scores = member_uncertainty(p)
+    if len(p) == 1:
+        del scores["disagreement"]
+    return p.mean(axis=0), scores
 
 
 def masks_from_probabilities(probs: np.ndarray, shapes: Sequence[tuple[int, int]]) -> list[np.ndarray]:

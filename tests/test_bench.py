@@ -1,4 +1,4 @@
-"""``python -m cardigan_tf.bench {pipeline,gan,seg,clinical,export,ensemble}``: each benchmark runs with its
+"""``python -m cardigan_tf.bench {pipeline,gan,seg,clinical,export,ensemble,qc}``: each benchmark runs with its
 tiniest arguments and prints its figures in its documented format.
 
 These are benchmark scripts: the tests check that every figure is printed (a number, in its
@@ -43,11 +43,11 @@ def _positive(cell):
     return value
 
 
-def test_lists_the_six_benchmarks(capsys):
+def test_lists_the_benchmarks(capsys):
     with pytest.raises(SystemExit):
         bench.main(["--help"])
     out = capsys.readouterr().out
-    for name in ("pipeline", "gan", "seg", "clinical", "export", "ensemble"):
+    for name in ("pipeline", "gan", "seg", "clinical", "export", "ensemble", "qc"):
         assert name in out
 
 
@@ -157,4 +157,15 @@ def test_export_prints_savedmodel_and_onnx_figures(capsys, monkeypatch):
     assert [r[0] for r in rows] == ["1", "2"]
     for r in rows:
         for cell in r[1:]:
+            _positive(cell)
+
+
+def test_qc_prints_one_row_per_size_and_batch(capsys):
+    out = _run(["qc", "--sizes", "32", "--batches", "1", "2", "--steps", "1", "--warmup", "0"], capsys)
+    assert out.startswith("QC and uncertainty graphs vs the tiny U-Net (tensorflow ")
+    header, rows = _table(out, "| input | batch | U-Net ms |")
+    assert header[-3:] == ["uncertainty ms, M=1", "uncertainty ms, M=5", "QC hearts / U-Net"]
+    assert [r[:2] for r in rows] == [["32x32", "1"], ["32x32", "2"]]
+    for r in rows:
+        for cell in r[2:]:
             _positive(cell)

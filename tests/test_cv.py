@@ -2,6 +2,7 @@
 runs.load_ensemble) through evaluate, predict and export. One 2-fold tiny CV run on the
 session's phantom (``cv_run``, 1 epoch of 2 steps per fold) serves every test that needs one."""
 
+import csv
 import json
 import shutil
 
@@ -213,6 +214,11 @@ def test_evaluate_and_predict_backend_take_the_ensemble(cv_run, tmp_path, capsys
     summary = json.loads((out / "summary.json").read_text())
     assert summary["ensemble"]["members"] == [str(open_run(p, "seg").model_path()) for p in members]
     assert "ensemble of 2 U-Nets" in (out / "report.md").read_text()
+    # two members: the per-image disagreement and its failure ranking (cardigan_tf.jobs.evaluation_qc)
+    assert summary["uncertainty"]["members"] == 2 and set(summary["failure_ranking"]) == {"uncertainty", "disagreement"}
+    with open(out / "per_image.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert all(0.0 <= float(r["disagreement"]) <= 1.0 for r in rows)
     backend = RunBackend(cv_run)
     image = _images(1)[..., 0][:, :50]  # another size: the resize chain both ways
     got = backend.predict({"image": image})

@@ -1,6 +1,6 @@
 """Benchmarks: scripts that print figures (never timed tests).
 
-``python -m cardigan_tf.bench {pipeline,gan,seg,clinical,export,ensemble} [options]``; each sub-module
+``python -m cardigan_tf.bench {pipeline,gan,seg,clinical,export,ensemble,qc} [options]``; each sub-module
 declares ``add_arguments(parser)`` and ``run(args)``. Record figures in docs/benchmarks.md.
 """
 

@@ -1,4 +1,4 @@
-"""``python -m cardigan_tf.bench {pipeline,gan,seg,clinical,export,ensemble} [options]``: benchmarks that print figures.
+"""``python -m cardigan_tf.bench {pipeline,gan,seg,clinical,export,ensemble,qc} [options]``: benchmarks that print figures.
 
 Each benchmark is a sub-command module of this command (``add_arguments(parser)`` and
 ``run(args)``), imported only when present.
@@ -19,6 +19,7 @@ BENCHES = {
     "clinical": "cardigan_tf.bench.clinical",
     "export": "cardigan_tf.bench.export",
     "ensemble": "cardigan_tf.bench.ensemble",
+    "qc": "cardigan_tf.bench.qc",
 }
 
 

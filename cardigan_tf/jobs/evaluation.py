@@ -5,7 +5,9 @@ Metrics report of a segmentation run, CAMUS-style, written to ``RUN_DIR/eval-<sp
 
 - ``per_image.csv``: patient, view, phase, quality, style (when the data records acquisition
   styles, as the phantom does), gt_source, distance_unit, and per structure (lv_endo, lv_epi,
-  la) dice, hd, mad (in the row's ``distance_unit``), missing;
+  la) dice, hd, mad (in the row's ``distance_unit``), missing; then ``uncertainty``
+  (``disagreement`` too when the prediction has several members), ``qc_flags``, one
+  ``qc_<flag>`` column per anatomical check and ``gt_qc_flags`` (:mod:`cardigan_tf.jobs.evaluation_qc`);
 - ``clinical.csv``: per patient EDV, ESV (``volume_unit``: ml; NaN and empty without a spacing),
   EF (%) from the predicted and the ground-truth masks (Simpson biplane), and the cfg values
   (LVedv, LVesv, LVef) where the data has them;
@@ -13,7 +15,8 @@ Metrics report of a segmentation run, CAMUS-style, written to ``RUN_DIR/eval-<sp
 - ``report.md``: the CAMUS paper's table (structure x phase; Dice, HD, MAD mean +- SD), EF and
   volume agreement (correlation, bias +- SD, MAE), Dice, HD and MAD per structure by image
   quality (Good / Medium / Poor, with the images and patients of each; as the CAMUS paper
-  reports them) and, when recorded, by acquisition style;
+  reports them) and, when recorded, by acquisition style; how well the uncertainty ranks the
+  failures (LV endo Dice < 0.90) and the anatomical-check counts;
 - ``worst/``: overlays (image | truth | prediction) of the cases with the lowest LV endo Dice;
 - ``bland_altman_ef.png``: EF from predicted vs ground-truth masks.
 
@@ -51,7 +54,8 @@ from cardigan_tf.config import ConfigError
 from cardigan_tf.data.dataset_info import iter_dataset
 from cardigan_tf.data.sample import EmptyDatasetError, spacing_known
 from cardigan_tf.files import atomic_path, refuse_overwrite, write_json
-from cardigan_tf.inference import masks_from_probabilities, model_input, predict_probabilities
+from cardigan_tf.inference import combine_members, masks_from_probabilities, member_probabilities, model_input
+from cardigan_tf.jobs.evaluation_qc import image_columns, qc_markdown, qc_summary
 from cardigan_tf.labels import PHASES, QUALITIES, STRUCTURE_TITLES, STRUCTURES
 from cardigan_tf.metrics import segmentation as seg
 from cardigan_tf.metrics.clinical import SIMPSON_CONVENTIONS, agreement, patients_indices
@@ -184,7 +188,8 @@ def _markdown(run_dir: Path, split: str, summary: dict) -> str:
     lines += _breakdown("image quality", "quality", by_q, summary.get("patients_by_quality", {}), u)
     if summary.get("by_style"):
         lines += _breakdown("acquisition style", "style", summary["by_style"], summary.get("patients_by_style", {}), u)
-    lines += ["", "Worst cases by LV endo Dice: `worst/`. EF Bland-Altman: `bland_altman_ef.png`.", ""]
+    lines += [""] + qc_markdown(summary)
+    lines += ["Worst cases by LV endo Dice: `worst/`. EF Bland-Altman: `bland_altman_ef.png`.", ""]
     if summary.get("timing_s"):
         lines += ["Time per stage: " + ", ".join(f"{k} {v:.2f} s" for k, v in summary["timing_s"].items()) + ".", ""]
     return "\n".join(lines)
@@ -290,13 +295,14 @@ def evaluate_run(run_dir, data=None, split: str = "test", postprocess: bool = Fa
         chunk = samples[start:start + 64]
         t = time.perf_counter()
         x = model_input([s.image for s in chunk], pre)
-        probs = predict_probabilities(model, x, batch_size)
+        members = member_probabilities(model, x, batch_size)  # [M, N, s, s, C]; M = 1 for one U-Net
+        probs, scores = combine_members(members)
         t = stages.add("predict", t)
         refs = [reference_grid(s) for s in chunk]
         preds = masks_from_probabilities(probs, [r[0].shape for r in refs])
         smalls = [p.argmax(-1).astype(np.uint8) for p in probs]
         t = stages.add("resize", t)
-        for s, pred, (gt, sp, source), xs, p_small in zip(chunk, preds, refs, x, smalls):
+        for i, (s, pred, (gt, sp, source), xs, p_small) in enumerate(zip(chunk, preds, refs, x, smalls)):
             if postprocess:
                 pred = seg.postprocess(pred)
             sources.add(source)
@@ -304,6 +310,7 @@ def evaluate_run(run_dir, data=None, split: str = "test", postprocess: bool = Fa
             styled = {"style": str(s.meta.get("style") or "")} if with_style else {}
             rows.append(seg.flatten_result(result, patient=s.patient, view=s.view, phase=s.phase,
                                            quality=s.quality, **styled, gt_source=source, distance_unit=unit))
+            rows[-1].update(image_columns(pred, gt, sp, {k: v[i] for k, v in scores.items()}))
             cases.append((result["lv_endo"]["dice"], s, xs[..., 0], p_small))
             d = per_patient.setdefault(s.patient, {"pred": {}, "gt": {}, "spacing": {}, "cfg": s.meta.get("cfg") or {}})
             d["pred"][(s.view, s.phase)] = (pred == 1)
@@ -340,6 +347,7 @@ def evaluate_run(run_dir, data=None, split: str = "test", postprocess: bool = Fa
            if with_style else {}),
         "clinical_agreement": agree, "clinical_patients": len(clin_rows), "simpson": simpson,
         "clinical_not_measured": sum(1 for r in clin_rows if r["reason_pred"] or r["reason_gt"]),
+        **qc_summary(rows, members=len(members)),
     }
     t = time.perf_counter()
     with atomic_path(out_dir) as tmp:

@@ -67,6 +67,8 @@ def _crafted():
     base = c[40:]
     base[base == LV] = MYO
     cases["myocardium closed at the base"] = (c, ["myo_holes", "la_detached"])
+    cases["heart cropped to its top 40 rows"] = (m[:40].copy(), ["la_empty", "lv_at_border"])
+    cases["heart shifted out of the frame"] = (np.roll(m, 20, axis=1), ["lv_at_border"])
     return cases
 
 
@@ -92,14 +94,15 @@ def test_phantom_hearts_pass_at_64_and_256():
 
 
 def test_bit_order_and_names():
-    assert QC_FLAGS[0] == "lv_empty" and QC_FLAGS[-1] == "long_axis" and len(set(QC_FLAGS)) == len(QC_FLAGS) == 13
+    assert QC_FLAGS[0] == "lv_empty" and QC_FLAGS[-1] == "lv_at_border" and len(set(QC_FLAGS)) == len(QC_FLAGS) == 14
     assert qc_bitmask({"lv_empty": True, "long_axis": True, "la_holes": False}) == 1 + 4096
     assert flag_names(1 + 4096) == ["lv_empty", "long_axis"]
     assert flag_names(0) == []
     with pytest.raises(ValueError, match="unknown name.*'lv_big'"):
         qc_bitmask({"lv_big": True})
-    with pytest.raises(ValueError, match="qc_flags: expected an int in \\[0, 8191\\]"):
-        flag_names(8192)
+    assert flag_names(1 << 13) == ["lv_at_border"]
+    with pytest.raises(ValueError, match="qc_flags: expected an int in \\[0, 16383\\]"):
+        flag_names(16384)
 
 
 def test_measures_against_hand_values():

@@ -31,6 +31,9 @@ flag               bit    set when
 ``long_axis``      12     the LV cavity's long axis is implausible: its length / width ratio
                           is outside ``elongation``, or it leans more than ``max_axis_angle``
                           degrees from the image's depth axis (the rows)
+``lv_at_border``   13     the LV epicardium (cavity or myocardium) touches the image's edge:
+                          in an apical view the whole LV lies inside the sector, so a frame
+                          that cuts it (cropped, shifted, too shallow) is flagged
 =================  =====  ==================================================================
 
 Definitions. Pieces are 8-connected; specks outside a structure's largest piece that hold at
@@ -72,7 +75,7 @@ from cardigan_tf.metrics.long_axis import MAX_DEBRIS_FRACTION
 QC_FLAGS = ("lv_empty", "myo_empty", "la_empty",
             "lv_components", "myo_components", "la_components",
             "lv_holes", "myo_holes", "la_holes", "epi_holes",
-            "lv_exposed", "la_detached", "long_axis")
+            "lv_exposed", "la_detached", "long_axis", "lv_at_border")
 
 _EIGHT = ndimage.generate_binary_structure(2, 2)
 _FOUR = ndimage.generate_binary_structure(2, 1)
@@ -236,6 +239,9 @@ def check_anatomy(mask, spacing=None, rules: QCRules | None = None) -> AnatomyQC
     contact = la & ndimage.binary_dilation(lv, structure=_EIGHT)
     measures["la_lv_contact_pixels"] = float(contact.sum())
     flags["la_detached"] = present["lv"] and present["la"] and not contact.any()
+    edges = np.concatenate([epi[0], epi[-1], epi[:, 0], epi[:, -1]])
+    measures["epi_border_pixels"] = float(edges.sum())
+    flags["lv_at_border"] = bool(edges.any())
     failed = [name for name in QC_FLAGS if flags[name]]
     return AnatomyQC(flags=flags, qc_flags=qc_bitmask(flags), failed=failed, measures=measures)
 

@@ -194,7 +194,11 @@ def anatomy_flags_graph(labels, spacing=None, rules: QCRules | None = None):
     implausible = ops.logical_or(ops.logical_or(ratio < lo, ratio > hi), lean > rules.max_axis_angle)
     long_axis = ops.logical_and(lv_present, implausible)
 
-    flags = ops.concatenate([empty, fragmented, holes, ops.stack([exposed, detached, long_axis], axis=-1)], axis=-1)
+    edges = ops.concatenate([epi[:, 0, :], epi[:, -1, :], epi[:, :, 0], epi[:, :, -1]], axis=1)
+    at_border = ops.any(edges, axis=1)
+
+    flags = ops.concatenate([empty, fragmented, holes, ops.stack([exposed, detached, long_axis, at_border], axis=-1)],
+                            axis=-1)
     return flags
 
 

@@ -70,6 +70,7 @@ from scipy import ndimage
 
 from cardigan_tf.labels import LA, LV, MYO
 from cardigan_tf.metrics.long_axis import MAX_DEBRIS_FRACTION
+from cardigan_tf.metrics.segmentation import check_spacing
 
 #: The QC flags in bit order: bit i of ``qc_flags`` is QC_FLAGS[i] (module docstring).
 QC_FLAGS = ("lv_empty", "myo_empty", "la_empty",
@@ -153,15 +154,7 @@ def _label_map(mask) -> np.ndarray:
 
 
 def _spacing(spacing) -> tuple[float, float]:
-    if spacing is None:
-        return 1.0, 1.0
-    try:
-        row, col = (float(v) for v in spacing)
-    except (TypeError, ValueError):
-        raise ValueError(f"spacing: expected (row, col) in mm, got {spacing!r}") from None
-    if not (row > 0 and col > 0 and math.isfinite(row) and math.isfinite(col)):
-        raise ValueError(f"spacing: expected positive finite (row, col) in mm, got {spacing!r}")
-    return row, col
+    return (1.0, 1.0) if spacing is None else check_spacing(spacing)
 
 
 def _pieces(region: np.ndarray) -> tuple[int, int]:

@@ -49,7 +49,8 @@ def _as_bool_2d(mask, name: str) -> np.ndarray:
     return arr.astype(bool)
 
 
-def _check_spacing(spacing) -> tuple[float, float]:
+def check_spacing(spacing) -> tuple[float, float]:
+    """(row, col) mm as floats, or ValueError naming what was expected."""
     try:
         sr, sc = (float(s) for s in spacing)
     except (TypeError, ValueError):
@@ -89,7 +90,7 @@ def directed_distances(from_contour: np.ndarray, to_contour: np.ndarray, spacing
     distance transform is computed on the bounding box of both contours only (exact: every
     feature point lies inside it).
     """
-    sr, sc = _check_spacing(spacing)
+    sr, sc = check_spacing(spacing)
     both = from_contour | to_contour
     rows = np.flatnonzero(both.any(axis=1))
     cols = np.flatnonzero(both.any(axis=0))
@@ -103,7 +104,7 @@ def surface_distances(a, b, spacing) -> tuple[float, float]:
     a = _as_bool_2d(a, "a")
     b = _as_bool_2d(b, "b")
     _check_same_shape(a, b)
-    _check_spacing(spacing)
+    check_spacing(spacing)
     if not a.any() or not b.any():
         return float("nan"), float("nan")
     ca, cb = contour(a), contour(b)
@@ -147,7 +148,7 @@ def evaluate_masks(pred, gt, spacing, structures: Mapping[str, Sequence[int]] | 
     _as_bool_2d(pred, "pred")
     _as_bool_2d(gt, "gt")
     _check_same_shape(pred, gt)
-    _check_spacing(spacing)
+    check_spacing(spacing)
     structures = STRUCTURES if structures is None else structures
     out = {}
     for name, labels in structures.items():

@@ -18,8 +18,9 @@ the members, an ensemble's folds and test-time views, or the one model's softmax
 :mod:`cardigan_tf.metrics.anatomy` on the predicted label map at the working size, square
 pixels there; bit i is :data:`~cardigan_tf.metrics.anatomy.QC_FLAGS` [i]) and, for an
 ensemble of more than one member, ``disagreement`` float32 (B,) (1 - mean pairwise Dice).
-:func:`qc_columns` turns ``qc_flags`` into one 0/1 column per flag name; :func:`qc_record` is
-what ``metadata.json`` records of them.
+:func:`qc_columns` turns ``qc_flags`` into one 0/1 column per flag name (:func:`image_columns`:
+all of one image's, as predict's CSV has them); :func:`qc_record` is what ``metadata.json``
+records of them.
 
 :func:`segment_frames` is the client's side of the fixed-size signature: each frame goes
 through the first step of the chain here, with the same :mod:`cardigan_tf.resize` call the
@@ -39,7 +40,7 @@ from cardigan_tf import resize
 from cardigan_tf.metrics.anatomy import QC_FLAGS, QCRules, flag_names
 
 __all__ = ["ANY_SIZE_SIGNATURES", "FIXED_SIGNATURE", "IMAGE_OUTPUTS", "MAX_SIDE", "RANGE_TOLERANCE", "fixed_sizes",
-           "fixed_input", "frames_from_fixed", "qc_columns", "qc_record", "segment_frames"]
+           "fixed_input", "frames_from_fixed", "image_columns", "qc_columns", "qc_record", "segment_frames"]
 
 FIXED_SIGNATURE = "serving_fixed"
 ANY_SIZE_SIGNATURES = ("serving_default", "serving_uint8")
@@ -56,6 +57,16 @@ def qc_columns(qc_flags) -> dict[str, int]:
     per-image CSV and of predict's)."""
     names = set(flag_names(int(qc_flags)))
     return {f"qc_{name}": int(name in names) for name in QC_FLAGS}
+
+
+def image_columns(outputs: dict, i: int) -> dict:
+    """Image ``i``'s per-image outputs of a signature's ``outputs`` as columns: ``uncertainty``,
+    ``disagreement``, ``qc_flags`` and :func:`qc_columns`, each only when the model answers it."""
+    row = {k: float(np.asarray(outputs[k])[i]) for k in IMAGE_OUTPUTS if k in outputs and k != "qc_flags"}
+    if "qc_flags" in outputs:
+        flags = int(np.asarray(outputs["qc_flags"])[i])
+        row.update(qc_flags=flags, **qc_columns(flags))
+    return row
 
 
 def qc_record() -> dict:

@@ -28,7 +28,8 @@ ONNX: tf2onnx converts ``ResizeArea`` to a nearest resize, so the ONNX model is 
 from the same serving graph built with matrix-product resizes (area/bilinear weights computed
 in the graph; equal to :func:`cardigan_tf.resize.resize_image` within 1e-5) and without the
 input assertions (ONNX Runtime checks dtype and rank only). Its parity with the SavedModel is
-checked on sample inputs at export time (max abs difference of probabilities <= 1e-4).
+checked on sample inputs at export time (max abs difference of probabilities <= 1e-4; the
+per-image ``uncertainty``, ``qc_flags`` and ``disagreement``: :mod:`cardigan_tf.serving.output_check`).
 """
 
 from __future__ import annotations

@@ -112,9 +112,9 @@ def test_onnx_and_predict_csv_carry_the_flags(exported, tmp_path):
     sess = ort.InferenceSession(str(folder / ex.ONNX_FILE), providers=["CPUExecutionProvider"])
     names = [o.name for o in sess.get_outputs()]
     onnx = dict(zip(names, sess.run(None, {sess.get_inputs()[0].name: np.stack(images)})))
-    got = {k: onnx[[n for n in names if k in n][0]] for k in ("uncertainty", "qc_flags")}
-    working = SavedModelBackend(folder).predict({"image": inference.model_input(images, inference.Preprocessing(64))[..., 0]},
-                                                "serving_fixed")
+    got = {k: onnx[next(n for n in names if k in n)] for k in ("uncertainty", "qc_flags")}
+    fixed_input = inference.model_input(images, inference.Preprocessing(64))  # at the chain's first size
+    working = SavedModelBackend(folder).predict({"image": fixed_input}, "serving_fixed")
     ref = {"uncertainty": saved["uncertainty"], "qc_flags": saved["qc_flags"],
            "working_probabilities": working["probabilities"]}
     assert compare_scores(ref, got, "onnx") <= 1e-4

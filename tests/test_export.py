@@ -17,6 +17,7 @@ import yaml
 from cardigan_tf import resize
 from cardigan_tf.export import main
 from cardigan_tf.files import sha256_file
+from cardigan_tf.metrics.anatomy import QC_FLAGS
 from cardigan_tf.predict import main as predict
 from cardigan_tf.serving import batching as bt
 from cardigan_tf.serving import export as ex
@@ -62,7 +63,10 @@ def test_layout_metadata_and_models_config(exported, seg_run):
     assert set(batched["signatures"]) == {"serving_fixed"} and batched["source"] == meta["source"]
     assert (exported / "seg_batched" / "1" / bt.BATCHING_PARAMS_FILE).is_file()
     assert not (seg / bt.BATCHING_PARAMS_FILE).exists() and not (gan / bt.BATCHING_PARAMS_FILE).exists()
-    assert {o["name"] for o in meta["signatures"]["serving_default"]["outputs"]} == {"probabilities", "mask"}
+    assert {o["name"]: (o["dtype"], o["shape"]) for o in meta["signatures"]["serving_default"]["outputs"]} == {
+        "probabilities": ("float32", [-1, -1, -1, 4]), "mask": ("uint8", [-1, -1, -1]),
+        "uncertainty": ("float32", [-1]), "qc_flags": ("int32", [-1])}  # one model: no disagreement
+    assert meta["outputs"]["qc_flags"]["bits"] == list(QC_FLAGS)
     assert meta["saved_model_sha256"] == sha256_file(seg / "saved_model.pb") and meta["versions"]["tensorflow"]
     gmeta = json.loads((gan / "metadata.json").read_text())
     assert set(gmeta["signatures"]) == {"serving_default", "serving_seeded"}

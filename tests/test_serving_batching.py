@@ -58,8 +58,13 @@ def _any_size(model, frame):
     return {k: v.numpy()[0] for k, v in out.items()}
 
 
-def _assert_matches_any_size(model, frame, probabilities, mask):
+def _assert_matches_any_size(model, frame, probabilities, mask, scores=None):
+    """The frame's outputs equal serving_default's; ``scores``: its per-image outputs too (the
+    same working-size label map and members on both paths)."""
     ref = _any_size(model, frame)
+    if scores is not None:
+        np.testing.assert_allclose(scores["uncertainty"], ref["uncertainty"], atol=1e-5)
+        assert scores["qc_flags"] == ref["qc_flags"]
     assert probabilities.shape == ref["probabilities"].shape and mask.shape == frame.shape
     np.testing.assert_allclose(probabilities, ref["probabilities"], atol=1e-5)
     top2 = np.sort(ref["probabilities"], -1)[..., -2:]
@@ -120,7 +125,7 @@ def test_the_export_batches_only_fixed_size_signatures(export, tmp_path):
     assert list(sigs) == [FIXED_SIGNATURE]
     assert sigs[FIXED_SIGNATURE]["inputs"] == [{"name": "image", "dtype": "float32", "shape": [-1, 48, 48, 1]}]
     assert {o["name"]: o["shape"] for o in sigs[FIXED_SIGNATURE]["outputs"]} == \
-        {"probabilities": [-1, 32, 32, 4], "mask": [-1, 32, 32]}
+        {"probabilities": [-1, 32, 32, 4], "mask": [-1, 32, 32], "uncertainty": [-1], "qc_flags": [-1]}
     assert bt.parse_params((batched / bt.BATCHING_PARAMS_FILE).read_text()) == bt.BATCHING_PARAMETERS
     shipped = bt.ServerOptions.from_compose(KIT / "docker-compose.yml")
     assert bt.servable_params(plain, shipped) is None and bt.servable_params(batched, shipped) is not None
@@ -185,8 +190,8 @@ def test_fixed_signature_round_trip_equals_the_any_size_path(export):
     u8 = [np.round(f * 255).astype(np.uint8) for f in frames]
     with RestTestServer(base) as r, GrpcTestServer(base) as g, GrpcClient(g.target, "seg_batched") as gc:
         for out in (gc.segment(frames), RestClient(r.url, "seg_batched").segment(frames, fmt="rows")):
-            for frame, p, m in zip(frames, out["probabilities"], out["mask"]):
-                _assert_matches_any_size(model, frame, p, m)
+            for i, (frame, p, m) in enumerate(zip(frames, out["probabilities"], out["mask"])):
+                _assert_matches_any_size(model, frame, p, m, {k: out[k][i] for k in ("uncertainty", "qc_flags")})
         got = RestClient(r.url, "seg").segment(u8)  # uint8 frames: / 255 as serving_uint8 does
         for frame, p in zip(u8, got["probabilities"]):
             ref = model.signatures["serving_uint8"](image=tf.constant(frame[None]))["probabilities"].numpy()[0]
@@ -224,7 +229,8 @@ def test_concurrent_frame_sizes_under_the_shipped_configuration(export):
             results = _concurrently(calls)
     for frame, out in zip(expect, results):
         assert not isinstance(out, Exception), out
-        _assert_matches_any_size(model, frame, out["probabilities"][0], out["mask"][0])
+        _assert_matches_any_size(model, frame, out["probabilities"][0], out["mask"][0],
+                                 {k: out[k][0] for k in ("uncertainty", "qc_flags")})
     batches = store.batcher.records
     assert {b["servable"][0] for b in batches} == {"seg_batched"}  # the any-size model is never batched
     assert all(b["error"] is None for b in batches) and sum(len(b["tasks"]) for b in batches) == 4

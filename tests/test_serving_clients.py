@@ -49,7 +49,7 @@ def _closed_port() -> int:
 
 
 def _assert_same(got, ref):
-    assert set(got) == {"probabilities", "mask"} == set(ref)
+    assert set(got) == {"probabilities", "mask", "uncertainty", "qc_flags"} == set(ref)
     for k in ref:
         assert got[k].dtype == ref[k].dtype, k
         assert got[k].shape == ref[k].shape, k
@@ -93,7 +93,8 @@ def test_grpc_status_metadata_and_errors(servers):
         status = client.status()["model_version_status"]
         assert status[0]["version"] == "1" and status[0]["state"] == "AVAILABLE"
         sig = client.signature("serving_default")
-        assert sig == {"inputs": {"image": np.float32}, "outputs": {"probabilities": np.float32, "mask": np.uint8}}
+        assert sig == {"inputs": {"image": np.float32}, "outputs": {"probabilities": np.float32, "mask": np.uint8,
+                                                                    "uncertainty": np.float32, "qc_flags": np.int32}}
         assert client.signature("serving_uint8")["inputs"] == {"image": np.uint8}
         with pytest.raises(ServingRequestError) as err:
             client.predict({"image": np.zeros((5,), np.float32)})  # rank 1
@@ -164,11 +165,15 @@ def test_rest_wire_format_is_tf_servings(servers):
 
     img = np.zeros((6, 5), np.float32).tolist()
     rows = post({"instances": [{"image": img}, {"image": img}]})
-    assert len(rows["predictions"]) == 2 and set(rows["predictions"][0]) == {"probabilities", "mask"}
+    assert len(rows["predictions"]) == 2
+    assert set(rows["predictions"][0]) == {"probabilities", "mask", "uncertainty", "qc_flags"}
     assert np.asarray(rows["predictions"][0]["mask"]).shape == (6, 5)
+    assert isinstance(rows["predictions"][0]["qc_flags"], int)  # one scalar per instance
+    assert isinstance(rows["predictions"][0]["uncertainty"], float)
     assert rows == post({"signature_name": "serving_default", "instances": [img, img]})  # bare single input
     cols = post({"inputs": {"image": [img, img]}})
     assert np.asarray(cols["outputs"]["probabilities"]).shape == (2, 6, 5, 4)
+    assert np.asarray(cols["outputs"]["qc_flags"]).shape == (2,)
 
 
 def test_rest_status_metadata_and_errors(servers):

@@ -11,6 +11,17 @@ A segmentation export answers in two ways:
   the U-Net in the graph; outputs at the working size s: ``probabilities`` (B, s, s, K) and
   ``mask`` (B, s, s). Every request has the same shape, so the server may batch it.
 
+Both kinds also answer, per image, :data:`IMAGE_OUTPUTS`: ``uncertainty`` float32 (B,) (the
+score of :func:`cardigan_tf.inference.combine_members`: foreground-region predictive entropy of
+the members, an ensemble's folds and test-time views, or the one model's softmax),
+``qc_flags`` int32 (B,) (the bitmask of the anatomical checks of
+:mod:`cardigan_tf.metrics.anatomy` on the predicted label map at the working size, square
+pixels there; bit i is :data:`~cardigan_tf.metrics.anatomy.QC_FLAGS` [i]) and, for an
+ensemble of more than one member, ``disagreement`` float32 (B,) (1 - mean pairwise Dice).
+:func:`qc_columns` turns ``qc_flags`` into one 0/1 column per flag name (:func:`image_columns`:
+all of one image's, as predict's CSV has them); :func:`qc_record` is what ``metadata.json``
+records of them.
+
 :func:`segment_frames` is the client's side of the fixed-size signature: each frame goes
 through the first step of the chain here, with the same :mod:`cardigan_tf.resize` call the
 graph makes, and the probabilities come back to the frame's H x W through the graph's own
@@ -20,19 +31,54 @@ TensorFlow (through :mod:`cardigan_tf.resize`) is imported on first use only.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Callable, Sequence
 
 import numpy as np
 
 from cardigan_tf import resize
+from cardigan_tf.metrics.anatomy import QC_FLAGS, QCRules, flag_names
 
-__all__ = ["ANY_SIZE_SIGNATURES", "FIXED_SIGNATURE", "MAX_SIDE", "RANGE_TOLERANCE", "fixed_sizes",
-           "fixed_input", "frames_from_fixed", "segment_frames"]
+__all__ = ["ANY_SIZE_SIGNATURES", "FIXED_SIGNATURE", "IMAGE_OUTPUTS", "MAX_SIDE", "RANGE_TOLERANCE", "fixed_sizes",
+           "fixed_input", "frames_from_fixed", "image_columns", "qc_columns", "qc_record", "segment_frames"]
 
 FIXED_SIGNATURE = "serving_fixed"
 ANY_SIZE_SIGNATURES = ("serving_default", "serving_uint8")
 MAX_SIDE = 4096
 RANGE_TOLERANCE = 1e-3
+#: the per-image outputs of a segmentation signature, beside ``probabilities`` and ``mask``
+#: (``disagreement`` only for an ensemble of more than one member)
+IMAGE_OUTPUTS = ("uncertainty", "disagreement", "qc_flags")
+
+
+def qc_columns(qc_flags) -> dict[str, int]:
+    """``qc_flags`` (one image's bitmask) -> ``{"qc_<flag>": 0 or 1}`` for every flag of
+    :data:`~cardigan_tf.metrics.anatomy.QC_FLAGS`, in bit order (the columns of evaluate's
+    per-image CSV and of predict's)."""
+    names = set(flag_names(int(qc_flags)))
+    return {f"qc_{name}": int(name in names) for name in QC_FLAGS}
+
+
+def image_columns(outputs: dict, i: int) -> dict:
+    """Image ``i``'s per-image outputs of a signature's ``outputs`` as columns: ``uncertainty``,
+    ``disagreement``, ``qc_flags`` and :func:`qc_columns`, each only when the model answers it."""
+    row = {k: float(np.asarray(outputs[k])[i]) for k in IMAGE_OUTPUTS if k in outputs and k != "qc_flags"}
+    if "qc_flags" in outputs:
+        flags = int(np.asarray(outputs["qc_flags"])[i])
+        row.update(qc_flags=flags, **qc_columns(flags))
+    return row
+
+
+def qc_record() -> dict:
+    """What ``metadata.json`` says of the per-image outputs: the bit order of ``qc_flags``, the
+    thresholds, and on which label map the checks run."""
+    return {"qc_flags": {"bits": list(QC_FLAGS), "rules": dataclasses.asdict(QCRules()),
+                         "label_map": "the argmax of the mean probabilities at the working size, square pixels "
+                                      "(cardigan_tf.metrics.anatomy_graph; reference cardigan_tf.metrics.anatomy)"},
+            "uncertainty": "mean normalised predictive entropy of the members over the foreground region, at the "
+                           "working size (cardigan_tf.metrics.uncertainty; 1.0 without a foreground pixel)",
+            "disagreement": "1 - mean pairwise structure Dice of the members' label maps (ensembles of more than "
+                            "one member only)"}
 
 
 def fixed_sizes(shapes: dict, signature_name: str = FIXED_SIGNATURE) -> tuple[int, int]:

@@ -28,7 +28,8 @@ ONNX: tf2onnx converts ``ResizeArea`` to a nearest resize, so the ONNX model is 
 from the same serving graph built with matrix-product resizes (area/bilinear weights computed
 in the graph; equal to :func:`cardigan_tf.resize.resize_image` within 1e-5) and without the
 input assertions (ONNX Runtime checks dtype and rank only). Its parity with the SavedModel is
-checked on sample inputs at export time (max abs difference of probabilities <= 1e-4).
+checked on sample inputs at export time (max abs difference of probabilities <= 1e-4; the
+per-image ``uncertainty``, ``qc_flags`` and ``disagreement``: :mod:`cardigan_tf.serving.output_check`).
 """
 
 from __future__ import annotations
@@ -62,7 +63,9 @@ from cardigan_tf.serving.contract import (
     MAX_SIDE,
     RANGE_TOLERANCE,
     fixed_input,
+    qc_record,
 )
+from cardigan_tf.serving.output_check import compare_scores
 from cardigan_tf.serving.signatures import GanServing, SegServing
 
 log = logging.getLogger(__name__)
@@ -315,6 +318,7 @@ def write_version(folder: Path, kind: str, model, extra: dict, name: str, source
         "code": code_revision(),
         "exported": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "ensemble": extra.get("ensemble"),
+        "outputs": qc_record() if kind == "seg" else None,
         "saved_model_sha256": sha256_file(folder / "saved_model.pb"),
         "onnx": None,
     }
@@ -365,16 +369,24 @@ def export_onnx(folder: Path, kind: str, model, extra: dict, samples) -> dict:
 
 
 def onnx_parity(folder: Path, samples) -> float:
-    """Max abs difference between ONNX Runtime and the SavedModel's serving_default
-    (probabilities for seg, image grey levels for GAN) on ``samples``."""
+    """Max abs difference between ONNX Runtime and the SavedModel's serving_default on
+    ``samples``: GAN image grey levels; seg probabilities and per-image scores, and the ONNX
+    ``qc_flags`` must be the NumPy checks of the SavedModel's working-size label map
+    (``serving_fixed`` on the same frames; :func:`cardigan_tf.serving.output_check.compare_scores`)."""
     sess = ort.InferenceSession(str(folder / ONNX_FILE), providers=["CPUExecutionProvider"])
-    fn = tf.saved_model.load(str(folder)).signatures["serving_default"]
+    loaded = tf.saved_model.load(str(folder))
+    fn = loaded.signatures["serving_default"]
     out_names = [o.name for o in sess.get_outputs()]
     worst = 0.0
     for inputs in samples:
         ref = {k: v.numpy() for k, v in fn(**{k: tf.constant(v) for k, v in inputs.items()}).items()}
-        got = dict(zip(out_names, sess.run(None, {i.name: inputs[i.name.split(":")[0]] for i in sess.get_inputs()})))
+        raw = dict(zip(out_names, sess.run(None, {i.name: inputs[i.name.split(":")[0]] for i in sess.get_inputs()})))
+        got = {k: raw[k] if k in raw else raw[[n for n in raw if k in n][0]] for k in ref}
         key = "probabilities" if "probabilities" in ref else "image"
-        g = got[key] if key in got else got[[n for n in got if key in n][0]]
-        worst = max(worst, float(np.abs(g.astype(np.float64) - ref[key].astype(np.float64)).max()))
+        worst = max(worst, float(np.abs(got[key].astype(np.float64) - ref[key].astype(np.float64)).max()))
+        if key == "probabilities":
+            fixed = loaded.signatures[FIXED_SIGNATURE]
+            x = fixed_input(inputs["image"], fixed.structured_input_signature[1]["image"].shape[1])[0]
+            ref["working_probabilities"] = fixed(image=tf.constant(x))["probabilities"].numpy()
+            worst = max(worst, compare_scores(ref, got, f"{folder / ONNX_FILE}", ExportError))
     return worst

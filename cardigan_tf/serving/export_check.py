@@ -5,8 +5,11 @@ has the complete layout, its ``saved_model.pb`` has the SHA-256 of ``metadata.js
 signatures are those recorded, its warm-up records run; the SavedModel loads and answers the
 same in a fresh Python process that imports nothing of the project; with the source run still
 there, its answers equal the Keras model's through :mod:`cardigan_tf.inference` (probabilities
-within 1e-4, masks away from near-ties, GAN images within one grey level); an ONNX model
-matches TensorFlow. Batching: a version folder holding ``batching_params.pbtxt`` (the
+within 1e-4, masks away from near-ties, ``uncertainty`` / ``disagreement`` within 1e-4 of
+:func:`cardigan_tf.inference.combine_members`, ``qc_flags`` those of the NumPy checks
+:mod:`cardigan_tf.metrics.anatomy` on the working-size label map:
+:mod:`cardigan_tf.serving.output_check`; GAN images within one grey level); an ONNX model
+matches TensorFlow, its ``qc_flags`` checked the same way. Batching: a version folder holding ``batching_params.pbtxt`` (the
 servable TF-Serving batches under the shipped flags) must have only signatures whose inputs are
 fixed past the batch axis and no padding; a segmentation version without it has the any-size
 signatures.
@@ -45,6 +48,7 @@ from cardigan_tf.serving.export import (
     signature_info,
     version_dirs,
 )
+from cardigan_tf.serving.output_check import compare_scores, reference_scores
 from cardigan_tf.serving.signatures import default_z, seeded_z
 
 __all__ = ["check_export", "check_batching", "fresh_process_outputs", "reference_outputs", "compare_outputs",
@@ -207,14 +211,16 @@ def reference_outputs(kind: str, model, extra: dict, inputs: dict[str, np.ndarra
                       z_dim: int | None = None, at_input_size: bool = True) -> dict[str, np.ndarray]:
     """What the Keras model gives through :mod:`cardigan_tf.inference` for one request
     (seg: at the input's size, or at the working size with ``at_input_size=False``, as
-    ``serving_fixed`` answers)."""
+    ``serving_fixed`` answers; with the per-image scores and QC flags of
+    :func:`cardigan_tf.serving.output_check.reference_scores`)."""
     if kind == "seg":
         images = inputs["image"]
         x = inference.model_input(images, extra["pre"])
-        probs = inference.predict_probabilities(model, x)
+        scores = reference_scores(inference.member_probabilities(model, x))
+        probs = scores["working_probabilities"]
         if at_input_size:
             probs = resize.resize_probabilities(probs, images.shape[1:3]).numpy()
-        return {"probabilities": probs, "mask": np.argmax(probs, -1).astype(np.uint8)}
+        return {"probabilities": probs, "mask": np.argmax(probs, -1).astype(np.uint8), **scores}
 
     masks = inputs["mask"]
     z = None
@@ -226,7 +232,9 @@ def reference_outputs(kind: str, model, extra: dict, inputs: dict[str, np.ndarra
 
 
 def compare_outputs(kind: str, ref: dict, got: dict, where: str) -> float:
-    """Max difference (probabilities, or grey levels); ExportError when outside tolerance."""
+    """Max difference (probabilities and per-image scores, or grey levels); ExportError when
+    outside tolerance or when ``qc_flags`` differ from the NumPy checks
+    (:func:`cardigan_tf.serving.output_check.compare_scores`)."""
     if kind == "seg":
         p, q = ref["probabilities"], got["probabilities"]
         if p.shape != q.shape:
@@ -238,7 +246,7 @@ def compare_outputs(kind: str, ref: dict, got: dict, where: str) -> float:
         clear = (top2[..., 1] - top2[..., 0]) > TIE_MARGIN
         if got["mask"].shape != p.shape[:-1] or np.any((got["mask"] != ref["mask"]) & clear):
             raise ExportError(f"{where}: mask differs from the Keras model away from near-ties")
-        return diff
+        return max(diff, compare_scores(ref, got, where, ExportError))
     a, b = ref["image"].astype(int), got["image"].astype(int)
     if a.shape != b.shape:
         raise ExportError(f"{where}: image shape {b.shape}, expected {a.shape}")

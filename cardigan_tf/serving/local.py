@@ -7,7 +7,10 @@
   ensemble); the Keras model goes through
   :mod:`cardigan_tf.inference` with the run's :class:`~cardigan_tf.inference.Preprocessing`
   and answers as the export's signatures do (``probabilities`` float32 [B, H, W, 4] resized
-  bilinearly to the input size, ``mask`` uint8 its argmax).
+  bilinearly to the input size, ``mask`` uint8 its argmax; ``uncertainty``, ``qc_flags`` and,
+  for an ensemble of more than one member, ``disagreement`` per image, from
+  :func:`cardigan_tf.inference.combine_members` and :mod:`cardigan_tf.metrics.anatomy` on the
+  working-size label map).
 
 Both, like :class:`~cardigan_tf.serving.client_rest.RestClient` and
 :class:`~cardigan_tf.serving.client_grpc.GrpcClient`, offer ``predict(inputs,
@@ -29,9 +32,11 @@ import tensorflow as tf
 from tensorflow.core.protobuf import error_codes_pb2
 
 from cardigan_tf import resize
-from cardigan_tf.inference import model_input, predict_probabilities
+from cardigan_tf.inference import combine_members, member_probabilities, model_input
+from cardigan_tf.metrics.anatomy import qc_flags_batch
 from cardigan_tf.runs import RunError, load_ensemble, open_run
 from cardigan_tf.serving.errors import ServingRequestError
+from cardigan_tf.serving.signatures import member_count
 
 __all__ = ["SavedModelBackend", "RunBackend", "resolve_export", "export_metadata", "tf_error_message"]
 
@@ -167,8 +172,11 @@ class RunBackend:
 
     def signature(self, signature_name: str = "serving_default") -> dict[str, dict[str, Any]]:
         self._check_signature(signature_name)
+        scores = {"uncertainty": np.float32, "qc_flags": np.int32}
+        if member_count(self.model) > 1:
+            scores["disagreement"] = np.float32
         return {"inputs": {"image": self.SIGNATURES[signature_name]},
-                "outputs": {"probabilities": np.float32, "mask": np.uint8}}
+                "outputs": {"probabilities": np.float32, "mask": np.uint8, **scores}}
 
     def _check_signature(self, signature_name: str) -> None:
         if signature_name not in self.SIGNATURES:
@@ -192,8 +200,11 @@ class RunBackend:
             raise self._bad(f"image: expected [B, H, W] or [B, H, W, 1], got shape {list(arrays['image'].shape)}")
         if x.dtype == np.float32 and x.size and (not np.isfinite(x).all() or x.min() < 0 or x.max() > 1):
             raise self._bad("image: expected finite float values in [0, 1]")
-        probs = predict_probabilities(self.model, model_input(list(x), self.pre), self.batch_size)
-        probs = resize.resize_probabilities(probs, x.shape[1:3]).numpy() if len(x) else \
-            np.zeros((0, *x.shape[1:3], probs.shape[-1]), np.float32)
-        return {"probabilities": probs, "mask": resize.probs_to_mask(probs).numpy() if len(x) else
-                np.zeros(x.shape, np.uint8)}
+        if not len(x):
+            raise self._bad(f"image: empty batch: at least one row is needed, got shape {list(arrays['image'].shape)}")
+        members = member_probabilities(self.model, model_input(list(x), self.pre), self.batch_size)
+        working, scores = combine_members(members)
+        scores["qc_flags"] = qc_flags_batch(working.argmax(-1))
+        probs = resize.resize_probabilities(working, x.shape[1:3]).numpy()
+        return {"probabilities": probs, "mask": resize.probs_to_mask(probs).numpy(),
+                **{k: np.asarray(v, np.int32 if k == "qc_flags" else np.float32) for k, v in scores.items()}}

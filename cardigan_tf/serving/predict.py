@@ -15,6 +15,10 @@
   input: output, status, error) and ``clinical.csv`` (EDV, ESV, EF per patient whose four
   2CH/4CH ED/ES frames were given; Simpson biplane on the LV cavity, label 1, with each frame's
   spacing). A bad file is reported and skipped; the output folder appears only when complete.
+  ``predictions.csv`` also carries the model's per-image ``uncertainty``, ``disagreement`` (an
+  ensemble of more than one member), ``qc_flags`` and one 0/1 column ``qc_<flag>`` per flag
+  (:func:`cardigan_tf.serving.contract.image_columns`; the checks of the model's own label map at
+  the working size, before ``postprocess``); empty for a model that does not answer them.
 
 Images are sent to the model as float32 in [0, 1] (8-bit data divided by 255) through the
 ``serving_default`` signature; the masks come back at the input's size. A served model without
@@ -42,11 +46,12 @@ from cardigan_tf import viz
 from cardigan_tf.data.sample import DataError
 from cardigan_tf.files import atomic_path, atomic_write_text, refuse_overwrite
 from cardigan_tf.labels import LV, PHASES, VIEWS
+from cardigan_tf.metrics.anatomy import QC_FLAGS
 from cardigan_tf.metrics.clinical import patient_indices
 from cardigan_tf.metrics.segmentation import postprocess as clean
 from cardigan_tf.serving.client_grpc import GrpcClient
 from cardigan_tf.serving.client_rest import RestClient, signature_names
-from cardigan_tf.serving.contract import FIXED_SIGNATURE
+from cardigan_tf.serving.contract import FIXED_SIGNATURE, IMAGE_OUTPUTS, image_columns
 from cardigan_tf.serving.errors import ServingError
 from cardigan_tf.serving.local import RunBackend, SavedModelBackend, export_metadata, resolve_export
 from cardigan_tf.serving.predict_files import FORMATS, InputFile, collect_inputs, read_input, write_mask
@@ -55,7 +60,7 @@ __all__ = ["open_backend", "collect_inputs", "read_input", "write_mask", "predic
            "PredictResult", "FORMATS"]
 
 PREDICTION_FIELDS = ["input", "output", "overlay", "status", "error", "patient", "view", "phase", "rows", "cols",
-                     "spacing_row_mm", "spacing_col_mm"]
+                     "spacing_row_mm", "spacing_col_mm", *IMAGE_OUTPUTS, *(f"qc_{name}" for name in QC_FLAGS)]
 CLINICAL_FIELDS = ["patient", "edv_ml", "esv_ml", "ef_percent", "reason"]
 
 
@@ -141,8 +146,10 @@ class _Remote:
             kw = {} if self.fmt is None else {"fmt": self.fmt}
             out = self.client.segment(list(np.asarray(inputs["image"])), signature_name, **kw)
             return {k: np.stack(v) for k, v in out.items()}
-        if self.fmt is None:  # gRPC: fetch the mask only (the probabilities are 16 bytes a pixel)
-            return self.client.predict(inputs, signature_name, output_filter=["mask"])
+        if self.fmt is None:  # gRPC: the mask and the per-image outputs only (the probabilities are 16 bytes a pixel)
+            outputs = self.client.signature(signature_name)["outputs"]
+            wanted = ["mask", *(k for k in IMAGE_OUTPUTS if k in outputs)]
+            return self.client.predict(inputs, signature_name, output_filter=wanted)
         return self.client.predict(inputs, signature_name, fmt=self.fmt)
 
     def __repr__(self) -> str:
@@ -284,7 +291,8 @@ def predict_files(backend, inputs, out: str | Path, overwrite: bool = False, pro
                 folder = tmp / item.subdir
                 write_mask(item, mask, image, folder)
                 viz.save_png(folder / item.overlay_name, viz.overlay(image.pixels, mask))
-                row.update(output=str(out / rel), overlay=str(out / item.subdir / item.overlay_name), status="ok")
+                row.update(output=str(out / rel), overlay=str(out / item.subdir / item.overlay_name), status="ok",
+                           **image_columns(out_map, 0))
                 if record is not None:
                     record.update(mask=mask, spacing=image.spacing)
             except (DataError, ServingError) as exc:

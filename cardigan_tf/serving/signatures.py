@@ -14,7 +14,12 @@ one a server may batch) takes ``image`` float32 (B, S, S, 1) at the chain's firs
 answers at the working size s (``probabilities`` (B, s, s, 4), ``mask`` (B, s, s)); the client
 does the first resize and the last one (:func:`cardigan_tf.serving.contract.segment_frames`).
 Every output is computed from the working-size probabilities in one place
-(``_Module._outputs``), for both kinds of signature.
+(``_Module._outputs``), for both kinds of signature: beside ``probabilities`` and ``mask``, per
+image ``uncertainty`` float32 (B,) (:func:`cardigan_tf.metrics.uncertainty_graph.
+predictive_entropy_graph` of the member probabilities: an ensemble's members and views, or the
+one model's softmax), ``qc_flags`` int32 (B,) (:func:`cardigan_tf.metrics.anatomy_graph.
+qc_flags_graph` on the working-size label map, square pixels) and, for an ensemble of more than
+one member, ``disagreement`` float32 (B,) (:data:`cardigan_tf.serving.contract.IMAGE_OUTPUTS`).
 
 GAN: ``serving_default`` (``mask`` uint8 (B, H, W), labels 0..3) and, for a style generator
 (``z`` input), ``serving_seeded`` (``mask`` + ``seed`` int64 (B,)): z ~ N(0, 1) drawn
@@ -41,6 +46,8 @@ import tensorflow as tf
 
 from cardigan_tf import resize
 from cardigan_tf.labels import NUM_CLASSES
+from cardigan_tf.metrics.anatomy_graph import qc_flags_graph
+from cardigan_tf.metrics.uncertainty_graph import member_disagreement_graph, predictive_entropy_graph
 from cardigan_tf.serving.contract import ANY_SIZE_SIGNATURES, FIXED_SIGNATURE, MAX_SIDE, RANGE_TOLERANCE
 
 MESSAGES = {
@@ -183,6 +190,24 @@ def _first(y):
     return y[0] if isinstance(y, (list, tuple)) else y
 
 
+def member_count(model) -> int:
+    """M of a segmentation model: the members x views of an ensemble
+    (:func:`cardigan_tf.models.ensemble.build_ensemble`, second output (B, M, s, s, K)), else 1."""
+    outputs = model.outputs
+    if len(outputs) > 1 and len(outputs[1].shape) == 5:
+        return int(outputs[1].shape[1])
+    return 1
+
+
+def _mean_and_members(y):
+    """(mean (B, s, s, K), members (M, B, s, s, K)) float32 of a model's output: an ensemble's
+    two outputs, or one model's softmax as its only member."""
+    if isinstance(y, (list, tuple)) and len(y) > 1 and len(y[1].shape) == 5:
+        return tf.cast(y[0], tf.float32), tf.transpose(tf.cast(y[1], tf.float32), [1, 0, 2, 3, 4])
+    mean = tf.cast(_first(y), tf.float32)
+    return mean, mean[None]
+
+
 class SegServing:
     """Factory of the segmentation serving module (see module doc)."""
 
@@ -199,6 +224,7 @@ class SegServing:
             raise ValueError(f"resize_impl: expected 'tf' or 'matrix', got {resize_impl!r}")
         shape = None if rank is None else [None] * rank
         first, working = sizes[0], sizes[-1]
+        ensemble = member_count(model) > 1
 
         class _Module(tf.Module):
             def __init__(self):
@@ -206,23 +232,30 @@ class SegServing:
                 self.model = model
                 self.sizes = sizes
 
-            def _probabilities(self, x):  # x: (B, H, W) float32 in [0, 1] -> (B, s, s, K) at the working size
+            def _probabilities(self, x):
+                """x: (B, H, W) float32 in [0, 1] -> (mean (B, s, s, K), members (M, B, s, s, K))
+                at the working size."""
                 y = tf.clip_by_value(x, 0.0, 1.0)[..., None]
                 for size in self.sizes:
                     y = matrix_resize(y, size) if resize_impl == "matrix" else resize.resize_image(y, size)
-                return tf.cast(_first(self.model(y, training=False)), tf.float32)
+                return _mean_and_members(self.model(y, training=False))
 
-            def _outputs(self, probs, size=None):
-                """Every output, from the working-size probabilities: resized to ``size`` (h, w)
-                first when given (bilinear), then the mask as their argmax."""
+            def _outputs(self, probs, members, size=None):
+                """Every output, from the working-size probabilities and their members: the
+                per-image scores and QC flags at the working size; then the probabilities resized
+                to ``size`` (h, w) when given (bilinear), and the mask as their argmax."""
+                scores = {"uncertainty": predictive_entropy_graph(members),
+                          "qc_flags": qc_flags_graph(tf.argmax(probs, axis=-1, output_type=tf.int32))}
+                if ensemble:
+                    scores["disagreement"] = member_disagreement_graph(members)
                 if size is not None:
                     probs = matrix_resize_bilinear(probs, size) if resize_impl == "matrix" else \
                         resize_probabilities_to(probs, size)
-                return {"probabilities": probs, "mask": tf.cast(tf.argmax(probs, axis=-1), tf.uint8)}
+                return {"probabilities": probs, "mask": tf.cast(tf.argmax(probs, axis=-1), tf.uint8), **scores}
 
             def _segment(self, x):  # any size: outputs at the input's H x W
                 shape_in = tf.shape(x)
-                return self._outputs(self._probabilities(x), (shape_in[1], shape_in[2]))
+                return self._outputs(*self._probabilities(x), (shape_in[1], shape_in[2]))
 
             @tf.function(input_signature=[tf.TensorSpec(shape, tf.float32, name="image")])
             def serving_default(self, image):
@@ -237,8 +270,8 @@ class SegServing:
             @tf.function(input_signature=[tf.TensorSpec([None, first, first, 1], tf.float32, name="image")])
             def serving_fixed(self, image):
                 x = checked_batch(image, "image", check_range=True) if checks else image[..., 0]
-                probs = tf.ensure_shape(self._probabilities(x), [None, working, working, None])
-                return self._outputs(probs)
+                probs, members = self._probabilities(x)
+                return self._outputs(tf.ensure_shape(probs, [None, working, working, None]), members)
 
             def signatures(self, names: Sequence[str] = (*ANY_SIZE_SIGNATURES, FIXED_SIGNATURE)):
                 functions = {"serving_default": self.serving_default, "serving_uint8": self.serving_uint8,

@@ -31,9 +31,10 @@ flag               bit    set when
 ``long_axis``      12     the LV cavity's long axis is implausible: its length / width ratio
                           is outside ``elongation``, or it leans more than ``max_axis_angle``
                           degrees from the image's depth axis (the rows)
-``lv_at_border``   13     the LV epicardium (cavity or myocardium) touches the image's edge:
-                          in an apical view the whole LV lies inside the sector, so a frame
-                          that cuts it (cropped, shifted, too shallow) is flagged
+``lv_at_border``   13     the LV epicardium's largest piece lies on the image's edge
+                          along more than ``max_border_fraction`` of its longer side: in an
+                          apical view the whole LV lies inside the sector, so a frame that
+                          cuts it (cropped, shifted, too shallow) is flagged
 =================  =====  ==================================================================
 
 Definitions. Pieces are 8-connected; specks outside a structure's largest piece that hold at
@@ -90,13 +91,16 @@ class QCRules:
     piece before it counts as fragmented. ``max_exposed_fraction``: the largest fraction of the
     LV cavity's border pixels that may touch background. ``elongation``: (low, high) of the
     cavity's length / width ratio. ``max_axis_angle``: degrees the cavity's long axis may lean
-    from the depth axis.
+    from the depth axis. ``max_border_fraction``: how many LV epicardium pixels may lie on the
+    image's edge, as a fraction of its longer side (stray pixels of a prediction; a cut heart
+    lies on the edge along its width).
     """
 
     max_debris_fraction: float = MAX_DEBRIS_FRACTION
     max_exposed_fraction: float = 0.25
     elongation: tuple[float, float] = (1.2, 4.5)
     max_axis_angle: float = 45.0
+    max_border_fraction: float = 0.05
 
     def __post_init__(self):
         lo, hi = self.elongation
@@ -110,6 +114,8 @@ class QCRules:
             raise ValueError(f"QCRules.elongation: expected (low, high) with 1 <= low <= high, got {self.elongation}")
         if not 0.0 <= self.max_axis_angle <= 90.0:
             raise ValueError(f"QCRules.max_axis_angle: expected degrees in [0, 90], got {self.max_axis_angle}")
+        if not 0.0 <= self.max_border_fraction < 1.0:
+            raise ValueError(f"QCRules.max_border_fraction: expected a fraction in [0, 1), got {self.max_border_fraction}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -162,6 +168,16 @@ def _pieces(region: np.ndarray) -> tuple[int, int]:
     lab, n = ndimage.label(region, structure=_EIGHT)
     sizes = np.bincount(lab.ravel())[1:]
     return int(n), int(sizes.sum() - sizes.max()) if n else 0
+
+
+def _largest(region: np.ndarray) -> np.ndarray:
+    """The pixels of the largest 8-connected piece of ``region`` (of each, when several tie)."""
+    lab, n = ndimage.label(region, structure=_EIGHT)
+    if not n:
+        return region.copy()
+    sizes = np.bincount(lab.ravel())
+    sizes[0] = 0
+    return np.isin(lab, np.flatnonzero(sizes == sizes.max()))
 
 
 def _enclosed(region: np.ndarray) -> np.ndarray:
@@ -232,9 +248,10 @@ def check_anatomy(mask, spacing=None, rules: QCRules | None = None) -> AnatomyQC
     contact = la & ndimage.binary_dilation(lv, structure=_EIGHT)
     measures["la_lv_contact_pixels"] = float(contact.sum())
     flags["la_detached"] = present["lv"] and present["la"] and not contact.any()
-    edges = np.concatenate([epi[0], epi[-1], epi[:, 0], epi[:, -1]])
+    heart = _largest(epi)  # stray pixels of a prediction do not count
+    edges = np.concatenate([heart[0], heart[-1], heart[:, 0], heart[:, -1]])
     measures["epi_border_pixels"] = float(edges.sum())
-    flags["lv_at_border"] = bool(edges.any())
+    flags["lv_at_border"] = bool(edges.sum() > rules.max_border_fraction * max(m.shape))
     failed = [name for name in QC_FLAGS if flags[name]]
     return AnatomyQC(flags=flags, qc_flags=qc_bitmask(flags), failed=failed, measures=measures)
 

@@ -102,7 +102,8 @@ def _piece_ids(region):
 
 
 def _pieces(region):
-    """(int32 [B, K] number of 8-connected pieces, int32 [B, K] pixels of the largest piece) of
+    """(int32 [B, K] number of 8-connected pieces, int32 [B, K] pixels of the largest piece, bool
+    [B, H, W, K] the pixels of the largest piece (of each largest piece when several tie)) of
     each channel of ``region`` (bool [B, H, W, K]). The sizes are a scatter-add of ones at each
     pixel's piece id (TensorFlow's ``tensor_scatter_nd_add``, ONNX ``ScatterND`` with the add
     reduction: keras' scatter overwrites repeated indices in ONNX)."""
@@ -112,7 +113,13 @@ def _pieces(region):
     pixels = ops.where(flat_lab > 0)[0]
     named = _named(flat_lab, pixels, flat_base, ops.shape(lab)[3])
     sizes = tf.tensor_scatter_nd_add(ops.zeros_like(flat_lab), named[:, None], ops.ones_like(named))
-    return count, ops.max(ops.reshape(sizes, ops.shape(lab)), axis=(1, 2))
+    largest = ops.max(ops.reshape(sizes, ops.shape(lab)), axis=(1, 2))
+    inside = ops.reshape(ops.cast(region, "int32"), (-1,))
+    everywhere = ops.arange(ops.shape(flat_lab)[0], dtype="int32")
+    own = ops.where(inside > 0, _named(flat_lab, everywhere, flat_base, ops.shape(lab)[3]), everywhere)
+    piece_size = ops.reshape(ops.take(sizes, own) * inside, ops.shape(lab))  # each pixel: its piece's size
+    in_largest = ops.logical_and(region, ops.equal(piece_size, largest[:, None, None, :]))
+    return count, largest, in_largest
 
 
 def _euler_number(region):
@@ -172,7 +179,7 @@ def anatomy_flags_graph(labels, spacing=None, rules: QCRules | None = None):
     regions = ops.stack([lv, myo, la, epi], axis=-1)                  # [B, H, W, 4]
     present = ops.any(regions[..., :3], axis=(1, 2))                  # [B, 3]
     empty = ops.logical_not(present)
-    pieces, largest = _pieces(regions)                                # [B, 4] each
+    pieces, largest, in_largest = _pieces(regions)                    # [B, 4], [B, 4], [B, H, W, 4]
     area = ops.sum(ops.cast(regions, "int32"), axis=(1, 2))
     debris = ops.cast(area - largest, "float32")[:, :3]
     fragmented = debris > rules.max_debris_fraction * ops.cast(area[:, :3], "float32")
@@ -194,8 +201,10 @@ def anatomy_flags_graph(labels, spacing=None, rules: QCRules | None = None):
     implausible = ops.logical_or(ops.logical_or(ratio < lo, ratio > hi), lean > rules.max_axis_angle)
     long_axis = ops.logical_and(lv_present, implausible)
 
-    edges = ops.concatenate([epi[:, 0, :], epi[:, -1, :], epi[:, :, 0], epi[:, :, -1]], axis=1)
-    at_border = ops.any(edges, axis=1)
+    heart = in_largest[..., 3]  # the epicardium's largest piece: stray pixels do not count
+    edges = ops.concatenate([heart[:, 0, :], heart[:, -1, :], heart[:, :, 0], heart[:, :, -1]], axis=1)
+    side = ops.cast(ops.maximum(ops.shape(labels)[1], ops.shape(labels)[2]), "float32")
+    at_border = ops.sum(ops.cast(edges, "float32"), axis=1) > rules.max_border_fraction * side
 
     flags = ops.concatenate([empty, fragmented, holes, ops.stack([exposed, detached, long_axis, at_border], axis=-1)],
                             axis=-1)

@@ -6,8 +6,9 @@ with the cost (training time, inference ms/image at batch 1 and 8, exported Save
 
 Data. By default the phantom's harder regime: the default quality mix, training and validation
 patients in acquisition style A, test patients in style B, few patients outside the test split
-(``--pool``, default 10: the single U-Net trains on 8 and validates on 2, as each of 5 folds
-does) and ``--test-patients`` test patients (12; 10 with ``--quick``), 64x64
+(``--pool``, default 10; the single U-Net validates on round(pool / K) of them and trains on the
+others, the split sizes of a fold: 8 and 2 with K = 5, 7 and 3 with ``--quick``'s K = 3) and
+``--test-patients`` test patients (12; 10 with ``--quick``), 64x64
 (:func:`cardigan_tf.data.phantom.write_h5` with those split fractions). ``--data PATH``: a
 CAMUS folder (any layout, prepared once at the working size) or a prepared seed-layout .h5; the
 single U-Net trains on its ``train`` split and validates on ``valid``, the folds pool the two
@@ -23,7 +24,8 @@ working size (``Run.load`` / ``load_ensemble`` models, ``predict_on_batch`` medi
 taken in turn), and exported with ``python -m cardigan_tf.export``.
 
 Writes ``OUT/figures.md`` (read it first), ``figures.csv``, ``cost.csv``, ``figures.json``,
-``figures.png``; ``OUT/runs``, ``OUT/eval/<arm>``, ``OUT/export``. Finished runs, evaluations
+``figures.png``; ``OUT/runs``, ``OUT/eval/<arm>`` (and ``OUT/eval/members/fold-k``: each fold
+alone), ``OUT/export``. Finished runs, evaluations
 and exports in OUT are reused (a run with another config is refused); ``--overwrite`` evaluates,
 exports and writes the figures again.
 """
@@ -113,9 +115,10 @@ def make_data(args: argparse.Namespace, out: Path, size: int) -> Path:
     """The prepared .h5 every arm reads (module docstring)."""
     if args.data:
         return resolve_data(args.data, out / "data", size=size, seed=args.seed)
-    n_valid = max(1, round(args.pool / 5))
+    n_valid = max(1, round(args.pool / args.folds))  # the single U-Net's split: the size of a fold's
     n = args.pool + args.test_patients
-    path = out / "data" / f"phantom_{REGIME.tag()}_pool{args.pool}_test{args.test_patients}_seed{args.seed}.h5"
+    path = out / "data" / (f"phantom_{REGIME.tag()}_train{args.pool - n_valid}_valid{n_valid}_test{args.test_patients}"
+                           f"_seed{args.seed}.h5")
     if not path.is_file():
         path.parent.mkdir(parents=True, exist_ok=True)
         write_h5(path, n_patients=n, seed=args.seed, size=size, phantom=REGIME,
@@ -145,7 +148,7 @@ def train(args: argparse.Namespace, out: Path, overrides: list[str]) -> tuple[Pa
 
 
 def evaluate(arms: dict, out: Path, data: Path, overwrite: bool) -> dict[str, Path]:
-    """Each arm's evaluation folder on the test split (reused unless ``overwrite``)."""
+    """Each arm's (or fold's) evaluation folder on the test split (reused unless ``overwrite``)."""
     dirs = {}
     for arm, (run, tta) in arms.items():
         d = out / "eval" / arm
@@ -153,6 +156,10 @@ def evaluate(arms: dict, out: Path, data: Path, overwrite: bool) -> dict[str, Pa
             evaluate_run(run, data=data, split="test", out=d, overwrite=True, tta=tta)
         dirs[arm] = d
     return dirs
+
+
+def _summary(folder: Path) -> dict:
+    return json.loads((folder / "summary.json").read_text())
 
 
 def inference_ms(arms: dict, data: Path, steps: int, batches=(1, 8)) -> dict[tuple[str, int], float]:
@@ -264,7 +271,10 @@ def main(argv: list[str] | None = None) -> int:
     single, cv, seconds = train(args, out, overrides)
     arms = {"single": (single, None), "ensemble": (cv, []), "ensemble_tta": (cv, list(args.views))}
     eval_dirs = evaluate(arms, out, data, args.overwrite)
-    summaries = {arm: json.loads((d / "summary.json").read_text()) for arm, d in eval_dirs.items()}
+    summaries = {arm: _summary(d) for arm, d in eval_dirs.items()}
+    folds = {f"members/{p.name}": (p, None) for p in map(Path, open_run(cv).member_runs())}
+    test_dice = {arm: report.test_dice(s) for arm, s in summaries.items()}
+    test_dice.update({k: report.test_dice(_summary(d)) for k, d in evaluate(folds, out, data, args.overwrite).items()})
     log.info("timing inference (%d calls per figure)", args.timing_steps)
     ms = inference_ms(arms, data, args.timing_steps)
     sizes = {arm: saved_model_bytes(d) for arm, d in export(arms, out, args.overwrite).items()}
@@ -276,7 +286,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"steps of batch {seg_cfg.train.batch_size}, no early stopping, the best validation epoch; train seed "
                 f"{args.train_seed}" + (f"; overrides {args.overrides}" if args.overrides else ""))
     views = 1 + len(args.views)
-    context = {"folds": args.folds, "quick": bool(args.quick), "data": str(data), "cpu": cpu,
+    context = {"folds": args.folds, "quick": bool(args.quick), "data": str(data), "cpu": cpu, "test_dice": test_dice,
                "machine": os.uname().nodename, "lines": context_lines(args, data, cfg_line, cpu, single, cv),
                "cost_lines": [f"CPU: {cpu} (shared with other jobs: times are indicative). Inference: the arm's "
                               f"model at the working size (`predict_on_batch`, median of {args.timing_steps} calls "

@@ -38,8 +38,8 @@ GOAL_AUC = 0.8
 #: (metric, title, the better direction: +1 higher, -1 lower)
 MEASURES = (("dice", "Dice", 1), ("hd", "HD", -1), ("mad", "MAD", -1))
 EF_METRIC = "ef_abs_error"
-COMPARISON_FIELDS = ["comparison", "metric", "structure", "measure", "unit", "better", "n_patients", "n_images_a",
-                     "n_images_b", "mean_a", "mean_b", "estimate", "ci_low", "ci_high", "level", "pvalue", "verdict",
+COMPARISON_FIELDS = ["comparison", "metric", "structure", "measure", "unit", "better", "n_patients",
+                     "n_patients_excluded", "n_images_a", "n_images_b", "mean_a", "mean_b", "estimate", "ci_low", "ci_high", "level", "pvalue", "verdict",
                      "method"]
 COST_FIELDS = ["item", "arm", "batch", "value", "unit", "bound", "within", "note"]
 
@@ -71,6 +71,16 @@ def arm_rows(eval_dir: Path, metric: str) -> list[dict]:
     return [{"patient": r["patient"], "value": _float(r[metric])} for r in read_csv(Path(eval_dir) / "per_image.csv")]
 
 
+def scored_in_both(rows_a: list[dict], rows_b: list[dict]) -> tuple[list[dict], list[dict], list[str]]:
+    """Both arms' rows of the patients that have a finite value in both arms, and the patients
+    left out (e.g. an EF that the LV of one arm's masks does not allow measuring)."""
+    def scored(rows):
+        return {r["patient"] for r in rows if math.isfinite(r["value"])}
+    both = scored(rows_a) & scored(rows_b)
+    left_out = sorted({r["patient"] for r in rows_a + rows_b} - both)
+    return [r for r in rows_a if r["patient"] in both], [r for r in rows_b if r["patient"] in both], left_out
+
+
 def patient_differences(rows_a: list[dict], rows_b: list[dict]) -> dict[str, float]:
     """Per patient: mean of arm B's finite values - mean of arm A's (patients both arms scored)."""
     def means(rows):
@@ -98,15 +108,16 @@ def compare(eval_dirs: dict[str, Path], units: dict[str, str], n_boot: int = DEF
     rows, diffs = [], {}
     for arm in [a for a in eval_dirs if a != BASELINE]:
         for metric, structure, title, better in metrics():
-            a, b = arm_rows(eval_dirs[BASELINE], metric), arm_rows(eval_dirs[arm], metric)
+            a, b, left_out = scored_in_both(arm_rows(eval_dirs[BASELINE], metric), arm_rows(eval_dirs[arm], metric))
             table = [{"arm": name, "seed": 0, **r} for name, part in ((BASELINE, a), (arm, b)) for r in part]
             unit = "%" if metric == EF_METRIC else units.get(title.lower(), "")
             row = {"comparison": f"{arm} - {BASELINE}", "metric": metric, "structure": structure, "measure": title,
-                   "unit": unit, "better": "higher" if better > 0 else "lower", "level": DEFAULT_LEVEL}
+                   "unit": unit, "better": "higher" if better > 0 else "lower", "level": DEFAULT_LEVEL,
+                   "n_patients_excluded": len(left_out)}
             try:
                 res = hierarchical_paired_comparison(table, (BASELINE, arm), value="value", n_boot=n_boot,
                                                      level=DEFAULT_LEVEL)
-            except ValueError as exc:  # e.g. a patient with no finite value in one arm
+            except ValueError as exc:  # e.g. fewer than 2 patients scored in both arms
                 row.update({k: float("nan") for k in ("estimate", "ci_low", "ci_high", "pvalue", "mean_a", "mean_b")},
                            n_patients=0, n_images_a=len(a), n_images_b=len(b), verdict="not tested",
                            method=f"not tested: {exc}")
@@ -154,6 +165,12 @@ def rankings(summaries: dict[str, dict]) -> list[dict]:
                         "auc": r["auc"] if enough else float("nan"), "dice_top": r["dice_top"],
                         "dice_rest": r["dice_rest"], "n_top": r["n_top"], "goal": goal})
     return out
+
+
+def test_dice(summary: dict) -> dict[str, float]:
+    """Mean test Dice per structure of an evaluation's ``summary.json``."""
+    stats = summary["by_phase"]["all"]
+    return {s: stats.get(s, {}).get("dice", {}).get("mean", float("nan")) for s in STRUCTURES}
 
 
 def _num(v, digits: int = 3) -> str:
@@ -206,13 +223,16 @@ def markdown(context: dict, rows: list[dict], verdicts: dict, ranks: list[dict],
               f"images (views x phases; EF: one value per patient). Method: "
               f"`cardigan_tf.stats_hierarchical.hierarchical_paired_comparison` with one training run per arm: "
               f"{first['method'] if first else 'n/a'}. Verdict: the {DEFAULT_LEVEL:.0%} interval on the better or "
-              "worse side of 0, or containing it.", "",
-              "| comparison | structure | measure | single | arm | difference [95 % CI] | p | better | verdict |",
-              "|---|---|---|---|---|---|---|---|---|"]
+              "worse side of 0, or containing it. A patient without a finite value in one arm (an EF that its LV masks "
+              "do not allow measuring, a structure missing from all its images) is left out of that row (patients: "
+              "compared, left out).", "",
+              "| comparison | structure | measure | patients | single | arm | difference [95 % CI] | p | better | "
+              "verdict |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         d = 4 if r["measure"] == "Dice" else 2
         title = STRUCTURE_TITLES.get(r["structure"], "LV")
-        lines.append(f"| {r['comparison']} | {title} | {r['measure']} ({r['unit']}) | {_num(r['mean_a'], d)} | "
+        lines.append(f"| {r['comparison']} | {title} | {r['measure']} ({r['unit']}) | {r['n_patients']}, "
+                     f"{r['n_patients_excluded']} | {_num(r['mean_a'], d)} | "
                      f"{_num(r['mean_b'], d)} | {_num(r['estimate'], d)} [{_num(r['ci_low'], d)}, "
                      f"{_num(r['ci_high'], d)}] | {_num(r['pvalue'], 3)} | {r['better']} | {r['verdict']} |")
     lines += ["", f"## Uncertainty ranks the failures (LV endo Dice < {FAILURE_DICE:.2f})", "",
@@ -221,6 +241,14 @@ def markdown(context: dict, rows: list[dict], verdicts: dict, ranks: list[dict],
     for r in ranks:
         lines.append(f"| {r['arm']} | {r['score']} | {r['n']} | {r['n_failures']} | {_num(r['auc'])} | "
                      f"{_num(r['dice_top'])} (n = {r['n_top']}) | {_num(r['dice_rest'])} | {r['goal']} |")
+    lines += ["", "## Each fold model alone on the test patients", "",
+              "Not a paired test: the mean over test images of each fold's U-Net, beside the arms (how much of "
+              "a difference is the ensembling and how much the single run's own luck: one training run per arm "
+              "does not measure the training-run variance).", "",
+              "| model | " + " | ".join(f"{STRUCTURE_TITLES[s]} Dice" for s in STRUCTURES) + " |",
+              "|---|" + "---|" * len(STRUCTURES)]
+    for name, summary in context["test_dice"].items():
+        lines.append(f"| {name} | " + " | ".join(_num(summary.get(s), 4) for s in STRUCTURES) + " |")
     lines += ["", "## Cost", "", *context["cost_lines"], "", *cost_markdown(cost), "",
               "Files: `figures.csv` (the comparisons), `cost.csv`, `figures.png` (per-patient differences), "
               "`eval/<arm>/` (each arm's evaluation), `runs/` (the trained runs), `export/` (the SavedModels).", ""]

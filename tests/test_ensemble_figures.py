@@ -71,5 +71,6 @@ def test_script_writes_the_figures_on_a_tiny_phantom(tmp_path):
     assert summary["ensemble"]["tta"] == ["gamma:0.8", "gamma:1.25"] and len(summary["ensemble"]["members"]) == 2
     text = (out / "figures.md").read_text()
     assert "## Goals" in text and "not worse on any structure" in text and "## Cost" in text
+    assert "| members/fold-1 |" in text and (out / "eval" / "members" / "fold-0" / "per_image.csv").is_file()
     with pytest.raises(OverwriteError, match="figures.md"):
         ensemble_figures.main(["--out", str(out), *TINY])

@@ -58,7 +58,6 @@ from cardigan_tf.jobs.cv import train_cv
 from cardigan_tf.jobs.evaluation import evaluate_run
 from cardigan_tf.jobs.seg import train_seg
 from cardigan_tf.runs import load_ensemble, open_run
-
 from experiments import ensemble_figures_report as report
 
 log = logging.getLogger("ensemble_figures")
@@ -75,7 +74,8 @@ MB = 1e6
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m experiments.ensemble_figures", description=__doc__.splitlines()[0])
     p.add_argument("--out", required=True, help="output folder (runs, evaluations, exports, figures)")
-    p.add_argument("--quick", action="store_true", help="K = 3, 6 epochs, 10 test patients (about 10 min on 2 cores)")
+    p.add_argument("--quick", action="store_true",
+                   help="K = 3, 6 epochs, 10 test patients (4 min measured on 2 shared cores)")
     p.add_argument("--data", help="CAMUS folder or prepared .h5 (default: the phantom's harder regime)")
     p.add_argument("--preset", default="tiny", help="U-Net preset (default tiny: 64x64)")
     p.add_argument("--folds", type=int, help="K (default 5; 3 with --quick)")
@@ -173,7 +173,7 @@ def inference_ms(arms: dict, data: Path, steps: int, batches=(1, 8)) -> dict[tup
     out = {}
     for b in batches:
         x = rng.random((b, size, size, 1), dtype=np.float32)
-        calls = {arm: (lambda m=m: m.predict_on_batch(x)) for arm, m in models.items()}
+        calls = {arm: (lambda m=m, x=x: m.predict_on_batch(x)) for arm, m in models.items()}
         for arm, sec in interleaved_medians(calls, steps, warmup=3).items():
             out[(arm, b)] = sec * 1000.0 / b
     return out

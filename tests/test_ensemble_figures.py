@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from cardigan_tf.files import OverwriteError
-from experiments import ensemble_figures, ensemble_figures_report as report
+from experiments import ensemble_figures
+from experiments import ensemble_figures_report as report
 
 TINY = ["--folds", "2", "--epochs", "1", "--steps", "2", "--pool", "4", "--test-patients", "3", "--timing-steps", "1",
         "--n-boot", "200", "--set", "model.base_filters=4", "--set", "model.max_filters=16",

@@ -255,6 +255,18 @@ def test_quality_and_style_round_trip_through_write_and_read(tmp_path):
     assert sum(info["train"]["qualities"].values()) == info["train"]["frames"]
 
 
+def test_write_h5_fractions_set_the_split_sizes(tmp_path):
+    cfg = phantom.PhantomConfig(test_style="B")
+    path = phantom.write_h5(tmp_path / "few.h5", n_patients=11, seed=2, size=64, phantom=cfg, preview=False,
+                            fractions=(3 / 11, 2 / 11, 6 / 11))
+    pats = h5layout.list_patients(path)
+    assert {k: len(v) for k, v in pats.items()} == {"train": 3, "valid": 2, "test": 6}
+    assert sorted(p for v in pats.values() for p in v) == [f"phantom{i:04d}" for i in range(11)]
+    assert "fractions" in h5layout.read_root_attrs(path)["split_method"]
+    assert {s.meta["style"] for split, s in h5layout.iter_samples(path, ["test"])} == {"B"}
+    with pytest.raises(ValueError, match="sum to 1"):
+        phantom.write_h5(tmp_path / "bad.h5", n_patients=4, size=64, preview=False, fractions=(0.5, 0.1, 0.1))
+
 def test_phantom_config_is_deterministic_per_seed(tmp_path):
     cfg = phantom.PhantomConfig(quality_mix=[0.0, 0.5, 0.5], style="B")
     a, b = (phantom.make_patient(3, seed=1, size=64, phantom=cfg) for _ in range(2))

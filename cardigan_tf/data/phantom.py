@@ -34,6 +34,7 @@ Example::
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -215,8 +216,10 @@ def phantom_attrs(n_patients: int, seed: int, size: int, phantom: PhantomConfig 
 
 
 def write_h5(path: str | Path, n_patients: int = 50, seed: int = 0, size: int = 256,
-             overwrite: bool = False, preview: bool = True, phantom: PhantomConfig | None = None) -> Path:
-    """Write ``n_patients`` phantom patients in the seed HDF5 layout (seeded 80/10/10 split).
+             overwrite: bool = False, preview: bool = True, phantom: PhantomConfig | None = None,
+             fractions: Sequence[float] | None = None) -> Path:
+    """Write ``n_patients`` phantom patients in the seed HDF5 layout (seeded split: 80/10/10, or
+    ``fractions`` of train, valid and test, :func:`cardigan_tf.data.splits.seeded_split`).
 
     ``phantom``: the quality mix and the acquisition styles (the test patients in
     ``phantom.test_style``). Each view group records its patient's ``quality`` and ``style``.
@@ -228,9 +231,11 @@ def write_h5(path: str | Path, n_patients: int = 50, seed: int = 0, size: int = 
         raise ValueError(f"n_patients: expected at least 1, got {n_patients}")
     phantom = _checked(phantom)
     ids = [f"phantom{i:04d}" for i in range(int(n_patients))]
-    split_of = {pid: name for name, pids in seeded_split(ids, seed).items() for pid in pids}
+    splits = seeded_split(ids, seed) if fractions is None else seeded_split(ids, seed, fractions)
+    split_of = {pid: name for name, pids in splits.items() for pid in pids}
+    method = f"seeded:{int(seed)}" + ("" if fractions is None else f" fractions {[float(f) for f in fractions]}")
     attrs = {"source_layout": "phantom", **phantom_attrs(n_patients, seed, size, phantom),
-             "split_method": f"seeded:{int(seed)}", "n_skipped": 0}
+             "split_method": method, "n_skipped": 0}
     shown: list[Sample] = []
     it = tqdm(range(int(n_patients)), desc="phantom", unit="patient", leave=False)
     with H5Writer(path, attrs=attrs, overwrite=overwrite) as w:

@@ -23,7 +23,8 @@ import numpy as np
 from scipy import stats as sps
 
 from cardigan_tf.stats import paired_patient_test
-from cardigan_tf.stats_hierarchical import compare_cell_means, minimal_detectable_difference
+from cardigan_tf.stats_hierarchical import compare_cell_means
+from cardigan_tf.stats_power import minimal_detectable_difference
 from cardigan_tf.stats_simulation import REGIMES, simulate_images
 
 ALPHA = 0.05

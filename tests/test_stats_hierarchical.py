@@ -14,11 +14,9 @@ from scipy import stats as sps
 
 from cardigan_tf.stats import paired_patient_test, wilcoxon_method, wilcoxon_paired, wilcoxon_test
 from cardigan_tf.stats_failures import failure_sign_test, mcnemar_exact
-from cardigan_tf.stats_hierarchical import (
-    NOTE_ONE_SEED,
-    compare_cell_means,
+from cardigan_tf.stats_hierarchical import NOTE_ONE_SEED, compare_cell_means, hierarchical_paired_comparison
+from cardigan_tf.stats_power import (
     detectable_difference,
-    hierarchical_paired_comparison,
     minimal_detectable_difference,
     observed_detectable_difference,
 )

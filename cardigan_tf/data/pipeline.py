@@ -55,10 +55,8 @@ from cardigan_tf.runtime import worker_info
 
 AUTOTUNE = tf.data.AUTOTUNE
 Source = Any  # str | Path | dict[str, np.ndarray]
-#: frames held in the shuffle buffer of a streamed (TFRecord) training source
-STREAM_SHUFFLE_BUFFER = 2048
-#: the synthetic share of a stream is this exact a fraction (see :func:`synthetic_ratio`)
-MAX_MIX_DENOMINATOR = 4096
+STREAM_SHUFFLE_BUFFER = 2048  # frames in the shuffle buffer of a streamed (TFRecord) training source
+MAX_MIX_DENOMINATOR = 4096  # the synthetic share of a stream is this exact a fraction (synthetic_ratio)
 
 
 # ----------------------------------------------------------------------------- options

@@ -47,7 +47,7 @@ import json
 import logging
 import time
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 
@@ -64,6 +64,7 @@ from cardigan_tf.jobs.gan_quality import gan_quality_report
 from cardigan_tf.jobs.gan_selection import select_checkpoint
 from cardigan_tf.jobs.generation import generate_set
 from cardigan_tf.jobs.seg import train_seg
+from cardigan_tf.jobs import study_layout as layout
 from cardigan_tf.jobs.study_claims import claim, claims_dir, data_lock, release, work_log
 from cardigan_tf.jobs.study_report import write_study_report
 from cardigan_tf.labels import PHASES, STRUCTURES, VIEWS
@@ -85,8 +86,8 @@ class _Eta:
         self.seconds[stage].append(seconds)
 
     def report(self, root: Path, cells, gan_seed) -> None:
-        left = {"gan": sum(1 for f, seed in needed_gans(cells, gan_seed) if not _gan_ready(root, f, seed)),
-                "cell": sum(1 for c in cells if not _done(_cell_dir(root, c)))}
+        left = {"gan": sum(1 for f, seed in needed_gans(cells, gan_seed) if not layout.gan_ready(root, f, seed)),
+                "cell": sum(1 for c in cells if not layout.cell_done(layout.cell_dir(root, c)))}
         parts, total, known = [], 0.0, True
         for stage, name in (("gan", "GANs"), ("cell", "U-Net cells")):
             done = self.seconds[stage]
@@ -104,48 +105,6 @@ class _Eta:
                      "" if known else " + the stages not yet timed")
 
 
-def _tag(x: float) -> str:
-    return f"{x:g}"
-
-
-def _done(path: Path) -> bool:
-    return (path / "result.json").is_file()
-
-
-def _gan_dir(root: Path, frac: float, seed: int) -> Path:
-    return root / "gans" / f"gan-f{_tag(frac)}-seed{seed}"
-
-
-def _synth_path(root: Path, frac: float, seed: int) -> Path:
-    return root / "synthetic" / f"synth-f{_tag(frac)}-seed{seed}.h5"
-
-
-class Cell(NamedTuple):
-    """One U-Net of the design: training fraction, synthetic fraction, exposure arm ("" when
-    the synthetic fraction is 0) and seed."""
-
-    frac: float
-    synth: float
-    exposure: str
-    seed: int
-
-    @property
-    def name(self) -> str:
-        arm = f"-{self.exposure}" if self.synth > 0 else ""
-        return f"seg-f{_tag(self.frac)}-s{_tag(self.synth)}{arm}-seed{self.seed}"
-
-
-def _cell_dir(root: Path, cell: Cell) -> Path:
-    """``cells/<cell name>``; a ``replace`` cell of a study written before the exposure arms
-    keeps its folder without the arm in its name."""
-    path = root / "cells" / cell.name
-    if cell.exposure == "replace" and not path.exists():
-        legacy = root / "cells" / f"seg-f{_tag(cell.frac)}-s{_tag(cell.synth)}-seed{cell.seed}"
-        if legacy.exists():
-            return legacy
-    return path
-
-
 def gan_seeds(root: Path, cfg: "StudyConfig", train_patients: list[str]) -> dict[tuple[float, int], int]:
     """(training fraction, seed) -> the seed whose GAN serves it: its own, or with
     ``cfg.shared_gan`` the first seed of ``cfg.seeds`` with exactly the same training patients
@@ -157,7 +116,7 @@ def gan_seeds(root: Path, cfg: "StudyConfig", train_patients: list[str]) -> dict
         for seed in cfg.seeds:
             key = tuple(subset_patients(train_patients, frac, seed=seed))
             canonical = first.setdefault(key, seed) if cfg.shared_gan else seed
-            out[frac, seed] = seed if _gan_ready(root, frac, seed) else canonical
+            out[frac, seed] = seed if layout.gan_ready(root, frac, seed) else canonical
     return out
 
 
@@ -199,22 +158,11 @@ def _cell_result(cell_dir: Path, split: str) -> dict[str, Any]:
     return out
 
 
-def _gan_unit(frac: float, seed: int) -> str:
-    return f"gan-f{_tag(frac)}-seed{seed}"
-
-
-def study_cells(cfg: StudyConfig) -> list[Cell]:
-    """Every cell of the design: per seed and training fraction, the cell without synthetic
-    data and each synthetic fraction > 0 in each exposure arm."""
-    return [Cell(f, s, arm if s > 0 else "", seed) for seed in cfg.seeds for f in cfg.train_fractions
-            for s in cfg.synthetic_fractions for arm in (cfg.exposures if s > 0 else [""])]
-
-
 def progress(root: Path, cfg: StudyConfig) -> tuple[int, int, int]:
     """(cells finished, cells in all, GANs finished) of the study in ``root``."""
-    cells = study_cells(cfg)
+    cells = layout.study_cells(cfg)
     gans = sum(1 for d in (root / "gans").glob("gan-*") if is_finished(d, "gan"))
-    return sum(1 for c in cells if _done(_cell_dir(root, c))), len(cells), gans
+    return sum(1 for c in cells if layout.cell_done(layout.cell_dir(root, c))), len(cells), gans
 
 
 def needed_gans(cells, gan_seed: dict[tuple[float, int], int]) -> set[tuple[float, int]]:
@@ -261,7 +209,7 @@ def run_study(cfg: StudyConfig | None, resume: str | Path | None = None, runs_di
     train_patients = list_patients(data).get("train", [])
     if not train_patients:
         raise ConfigError(f"{data}: no patient in the train split")
-    cells = study_cells(cfg)
+    cells = layout.study_cells(cfg)
     gan_seed = gan_seeds(root, cfg, train_patients)
     if report_only:
         return write_study_report(root, cfg)
@@ -273,45 +221,46 @@ def run_study(cfg: StudyConfig | None, resume: str | Path | None = None, runs_di
     waited_since = None
     eta = _Eta()
     while True:
-        pending = [c for c in cells if not _done(_cell_dir(root, c))]
+        pending = [c for c in cells if not layout.cell_done(layout.cell_dir(root, c))]
         if not pending:
             break
         # cells whose GAN is still missing first: with several processes, the GANs (the long
         # units) start at once on different processes instead of one after another
-        pending.sort(key=lambda c: not (c.synth > 0 and not _gan_ready(root, c.frac, gan_seed[c.frac, c.seed])))
+        pending.sort(key=lambda c: not (c.synth > 0
+                                        and not layout.gan_ready(root, c.frac, gan_seed[c.frac, c.seed])))
         progressed = False
         for cell in pending:
             frac, synth, seed = cell.frac, cell.synth, cell.seed
-            if _done(_cell_dir(root, cell)):
+            if layout.cell_done(layout.cell_dir(root, cell)):
                 continue
             patients = subset_patients(train_patients, frac, seed=seed)
             gseed = gan_seed[frac, seed]
-            if synth > 0 and not _gan_ready(root, frac, gseed):
-                if not claim(root, _gan_unit(frac, gseed)):
+            if synth > 0 and not layout.gan_ready(root, frac, gseed):
+                if not claim(root, layout.gan_unit(frac, gseed)):
                     continue  # another process trains this GAN: take another cell first
                 try:
-                    if not _gan_ready(root, frac, gseed):
+                    if not layout.gan_ready(root, frac, gseed):
                         t_gan = time.time()
-                        if not is_finished(_gan_dir(root, frac, gseed), "gan"):
-                            train_gan(_gan_config(cfg, data, patients, gseed), run_dir=_gan_dir(root, frac, gseed))
+                        if not is_finished(layout.gan_dir(root, frac, gseed), "gan"):
+                            train_gan(_gan_config(cfg, data, patients, gseed), run_dir=layout.gan_dir(root, frac, gseed))
                             progressed = True
-                        if selecting and not _done(_cell_dir(root, Cell(frac, 0.0, "", gseed))):
+                        if selecting and not layout.cell_done(layout.cell_dir(root, layout.Cell(frac, 0.0, "", gseed))):
                             continue  # its checkpoint is chosen once its scorer (share 0, same seed) is trained
                         _make_synthetic_set(root, cfg, data, patients, frac, gseed)
-                        work_log(root, _gan_unit(frac, gseed), "done")
+                        work_log(root, layout.gan_unit(frac, gseed), "done")
                         eta.add("gan", time.time() - t_gan)
                         eta.report(root, cells, gan_seed)
                         progressed = True
                 finally:
-                    release(root, _gan_unit(frac, gseed))
-                if not _gan_ready(root, frac, gseed):
+                    release(root, layout.gan_unit(frac, gseed))
+                if not layout.gan_ready(root, frac, gseed):
                     continue  # trained, waiting for its scorer
             unit = cell.name
             if not claim(root, unit):
                 continue
             try:
-                if not _done(_cell_dir(root, cell)):
-                    left = sum(1 for c in cells if not _done(_cell_dir(root, c)))
+                if not layout.cell_done(layout.cell_dir(root, cell)):
+                    left = sum(1 for c in cells if not layout.cell_done(layout.cell_dir(root, c)))
                     log.info("[%d/%d cells left] train fraction %g, synthetic fraction %g%s, seed %d (%.0f s so far)",
                              left, len(cells), frac, synth, f" ({cell.exposure})" if synth else "", seed,
                              time.time() - t0)
@@ -343,19 +292,15 @@ def run_study(cfg: StudyConfig | None, resume: str | Path | None = None, runs_di
         release(root, "report")
 
 
-def _gan_ready(root: Path, frac: float, seed: int) -> bool:
-    return is_finished(_gan_dir(root, frac, seed), "gan") and _synth_path(root, frac, seed).is_file()
-
-
 def _make_synthetic_set(root, cfg, data, patients, frac, seed) -> None:
     """The synthetic set of the trained GAN of (training fraction, seed) (``seed``: the GAN's
     seed, see :func:`gan_seeds`), drawn by its selected checkpoint or its last step."""
-    gan_dir = _gan_dir(root, frac, seed)
+    gan_dir = layout.gan_dir(root, frac, seed)
     weights = "ema"
     if cfg.gan_checkpoint == "selected":
-        select_checkpoint(gan_dir, _cell_dir(root, Cell(frac, 0.0, "", seed)), data, seed=seed)
+        select_checkpoint(gan_dir, layout.cell_dir(root, layout.Cell(frac, 0.0, "", seed)), data, seed=seed)
         weights = "selected"
-    synth_path = _synth_path(root, frac, seed)
+    synth_path = layout.synth_path(root, frac, seed)
     if not synth_path.is_file():
         frames = len(cfg.gan.data.views or VIEWS) * len(cfg.gan.data.phases or PHASES)
         n_images = cfg.synthetic_multiplier * frames * len(patients)
@@ -363,7 +308,7 @@ def _make_synthetic_set(root, cfg, data, patients, frac, seed) -> None:
                      weights=weights)
 
 
-def _seg_config(cfg: StudyConfig, data: Path, patients: list[str], cell: Cell, synth_path):
+def _seg_config(cfg: StudyConfig, data: Path, patients: list[str], cell: layout.Cell, synth_path):
     """The U-Net config of one cell: ``patients`` of the train split, ``synth_path`` mixed in at
     the cell's synthetic fraction in its exposure arm."""
     synth, seed = cell.synth, cell.seed
@@ -380,12 +325,12 @@ def _seg_config(cfg: StudyConfig, data: Path, patients: list[str], cell: Cell, s
     return scfg
 
 
-def _run_cell(root, cfg, data, patients, cell: Cell, gan_seed) -> None:
+def _run_cell(root, cfg, data, patients, cell: layout.Cell, gan_seed) -> None:
     """Train (or resume, or keep) and evaluate one cell's U-Net; write its result.json
     (``gan_seed``: the seed of the GAN whose synthetic set it uses, see :func:`gan_seeds`)."""
     frac, synth = cell.frac, cell.synth
-    cell_dir = _cell_dir(root, cell)
-    synth_path = _synth_path(root, frac, gan_seed) if synth > 0 else None
+    cell_dir = layout.cell_dir(root, cell)
+    synth_path = layout.synth_path(root, frac, gan_seed) if synth > 0 else None
     train_seg(_seg_config(cfg, data, patients, cell, synth_path), run_dir=cell_dir)
     if not (cell_dir / f"eval-{cfg.split}").is_dir():
         evaluate_run(cell_dir, split=cfg.split, simpson=cfg.simpson, which=cfg.cell_model)
@@ -393,7 +338,7 @@ def _run_cell(root, cfg, data, patients, cell: Cell, gan_seed) -> None:
     metrics = json.loads((cell_dir / "metrics.json").read_text())
     seen = metrics.get("samples_seen" if cfg.cell_model == "final" else "samples_seen_best") or {}
     result.update(train_fraction=frac, synthetic_fraction=synth, exposure=cell.exposure, seed=cell.seed,
-                  n_train_patients=len(patients), gan=_gan_unit(frac, gan_seed) if synth > 0 else None,
+                  n_train_patients=len(patients), gan=layout.gan_unit(frac, gan_seed) if synth > 0 else None,
                   steps=metrics.get("epochs_completed", 0) * metrics.get("steps_per_epoch", 0),
                   real_samples_seen=seen.get("real"), synthetic_samples_seen=seen.get("synthetic"))
     write_json(cell_dir / "result.json", result)
@@ -408,10 +353,10 @@ def write_quality_reports(root: Path, cfg: StudyConfig, data: Path, gan_seed=Non
         for frac in cfg.train_fractions:
             if gan_seed is not None and gan_seed[frac, seed] != seed:
                 continue  # this seed's cells use another seed's GAN
-            gan_dir, synth = _gan_dir(root, frac, seed), _synth_path(root, frac, seed)
+            gan_dir, synth = layout.gan_dir(root, frac, seed), layout.synth_path(root, frac, seed)
             if not synth.is_file() or (gan_dir / "quality").is_dir():
                 continue
-            base = _cell_dir(root, Cell(frac, 0.0, "", seed))
+            base = layout.cell_dir(root, layout.Cell(frac, 0.0, "", seed))
             if not is_finished(base, "seg"):
                 atomic_write_text(gan_dir / "quality_skipped.txt",
                                   f"no finished U-Net trained without synthetic images for training fraction "

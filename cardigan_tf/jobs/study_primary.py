@@ -22,10 +22,8 @@ from typing import Any
 from cardigan_tf import stats
 from cardigan_tf.labels import STRUCTURE_TITLES
 from cardigan_tf.stats_failures import failure_sign_test
-from cardigan_tf.stats_hierarchical import (
-    detectable_difference,
-    hierarchical_paired_comparison,
-)
+from cardigan_tf.stats_hierarchical import hierarchical_paired_comparison
+from cardigan_tf.stats_power import detectable_difference
 from cardigan_tf.units import DISTANCE_COLUMN, MM, joined
 
 METRIC_NAMES = {"dice": "Dice", "hd": "HD", "mad": "MAD"}

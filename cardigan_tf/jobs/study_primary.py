@@ -64,18 +64,32 @@ def _long_table(arms: dict[float, dict], key: str) -> list[dict[str, Any]]:
             for r in cell["per_image"]]
 
 
+def failure_flags(pairs, endpoint: str) -> tuple[list, list, list]:
+    """Patients and 0/1 failure flags of both arms of ``pairs`` ((seed, cell without synthetic
+    data, cell of the contrast)): ``endpoint`` a structure (its ``<structure>_missing`` flag,
+    paired by image) or "ef" (EF not measurable, paired by patient)."""
+    patients, fa, fb = [], [], []
+    for _, base, other in pairs:
+        if endpoint == "ef":
+            ref = {r["patient"]: r for r in base.get("clinical", [])}
+            items = [(r["patient"], ref[r["patient"]]["ef_failed"], r["ef_failed"])
+                     for r in other.get("clinical", []) if r["patient"] in ref]
+        else:
+            key = f"{endpoint}_missing"
+            ref = {(r["patient"], r["view"], r["phase"]): r for r in base.get("per_image", []) if key in r}
+            items = [(r["patient"], ref[i][key], r[key]) for r in other.get("per_image", []) if key in r
+                     for i in [(r["patient"], r["view"], r["phase"])] if i in ref]
+        for p, a, b in items:
+            patients.append(p)
+            fa.append(a)
+            fb.append(b)
+    return patients, fa, fb
+
+
 def _failures(base: dict, other: dict, structure: str) -> dict[str, Any]:
     """Failure-count comparison of the image pairs (same seed, patient, view, phase) of both arms."""
-    key = f"{structure}_missing"
-    patients, fail_a, fail_b = [], [], []
-    for seed in sorted(set(base) & set(other)):
-        ref = {(r["patient"], r["view"], r["phase"]): r for r in base[seed]["per_image"] if key in r}
-        for r in other[seed]["per_image"]:
-            image = (r["patient"], r["view"], r["phase"])
-            if key in r and image in ref:
-                patients.append(image[0])
-                fail_a.append(ref[image][key])
-                fail_b.append(r[key])
+    pairs = [(seed, base[seed], other[seed]) for seed in sorted(set(base) & set(other))]
+    patients, fail_a, fail_b = failure_flags(pairs, structure)
     if not patients:
         return {"failure_rate_none": NAN, "failure_rate_synthetic": NAN, "failure_pvalue": NAN,
                 "failure_method": "", "failure_note": "no per-image failure flags"}

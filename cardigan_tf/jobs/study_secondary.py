@@ -26,7 +26,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from cardigan_tf.jobs.study_primary import arm_of, arm_text, cells_by_key, contrasts
+from cardigan_tf.jobs.study_primary import arm_of, arm_text, cells_by_key, contrasts, failure_flags
 from cardigan_tf.labels import QUALITIES, STRUCTURE_TITLES, STRUCTURES
 from cardigan_tf.stats_failures import failure_sign_test
 from cardigan_tf.stats_hierarchical import hierarchical_paired_comparison
@@ -85,26 +85,6 @@ def _pairs(by_key: dict, tf: float, sf: float, arm: str) -> list[tuple[int, dict
             if t == tf and f == sf and a == arm and (tf, 0.0, "", seed) in by_key]
 
 
-def _failure_flags(pairs, endpoint: str) -> tuple[list, list, list]:
-    """Patients and 0/1 failure flags of both arms, paired by (seed, image) or (seed, patient)."""
-    patients, fa, fb = [], [], []
-    for _, base, other in pairs:
-        if endpoint == "ef":
-            ref = {r["patient"]: r for r in base.get("clinical", [])}
-            items = [(r["patient"], ref[r["patient"]]["ef_failed"], r["ef_failed"])
-                     for r in other.get("clinical", []) if r["patient"] in ref]
-        else:
-            key = f"{endpoint}_missing"
-            ref = {(r["patient"], r["view"], r["phase"]): r for r in base.get("per_image", []) if key in r}
-            items = [(r["patient"], ref[i][key], r[key]) for r in other.get("per_image", []) if key in r
-                     for i in [(r["patient"], r["view"], r["phase"])] if i in ref]
-        for p, a, b in items:
-            patients.append(p)
-            fa.append(a)
-            fb.append(b)
-    return patients, fa, fb
-
-
 def failure_rows(cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Per contrast and failure kind (each structure empty; EF not measurable): the failure rate
     of both arms and the patient-level exact sign test."""
@@ -113,7 +93,7 @@ def failure_rows(cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for tf, sf, arm in contrasts(by_key):
         pairs = _pairs(by_key, tf, sf, arm)
         for endpoint in FAILURE_TITLES:
-            patients, fa, fb = _failure_flags(pairs, endpoint)
+            patients, fa, fb = failure_flags(pairs, endpoint)
             if not patients:
                 continue
             res = failure_sign_test(patients, fa, fb)
